@@ -1,0 +1,130 @@
+"""Argument validation shared by every op: clear errors naming the argument."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(x, name: str, *, ndim: int | tuple[int, ...] | None = None, floating: bool = True) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if floating and x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {x.dtype}")
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else ndim
+        if x.dim() not in dims:
+            raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got shape {tuple(x.shape)}")
+
+
+def check_same(x: torch.Tensor, y: torch.Tensor | None, name: str, ref_name: str) -> None:
+    """``y`` (named ``name``) must share device and dtype with ``x`` (named ``ref_name``)."""
+    if y is None:
+        return
+    if y.device != x.device:
+        raise ValueError(f"{name} is on {y.device} but {ref_name} is on {x.device}")
+    if y.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {y.dtype} but {ref_name} has {x.dtype}")
+
+
+def check_offsets(offsets, total: int, device: torch.device, name: str = "cu_seqlens") -> torch.Tensor:
+    """``offsets``: 1-D int32/int64 on ``device``, starts at 0, non-decreasing, ends at ``total``."""
+    if not isinstance(offsets, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(offsets).__name__}")
+    if offsets.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name} must be int32 or int64, got {offsets.dtype}")
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError(f"{name} must be 1-D with at least one element, got shape {tuple(offsets.shape)}")
+    if offsets.device != device:
+        raise ValueError(f"{name} is on {offsets.device} but the values are on {device}")
+    # One host sync for all three conditions.
+    first, last, decreasing = torch.stack(
+        [offsets[0].long(), offsets[-1].long(), (offsets[1:] < offsets[:-1]).any().long()]
+    ).tolist()
+    if first != 0:
+        raise ValueError(f"{name}[0] must be 0, got {first}")
+    if last != total:
+        raise ValueError(f"{name}[-1] must equal the number of rows ({total}), got {last}")
+    if decreasing:
+        raise ValueError(f"{name} must be non-decreasing")
+    return offsets
+
+
+def check_conv(x, weight, bias, dilation, cu_seqlens, *, weight_name: str = "weight", bias_name: str = "bias"):
+    """Validate ``causal_conv1d`` arguments; returns ``(C_out, C_in, K)``."""
+    check_tensor(x, "x", ndim=(2, 3))
+    check_tensor(weight, weight_name, ndim=3)
+    check_same(x, weight, weight_name, "x")
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+    c_out, c_in, k = weight.shape
+    if k < 1 or c_out < 1:
+        raise ValueError(f"{weight_name} must have shape (C_out, C_in, K) with K, C_out >= 1, got {tuple(weight.shape)}")
+    if x.shape[-1] != c_in:
+        raise ValueError(f"x has {x.shape[-1]} channels but {weight_name} expects C_in={c_in} (shape {tuple(weight.shape)})")
+    if bias is not None:
+        check_tensor(bias, bias_name, ndim=1)
+        check_same(x, bias, bias_name, "x")
+        if bias.shape[0] != c_out:
+            raise ValueError(f"{bias_name} must have shape ({c_out},), got {tuple(bias.shape)}")
+    if cu_seqlens is None:
+        if x.dim() != 3:
+            raise ValueError(f"x must be (B, L, C) when cu_seqlens is not given, got shape {tuple(x.shape)}")
+    else:
+        if x.dim() != 2:
+            raise ValueError(f"x must be packed (T, C) when cu_seqlens is given, got shape {tuple(x.shape)}")
+        check_offsets(cu_seqlens, x.shape[0], x.device)
+    return c_out, c_in, k
+
+
+ACTIVATIONS = ("relu", "gated")
+
+
+def check_tcn_block(x, conv_weight, conv_bias, dilation, activation, out_weight, out_bias, cu_seqlens) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    c_out, c_in, _ = check_conv(
+        x, conv_weight, conv_bias, dilation, cu_seqlens, weight_name="conv_weight", bias_name="conv_bias"
+    )
+    if activation == "relu":
+        if c_out != c_in:
+            raise ValueError(
+                f"conv_weight must be (C, C, K) for activation='relu' (residual), got {tuple(conv_weight.shape)}"
+            )
+        if out_weight is not None or out_bias is not None:
+            raise ValueError("out_weight/out_bias are only used with activation='gated'")
+        return
+    if c_out % 2:
+        raise ValueError(f"conv_weight must have an even C_out (2H) for activation='gated', got {c_out}")
+    if out_weight is None:
+        raise ValueError("out_weight (C, H) is required for activation='gated'")
+    check_tensor(out_weight, "out_weight", ndim=2)
+    check_same(x, out_weight, "out_weight", "x")
+    if tuple(out_weight.shape) != (c_in, c_out // 2):
+        raise ValueError(f"out_weight must have shape ({c_in}, {c_out // 2}), got {tuple(out_weight.shape)}")
+    if out_bias is not None:
+        check_tensor(out_bias, "out_bias", ndim=1)
+        check_same(x, out_bias, "out_bias", "x")
+        if out_bias.shape[0] != c_in:
+            raise ValueError(f"out_bias must have shape ({c_in},), got {tuple(out_bias.shape)}")
+
+
+REDUCES = ("mean", "sum", "max")
+
+
+def check_segment(values, offsets, name: str = "values") -> None:
+    check_tensor(values, name, ndim=2)
+    check_offsets(offsets, values.shape[0], values.device, name="offsets")
+
+
+def check_expand(rows, offsets) -> None:
+    check_tensor(rows, "rows", ndim=2)
+    if not isinstance(offsets, torch.Tensor):
+        raise TypeError(f"offsets must be a torch.Tensor, got {type(offsets).__name__}")
+    if offsets.dim() != 1 or offsets.numel() != rows.shape[0] + 1:
+        raise ValueError(
+            f"offsets must be 1-D of length rows.shape[0] + 1 = {rows.shape[0] + 1}, got shape {tuple(offsets.shape)}"
+        )
+    total = int(offsets[-1]) if offsets.dtype in (torch.int32, torch.int64) else 0
+    check_offsets(offsets, total, rows.device, name="offsets")

@@ -1,0 +1,36 @@
+"""Public conv ops: validate, then run the Triton kernel or the reference."""
+
+from __future__ import annotations
+
+from . import reference
+from ._backend import triton_ops, use_triton
+from ._checks import check_conv, check_tcn_block
+
+
+def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
+    """Dilated causal conv over padded ``(B, L, C_in)`` or packed ``(T, C_in)`` + ``cu_seqlens``.
+
+    ``y[t, o] = bias[o] + sum_k sum_i weight[o, i, k] * x[t - (K-1-k)*dilation, i]``, where a
+    position before the start of ``t``'s own sequence reads as zero. ``weight``: ``(C_out, C_in, K)``.
+    """
+    check_conv(x, weight, bias, dilation, cu_seqlens)
+    if use_triton(x):
+        return triton_ops("conv", x).causal_conv1d(x, weight, bias, dilation=dilation, cu_seqlens=cu_seqlens)
+    return reference.causal_conv1d(x, weight, bias, dilation=dilation, cu_seqlens=cu_seqlens)
+
+
+def tcn_block(
+    x, conv_weight, conv_bias=None, *, dilation=1, activation="relu", out_weight=None, out_bias=None, cu_seqlens=None
+):
+    """Residual TCN block.
+
+    ``relu``: ``y = relu(x + relu(conv(x)))`` with ``conv_weight`` ``(C, C, K)``.
+    ``gated``: ``a = conv(x)`` with ``conv_weight`` ``(2H, C, K)``,
+    ``y = x + (tanh(a[:H]) * sigmoid(a[H:])) @ out_weight.T + out_bias``.
+    """
+    check_tcn_block(x, conv_weight, conv_bias, dilation, activation, out_weight, out_bias, cu_seqlens)
+    kwargs = dict(dilation=dilation, activation=activation, out_weight=out_weight, out_bias=out_bias,
+                  cu_seqlens=cu_seqlens)
+    if use_triton(x):
+        return triton_ops("conv", x).tcn_block(x, conv_weight, conv_bias, **kwargs)
+    return reference.tcn_block(x, conv_weight, conv_bias, **kwargs)

@@ -1,0 +1,125 @@
+"""Drop-in ``nn.Module`` layers over the functional ops (packed or padded input)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .conv import causal_conv1d, tcn_block
+from .segment import segment_reduce
+
+
+def _conv_init(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    # Same as nn.Conv1d's default initialisation.
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in = weight.shape[1] * weight.shape[2]
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        nn.init.uniform_(bias, -bound, bound)
+
+
+class CausalConv1d(nn.Module):
+    """Dilated causal conv; ``forward(x, cu_seqlens=None)`` with ``x`` ``(B, L, C)`` or packed ``(T, C)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, bias: bool = True):
+        super().__init__()
+        self.dilation = dilation
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        _conv_init(self.weight, self.bias)
+
+    def forward(self, x, cu_seqlens=None):
+        return causal_conv1d(x, self.weight, self.bias, dilation=self.dilation, cu_seqlens=cu_seqlens)
+
+    def extra_repr(self) -> str:
+        o, i, k = self.weight.shape
+        return f"{i}, {o}, kernel_size={k}, dilation={self.dilation}, bias={self.bias is not None}"
+
+
+class TCNBlock(nn.Module):
+    """Residual block: ``relu`` (Bai et al.; official HierTCN) or ``gated`` (WaveNet, ``hidden`` gate units)."""
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 5,
+        dilation: int = 1,
+        activation: str = "relu",
+        hidden: int | None = None,
+        bias: bool = True,
+    ):
+        super().__init__()
+        if activation not in ("relu", "gated"):
+            raise ValueError(f"activation must be 'relu' or 'gated', got {activation!r}")
+        self.dilation = dilation
+        self.activation = activation
+        conv_out = channels if activation == "relu" else 2 * (hidden or channels)
+        self.conv_weight = nn.Parameter(torch.empty(conv_out, channels, kernel_size))
+        self.conv_bias = nn.Parameter(torch.empty(conv_out)) if bias else None
+        _conv_init(self.conv_weight, self.conv_bias)
+        if activation == "gated":
+            self.out_weight = nn.Parameter(torch.empty(channels, conv_out // 2))
+            self.out_bias = nn.Parameter(torch.zeros(channels)) if bias else None
+            nn.init.kaiming_uniform_(self.out_weight, a=math.sqrt(5))
+        else:
+            self.register_parameter("out_weight", None)
+            self.register_parameter("out_bias", None)
+
+    def forward(self, x, cu_seqlens=None):
+        return tcn_block(
+            x, self.conv_weight, self.conv_bias, dilation=self.dilation, activation=self.activation,
+            out_weight=self.out_weight, out_bias=self.out_bias, cu_seqlens=cu_seqlens,
+        )
+
+    def extra_repr(self) -> str:
+        o, c, k = self.conv_weight.shape
+        return f"{c}, kernel_size={k}, dilation={self.dilation}, activation={self.activation!r}"
+
+
+class TemporalConvNet(nn.Module):
+    """``levels`` TCN blocks with dilation ``2**level`` (the official HierTCN low level).
+
+    ``dropout`` is applied to each block's output (the official code uses 0).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        levels: int,
+        kernel_size: int = 5,
+        activation: str = "relu",
+        hidden: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TCNBlock(channels, kernel_size, 2**level, activation, hidden) for level in range(levels)
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x, cu_seqlens=None):
+        for block in self.blocks:
+            x = self.dropout(block(x, cu_seqlens=cu_seqlens))
+        return x
+
+    @property
+    def receptive_field(self) -> int:
+        return 1 + sum((b.conv_weight.shape[-1] - 1) * b.dilation for b in self.blocks)
+
+
+class SegmentAgg(nn.Module):
+    """Per-session aggregation ``(T, C) -> (N, C)`` (``mean`` in the official code)."""
+
+    def __init__(self, reduce: str = "mean"):
+        super().__init__()
+        if reduce not in ("mean", "sum", "max"):
+            raise ValueError(f"reduce must be one of 'mean', 'sum', 'max', got {reduce!r}")
+        self.reduce = reduce
+
+    def forward(self, values, offsets):
+        return segment_reduce(values, offsets, self.reduce)
+
+    def extra_repr(self) -> str:
+        return f"reduce={self.reduce!r}"

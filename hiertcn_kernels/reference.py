@@ -1,0 +1,98 @@
+"""Plain PyTorch references: the executable spec of every op.
+
+Differentiable with ordinary autograd (gradchecked in float64), CPU and CUDA.
+They are also the CPU training path, so they are written to be fast there:
+convolutions run through ``F.conv1d`` (mkldnn on CPU, cuDNN on CUDA).
+Arguments are assumed valid; the public functions validate first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
+    """``y[t] = bias + sum_k weight[:, :, k] @ x[t - (K-1-k)*dilation]``, zero before a sequence's start."""
+    if cu_seqlens is None:
+        return _causal_conv1d_padded(x, weight, bias, dilation)
+    return _causal_conv1d_packed(x, weight, bias, dilation, cu_seqlens)
+
+
+def _causal_conv1d_padded(x, weight, bias, dilation):
+    if x.shape[1] == 0:  # F.conv1d rejects empty sequences
+        return x.new_zeros(x.shape[0], 0, weight.shape[0]) + (0 if bias is None else bias)
+    pad = (weight.shape[-1] - 1) * dilation
+    y = F.conv1d(F.pad(x.transpose(1, 2), (pad, 0)), weight, bias, dilation=dilation)
+    return y.transpose(1, 2)
+
+
+def _causal_conv1d_packed(x, weight, bias, dilation, cu_seqlens):
+    """Gather sequences into padded buckets, convolve each bucket, scatter back.
+
+    Sequences are bucketed by length rounded up to a power of two, so padding
+    never more than doubles the work, whatever the length distribution.
+    """
+    offsets = cu_seqlens.long()
+    starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
+    y = x.new_zeros(x.shape[0], weight.shape[0])
+    nonempty = lengths > 0
+    if not bool(nonempty.any()):
+        return y if bias is None else y + bias
+    bucket = torch.ceil(torch.log2(lengths.clamp(min=1).double())).long()
+    for b in torch.unique(bucket[nonempty]).tolist():
+        seq = torch.nonzero(nonempty & (bucket == b)).squeeze(1)
+        width = int(lengths[seq].max())
+        pos = torch.arange(width, device=x.device)
+        valid = pos[None, :] < lengths[seq, None]  # (n, width)
+        rows = (starts[seq, None] + pos[None, :])[valid]  # packed rows of this bucket
+        padded = x.new_zeros(seq.numel(), width, x.shape[1])
+        padded = padded.index_put((valid.nonzero(as_tuple=True)), x[rows])
+        y = y.index_put((rows,), _causal_conv1d_padded(padded, weight, bias, dilation)[valid])
+    return y
+
+
+def tcn_block(
+    x, conv_weight, conv_bias=None, *, dilation=1, activation="relu", out_weight=None, out_bias=None, cu_seqlens=None
+):
+    """One residual TCN block: ``relu`` (Bai et al., official HierTCN) or ``gated`` (WaveNet)."""
+    a = causal_conv1d(x, conv_weight, conv_bias, dilation=dilation, cu_seqlens=cu_seqlens)
+    if activation == "relu":
+        return torch.relu(x + torch.relu(a))
+    h_dim = a.shape[-1] // 2
+    h = torch.tanh(a[..., :h_dim]) * torch.sigmoid(a[..., h_dim:])
+    return x + F.linear(h, out_weight, out_bias)
+
+
+def segment_ids(offsets, total: int):
+    """Segment index of every row: ``(T,)`` int64."""
+    offsets = offsets.long()
+    n = offsets.numel() - 1
+    return torch.repeat_interleave(torch.arange(n, device=offsets.device), offsets.diff(), output_size=total)
+
+
+def segment_reduce(values, offsets, reduce="mean"):
+    """Reduce rows ``offsets[n]:offsets[n+1]`` of ``values`` to row ``n``; empty segments give zeros."""
+    lengths = offsets.long().diff()
+    if reduce == "sum":
+        return torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
+    if reduce == "mean":
+        total = torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
+        return total / lengths.clamp(min=1).to(values.dtype)[:, None]
+    # max: the gradient goes to the first maximal row, so pick that row explicitly and gather it.
+    with torch.no_grad():
+        peak = torch.segment_reduce(values, "max", lengths=lengths, axis=0)
+        seg = segment_ids(offsets, values.shape[0])
+        row = torch.arange(values.shape[0], device=values.device)[:, None].expand_as(values)
+        candidate = torch.where(values == peak[seg], row, values.shape[0])
+        first = torch.full_like(peak, values.shape[0], dtype=torch.long)
+        first = first.scatter_reduce(0, seg[:, None].expand_as(values), candidate, "amin")
+    empty = (lengths == 0)[:, None]
+    gathered = values.gather(0, first.masked_fill(empty, 0)) if values.shape[0] else peak.nan_to_num(0.0)
+    return gathered.masked_fill(empty, 0.0)
+
+
+def segment_expand(rows, offsets):
+    """``out[t] = rows[n]`` for ``offsets[n] <= t < offsets[n+1]``."""
+    total = int(offsets[-1])
+    return rows.repeat_interleave(offsets.long().diff(), dim=0, output_size=total)

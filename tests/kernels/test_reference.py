@@ -1,0 +1,77 @@
+"""The references are the spec: gradcheck them in float64 and pin their semantics."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hiertcn_kernels import reference as R
+
+
+def offsets_of(lengths):
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
+
+
+@pytest.mark.parametrize("lengths", [[3, 0, 7, 1, 12], [1, 1, 1], [0], [25]])
+@pytest.mark.parametrize("k,dilation", [(1, 1), (3, 2), (5, 1), (7, 3)])
+def test_packed_conv_equals_per_sequence_conv(lengths, k, dilation):
+    off = offsets_of(lengths)
+    x = torch.randn(int(off[-1]), 4, dtype=torch.float64)
+    w = torch.randn(6, 4, k, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    y = R.causal_conv1d(x, w, b, dilation=dilation, cu_seqlens=off)
+    for s, e in zip(off[:-1].tolist(), off[1:].tolist()):
+        if s == e:
+            continue
+        seq = x[s:e].T[None]
+        expect = F.conv1d(F.pad(seq, ((k - 1) * dilation, 0)), w, b, dilation=dilation)[0].T
+        torch.testing.assert_close(y[s:e], expect)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_tcn_block_gradcheck(activation, packed):
+    c, h, k = 3, 2, 3
+    out_c = c if activation == "relu" else 2 * h
+    args = [
+        torch.randn(9 if packed else 2 * 5, c, dtype=torch.float64),
+        torch.randn(out_c, c, k, dtype=torch.float64),
+        torch.randn(out_c, dtype=torch.float64),
+    ]
+    if activation == "gated":
+        args += [torch.randn(c, h, dtype=torch.float64), torch.randn(c, dtype=torch.float64)]
+    if not packed:
+        args[0] = args[0].reshape(2, 5, c)
+    args = [a.requires_grad_() for a in args]
+    off = offsets_of([4, 0, 1, 4]) if packed else None
+
+    def fn(x, w, b, ow=None, ob=None):
+        return R.tcn_block(x, w, b, dilation=2, activation=activation, out_weight=ow, out_bias=ob, cu_seqlens=off)
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum", "max"])
+def test_segment_reduce_gradcheck(reduce):
+    lengths = [3, 0, 1, 5, 1]
+    values = torch.randn(sum(lengths), 3, dtype=torch.float64, requires_grad=True)
+    off = offsets_of(lengths)
+    assert torch.autograd.gradcheck(lambda v: R.segment_reduce(v, off, reduce), (values,))
+
+
+def test_segment_max_ties_go_to_first_and_empty_is_zero():
+    values = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 6.0], [5.0, 6.0]], requires_grad=True)
+    out = R.segment_reduce(values, torch.tensor([0, 2, 2, 4]), "max")
+    assert out.tolist() == [[3.0, 2.0], [0.0, 0.0], [5.0, 6.0]]
+    out.sum().backward()
+    assert values.grad.tolist() == [[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+
+
+def test_segment_expand_gradcheck():
+    rows = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    off = offsets_of([2, 0, 3, 1])
+    assert torch.autograd.gradcheck(lambda r: R.segment_expand(r, off), (rows,))
+
+
+def test_padded_conv_of_empty_sequences():
+    y = R.causal_conv1d(torch.randn(2, 0, 3), torch.randn(4, 3, 5), torch.randn(4))
+    assert y.shape == (2, 0, 4)
