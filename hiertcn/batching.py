@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 
@@ -42,3 +43,174 @@ class SessionBatch:
         return SessionBatch(
             **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
         )
+
+
+# ---------------------------------------------------------------------------
+# Queue batcher (the official scheme): lanes carry state across batches.
+# ---------------------------------------------------------------------------
+
+
+class QueueBatcher:
+    """The official HierTCN batching: ``n_queues`` lanes that carry state across batches.
+
+    Each new user (in a per-epoch shuffled order) goes to the queue with the fewest
+    pending session windows whenever some queue holds fewer than ``sessions_per_lane``;
+    every batch pops up to ``sessions_per_lane`` windows from each queue. A session
+    longer than ``max_session_len`` is split into consecutive windows (nothing is
+    dropped) unless ``truncate=True``, which keeps its first ``max_session_len`` items.
+
+    ``include`` (bool per CSR session, default all) picks the sessions that enter
+    the lanes; ``targets`` (bool per session, default ``include``) picks those whose
+    items count in ``SessionBatch.target_mask``. ``users`` restricts the epoch to
+    those user rows (how distributed ranks shard the data).
+
+    Epochs are pure functions of ``(seed, epoch)``, so ``batches(epoch, start=k)``
+    resumes exactly at batch ``k`` without building the ones before it.
+    """
+
+    def __init__(
+        self,
+        csr,
+        *,
+        n_queues: int = 32,
+        sessions_per_lane: int = 10,
+        max_session_len: int = 20,
+        truncate: bool = False,
+        include: np.ndarray | None = None,
+        targets: np.ndarray | None = None,
+        users: np.ndarray | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+    ):
+        for name, value in (
+            ("n_queues", n_queues),
+            ("sessions_per_lane", sessions_per_lane),
+            ("max_session_len", max_session_len),
+        ):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        n_sessions = csr.n_sessions
+        include = _session_mask("include", include, n_sessions, default=np.ones(n_sessions, dtype=bool))
+        targets = _session_mask("targets", targets, n_sessions, default=include)
+        self.csr = csr
+        self.n_queues = int(n_queues)
+        self.sessions_per_lane = int(sessions_per_lane)
+        self.shuffle = shuffle
+        self.seed = seed
+
+        # Windows of every included session, grouped by user in time order.
+        session_ptr = np.asarray(csr.session_ptr, dtype=np.int64)
+        sessions = np.flatnonzero(include)
+        starts, ends = session_ptr[sessions], session_ptr[sessions + 1]
+        lengths = ends - starts
+        if truncate:
+            n_windows = (lengths > 0).astype(np.int64)
+        else:
+            n_windows = -(-lengths // max_session_len)
+        session_of_window = np.repeat(np.arange(len(sessions)), n_windows)
+        first_window = np.cumsum(n_windows) - n_windows
+        k = np.arange(len(session_of_window)) - np.repeat(first_window, n_windows)
+        self._start = starts[session_of_window] + k * max_session_len
+        self._end = np.minimum(self._start + max_session_len, ends[session_of_window])
+        self._target = targets[sessions][session_of_window]
+        session_user = np.repeat(np.arange(csr.n_users), np.diff(np.asarray(csr.user_ptr)))
+        window_user = session_user[sessions][session_of_window]
+        # user_windows[u]: windows [wptr[u], wptr[u+1]) of user row u.
+        self._wptr = np.zeros(csr.n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(window_user, minlength=csr.n_users), out=self._wptr[1:])
+
+        has_windows = np.flatnonzero(np.diff(self._wptr) > 0)
+        if users is None:
+            self.users = has_windows
+        else:
+            users = np.asarray(users, dtype=np.int64)
+            if users.ndim != 1 or (users.size and (users.min() < 0 or users.max() >= csr.n_users)):
+                raise ValueError(f"users must be a 1-D array of user rows in [0, {csr.n_users})")
+            self.users = users[np.diff(self._wptr)[users] > 0]
+        self._first_of_user = np.zeros(len(self._start), dtype=bool)
+        self._first_of_user[self._wptr[has_windows]] = True
+        timestamp = np.asarray(csr.timestamp)
+        previous = timestamp[np.maximum(self._start - 1, 0)]
+        self._gap = np.where(self._first_of_user, 0, timestamp[self._start] - previous)
+        self._cum_len = np.concatenate([[0], np.cumsum(self._end - self._start)])
+        self._plan_cache: tuple[int, list] | None = None
+
+    @property
+    def n_interactions(self) -> int:
+        """Interactions one epoch feeds through the lanes."""
+        return int((self._cum_len[self._wptr[self.users + 1]] - self._cum_len[self._wptr[self.users]]).sum())
+
+    def user_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return self.users
+        return np.random.default_rng((self.seed, epoch)).permutation(self.users)
+
+    def plan(self, epoch: int) -> list[list[np.ndarray]]:
+        """Window indices of every lane of every batch of ``epoch`` (cheap: no tensors)."""
+        if self._plan_cache is None or self._plan_cache[0] != epoch:
+            self._plan_cache = (epoch, self._plan(epoch))
+        return self._plan_cache[1]
+
+    def _plan(self, epoch: int) -> list[list[np.ndarray]]:
+        order = self.user_order(epoch)
+        wptr, spl = self._wptr, self.sessions_per_lane
+        queues: list[list[int]] = [[] for _ in range(self.n_queues)]  # pending window indices
+        heads = [0] * self.n_queues
+        pending = np.zeros(self.n_queues, dtype=np.int64)
+        next_user, plan = 0, []
+        while True:
+            while next_user < len(order) and pending.min() < spl:
+                q = int(pending.argmin())  # the shortest queue takes the next user
+                u = order[next_user]
+                queues[q].extend(range(wptr[u], wptr[u + 1]))
+                pending[q] += wptr[u + 1] - wptr[u]
+                next_user += 1
+            if pending.max() == 0:
+                return plan
+            lanes = []
+            for q in range(self.n_queues):
+                take = min(spl, int(pending[q]))
+                lanes.append(np.asarray(queues[q][heads[q] : heads[q] + take], dtype=np.int64))
+                heads[q] += take
+                pending[q] -= take
+                if pending[q] == 0:
+                    queues[q], heads[q] = [], 0
+            plan.append(lanes)
+
+    def batches(self, epoch: int, start: int = 0):
+        """Yield the :class:`SessionBatch` es of ``epoch``, beginning at batch ``start``."""
+        for lanes in self.plan(epoch)[start:]:
+            yield self.materialize(lanes)
+
+    def n_batches(self, epoch: int) -> int:
+        return len(self.plan(epoch))
+
+    def materialize(self, lanes: list[np.ndarray]) -> SessionBatch:
+        windows = np.concatenate(lanes)
+        starts, ends = self._start[windows], self._end[windows]
+        lengths = ends - starts
+        cu = np.zeros(len(windows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cu[1:])
+        positions = np.repeat(starts - cu[:-1], lengths) + np.arange(cu[-1])
+        lane_ptr = np.zeros(len(lanes) + 1, dtype=np.int64)
+        np.cumsum([len(lane) for lane in lanes], out=lane_ptr[1:])
+        user_of = np.searchsorted(self._wptr, windows, side="right") - 1
+        lane_user = np.array([user_of[lane_ptr[q + 1] - 1] if len(lane) else -1 for q, lane in enumerate(lanes)])
+        return SessionBatch(
+            items=torch.from_numpy(np.asarray(self.csr.item)[positions].astype(np.int64)),
+            cu_seqlens=torch.from_numpy(cu),
+            lane_ptr=torch.from_numpy(lane_ptr),
+            new_user=torch.from_numpy(self._first_of_user[windows].copy()),
+            gap=torch.from_numpy(self._gap[windows].astype(np.float32)),
+            target_mask=torch.from_numpy(np.repeat(self._target[windows], lengths)),
+            lane_user=torch.from_numpy(lane_user.astype(np.int64)),
+        )
+
+
+def _session_mask(name: str, mask, n_sessions: int, *, default: np.ndarray) -> np.ndarray:
+    if mask is None:
+        return default
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_ or mask.shape != (n_sessions,):
+        raise ValueError(f"{name} must be a bool array of shape ({n_sessions},), got {mask.dtype} {mask.shape}")
+    return mask

@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+import torch
+
+from hiertcn.batching import QueueBatcher
+from hiertcn_kernels.packing import SessionCSR
+
+
+def make_csr(sessions_per_user, seed=0, n_items=50):
+    """A SessionCSR from a list (one per user) of session lengths."""
+    rng = np.random.default_rng(seed)
+    user_ptr, session_ptr, ts = [0], [0], []
+    for lengths in sessions_per_user:
+        t = 1000
+        for n in lengths:
+            session_ptr.append(session_ptr[-1] + n)
+            ts.extend(t + 10 * np.arange(n))
+            t += 10 * n + 5000
+        user_ptr.append(user_ptr[-1] + len(lengths))
+    n = session_ptr[-1]
+    return SessionCSR(
+        user_ptr=np.array(user_ptr, dtype=np.int64),
+        session_ptr=np.array(session_ptr, dtype=np.int64),
+        item=rng.integers(0, n_items, n).astype(np.int64),
+        timestamp=np.array(ts, dtype=np.int64),
+        user_ids=np.arange(len(sessions_per_user), dtype=np.int64) * 7,
+        item_ids=np.arange(n_items, dtype=np.int64),
+    )
+
+
+def lane_windows(batch):
+    """Per lane: list of (items tuple, new_user) of its windows."""
+    cu, lp = batch.cu_seqlens.tolist(), batch.lane_ptr.tolist()
+    items = batch.items.tolist()
+    return [
+        [(tuple(items[cu[w] : cu[w + 1]]), bool(batch.new_user[w])) for w in range(lp[q], lp[q + 1])]
+        for q in range(batch.n_lanes)
+    ]
+
+
+def test_every_interaction_once_with_overflow_kept_in_windows():
+    rng = np.random.default_rng(1)
+    csr = make_csr([list(rng.integers(1, 30, rng.integers(1, 6))) for _ in range(17)])
+    batcher = QueueBatcher(csr, n_queues=3, sessions_per_lane=2, max_session_len=7, seed=5)
+    tokens = 0
+    for batch in batcher.batches(epoch=0):
+        assert batch.n_lanes == 3
+        lengths, per_lane = batch.cu_seqlens.diff(), batch.lane_ptr.diff()
+        assert ((lengths > 0) & (lengths <= 7)).all() and (per_lane <= 2).all()
+        assert batch.target_mask.all()
+        assert ((per_lane == 0) == (batch.lane_user == -1)).all()
+        tokens += batch.n_tokens
+    assert tokens == csr.n_interactions == batcher.n_interactions
+
+
+def test_lane_streams_are_whole_users_in_time_order_and_state_resets_mark_users():
+    rng = np.random.default_rng(2)
+    lengths = [list(rng.integers(1, 12, rng.integers(1, 5))) for _ in range(11)]
+    csr = make_csr(lengths)
+    batcher = QueueBatcher(csr, n_queues=2, sessions_per_lane=3, max_session_len=4, seed=0)
+    streams = [[], []]  # per lane: list of (new_user, items)
+    for batch in batcher.batches(epoch=3):
+        for q, windows in enumerate(lane_windows(batch)):
+            streams[q].extend(windows)
+    users = []
+    for stream in streams:
+        for items, new_user in stream:
+            if new_user:
+                users.append([])
+            users[-1].extend(items)
+    assert sorted(users) == sorted(csr.item[csr.session_ptr[csr.user_ptr[u]] : csr.session_ptr[csr.user_ptr[u + 1]]].tolist() for u in range(csr.n_users))
+    assert len(users) == csr.n_users
+
+
+def test_truncate_keeps_first_items_of_long_sessions():
+    csr = make_csr([[9], [3, 2]])
+    batcher = QueueBatcher(csr, n_queues=1, sessions_per_lane=5, max_session_len=4, truncate=True, shuffle=False)
+    (batch,) = batcher.batches(0)
+    assert batch.cu_seqlens.tolist() == [0, 4, 7, 9]
+    assert batch.items[:4].tolist() == csr.item[:4].tolist()
+    assert batch.new_user.tolist() == [True, True, False]
+    assert batch.lane_user.tolist() == [1]
+
+
+def test_gap_and_new_user_of_split_sessions():
+    csr = make_csr([[6, 2]])
+    (batch,) = QueueBatcher(csr, n_queues=1, sessions_per_lane=5, max_session_len=4).batches(0)
+    assert batch.new_user.tolist() == [True, False, False]
+    ts = csr.timestamp
+    assert batch.gap.tolist() == [0.0, float(ts[4] - ts[3]), float(ts[6] - ts[5])]
+    assert batch.gap.dtype == torch.float32
+
+
+def test_shortest_queue_gets_new_user_and_state_carries_across_batches():
+    # user 0 has 4 sessions, users 1, 2 one each; 2 queues of 1 session per batch
+    csr = make_csr([[2, 2, 2, 2], [3], [3]])
+    batcher = QueueBatcher(csr, n_queues=2, sessions_per_lane=1, shuffle=False)
+    batches = list(batcher.batches(0))
+    assert [b.lane_user.tolist() for b in batches] == [[0, 1], [0, 2], [0, -1], [0, -1]]
+    assert [b.new_user.tolist() for b in batches] == [[True, True], [False, True], [False], [False]]
+
+
+def test_include_targets_users_and_resume_start():
+    csr = make_csr([[3, 4, 5]] * 6)
+    include = np.ones(csr.n_sessions, dtype=bool)
+    include[2::3] = False  # each user's last session held out
+    targets = include.copy()
+    targets[0::3] = False  # first session is context only
+    batcher = QueueBatcher(csr, n_queues=2, sessions_per_lane=2, include=include, targets=targets, users=np.array([1, 3, 4]))
+    batches = list(batcher.batches(1))
+    assert sum(b.n_tokens for b in batches) == 3 * 7 == batcher.n_interactions
+    assert sum(int(b.target_mask.sum()) for b in batches) == 3 * 4
+    assert set(torch.cat([b.lane_user for b in batches]).tolist()) <= {-1, 1, 3, 4}
+    resumed = list(batcher.batches(1, start=1))
+    assert all(torch.equal(a.items, b.items) for a, b in zip(batches[1:], resumed, strict=True))
+    assert batcher.plan(1) is batcher.plan(1)
+    other = [b.items for b in batcher.batches(2)]
+    assert batcher.n_batches(2) == len(other)
+
+
+def test_epochs_are_shuffled_and_repeatable():
+    csr = make_csr([[2]] * 40)
+    a = QueueBatcher(csr, n_queues=4, seed=3)
+    b = QueueBatcher(csr, n_queues=4, seed=3)
+    first = [x.lane_user.tolist() for x in a.batches(0)]
+    assert first == [x.lane_user.tolist() for x in b.batches(0)]
+    assert first != [x.lane_user.tolist() for x in a.batches(1)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_queues": 0}, "n_queues"),
+        ({"max_session_len": -1}, "max_session_len"),
+        ({"include": np.ones(2, dtype=bool)}, "include"),
+        ({"targets": np.ones(3, dtype=np.int64)}, "targets"),
+        ({"users": np.array([5])}, "users"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, match):
+    csr = make_csr([[2, 1], [1]])
+    with pytest.raises(ValueError, match=match):
+        QueueBatcher(csr, **kwargs)
