@@ -1,0 +1,65 @@
+"""Checkpoints: atomic writes, a format version, and clear errors on bad files.
+
+A checkpoint is one ``torch.save`` dict: ``format_version``, ``hiertcn_version``,
+the run ``config``, the model's ``model_name``/``model_config``/``n_items`` (enough
+to rebuild it with ``build_model``), its ``model`` state dict, and, for resuming,
+``optimizer``, ``scheduler``, the batcher position, the carried lane state and
+the RNG states. It is written to a temporary file in the same folder and renamed
+into place, so a run killed while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be used (corrupt, foreign, other format version)."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, "hiertcn_version": __version__, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        # weights_only=False: the payload holds numpy RNG state and plain Python containers we wrote ourselves.
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file: {err}") from err
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise CheckpointError(f"{path} is not a hiertcn checkpoint (no format_version)")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {payload['format_version']} "
+            f"(written by hiertcn {payload.get('hiertcn_version')}); this hiertcn {__version__} reads version "
+            f"{FORMAT_VERSION}"
+        )
+    return payload

@@ -1,0 +1,131 @@
+"""Run configuration: one dataclass, filled from defaults, a TOML/YAML file, then flags.
+
+A file holds the same keys as :class:`Config` (``data``, ``epochs``, ``lr``, ...)
+plus an optional ``model_config`` table of keyword arguments per model name::
+
+    epochs = 5
+    lr = 0.002
+    [model_config.hiertcn]
+    levels = 3
+
+Unknown keys are rejected by name, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("last-session", "user", "time")
+
+
+@dataclass
+class Config:
+    # data
+    data: str | None = None  # interaction log path; None = the built-in synthetic XING log
+    format: str | None = None  # xing | csv | parquet | movielens | recbole (detected when None)
+    preset: str | None = None  # hiertcn-xing | hrnn-xing | none (hiertcn-xing for xing logs)
+    split: str = "last-session"
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    session_col: str | None = None
+    sep: str | None = None
+    session_gap: int = 1800
+    cache_dir: str | None = None
+    # models
+    model: str = "hiertcn"
+    models: list[str] | None = None  # for compare; None = every registered model
+    model_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loss: str | None = None  # None = the loss library's default (full softmax CE)
+    # optimisation
+    epochs: int = 10
+    max_time: float | None = None  # seconds of training per model
+    lr: float = 1e-3
+    lr_decay: float = 1.0  # multiply the learning rate by this after every epoch
+    weight_decay: float = 0.0
+    clip_norm: float = 5.0
+    patience: int = 3  # stop after this many epochs without a better validation mrr (0 = never)
+    # batching
+    n_queues: int = 32
+    sessions_per_lane: int = 10
+    max_session_len: int = 20
+    truncate: bool = False
+    users_per_batch: int = 32  # whole-user batches of the models that carry no state
+    prefetch: int = 4  # batches built ahead on the loader thread
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint_every: int = 200  # optimizer steps between mid-epoch checkpoints (0 = epoch ends only)
+    out: str = "runs/hiertcn"
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "users_per_batch", "prefetch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("patience", "checkpoint_every", "session_gap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be > 0 seconds, got {self.max_time!r}")
+        if isinstance(self.models, str):
+            self.models = [m.strip() for m in self.models.split(",") if m.strip()]
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "Config":
+        return cls().updated(values, source=source)
+
+    def updated(self, values: dict[str, Any], *, source: str = "config") -> "Config":
+        """A copy with ``values`` applied; unknown keys raise ``ValueError`` naming them."""
+        unknown = sorted(set(values) - set(self.keys()))
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {', '.join(map(repr, unknown))} in {source}; valid keys: {', '.join(self.keys())}"
+            )
+        model_config = values.get("model_config", {})
+        if not isinstance(model_config, dict) or not all(isinstance(v, dict) for v in model_config.values()):
+            raise ValueError(f"model_config in {source} must map model names to tables of keyword arguments")
+        return dataclasses.replace(self, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The key/value table of a ``.toml``, ``.yaml`` or ``.yml`` file (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        with path.open("rb") as f:
+            values = tomllib.load(f)
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        with path.open() as f:
+            values = yaml.safe_load(f) or {}
+    else:
+        raise ValueError(f"config file {path} must end in .toml, .yaml or .yml")
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a table of keys, got {type(values).__name__}")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the file at ``path`` (if any), then ``overrides`` (flags given on the command line)."""
+    config = Config()
+    if path is not None:
+        config = config.updated(read_config_file(path), source=str(path))
+    return config.updated(overrides or {}, source="command-line flags")

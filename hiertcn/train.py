@@ -1,0 +1,366 @@
+"""Training: Adam + clipping over lane batches, carried state, validation, checkpoints, DDP.
+
+Models that carry state (``model.carries_state``) train on :class:`QueueBatcher`
+lanes: the state leaves one batch detached (gradients are truncated at batch
+boundaries) and enters the next, and the model resets it where ``new_user`` says.
+The others train on whole-user batches. Batches are built on a loader thread;
+the fraction of step time spent waiting for it is reported as ``wait_fraction``.
+
+Every ``checkpoint_every`` steps and at every epoch end, ``last.pt`` in the run
+folder records everything needed to continue bit-for-bit (model, optimizer, LR
+schedule, batcher position, carried state, RNG); ``best.pt`` holds the weights
+with the best validation ``mrr``. Under ``torchrun`` each rank trains on its own
+shard of users inside ``DistributedDataParallel`` and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .batching import QueueBatcher
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .data.splits import TEST, TRAIN, VALID
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]  # test metrics of the best-validation weights, plus throughput
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    run_dir: Path | None = None
+
+
+class Prefetcher:
+    """Iterates ``iterable`` on a daemon thread, ``depth`` items ahead; ``wait_s`` is time spent blocked."""
+
+    _END = object()
+
+    def __init__(self, iterable, depth: int = 4):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.wait_s = 0.0
+        self._thread = threading.Thread(target=self._fill, args=(iterable,), daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, iterable):
+        try:
+            for item in iterable:
+                if not self._put(item):
+                    return
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            self._put(_LoaderError(err))
+            return
+        self._put(self._END)
+
+    def __iter__(self):
+        while True:
+            start = time.perf_counter()
+            item = self._queue.get()
+            self.wait_s += time.perf_counter() - start
+            if item is self._END:
+                return
+            if isinstance(item, _LoaderError):
+                raise item.error
+            yield item
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class _LoaderError:
+    error: BaseException
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def batch_source(model, dataset, config: Config, *, epoch_users: np.ndarray | None = None):
+    """The training batches for ``model``: carried-state lanes, or whole users for stateless models."""
+    train_sessions = np.asarray(dataset.role) == TRAIN
+    if getattr(model, "carries_state", False):
+        return QueueBatcher(
+            dataset.csr,
+            n_queues=config.n_queues,
+            sessions_per_lane=config.sessions_per_lane,
+            max_session_len=config.max_session_len,
+            truncate=config.truncate,
+            include=train_sessions,
+            users=epoch_users,
+            seed=config.seed,
+        )
+    from .batching import user_batches
+
+    return user_batches(
+        dataset.csr,
+        users_per_batch=config.users_per_batch,
+        include=train_sessions,
+        users=epoch_users,
+        seed=config.seed,
+    )
+
+
+def fit(
+    model: torch.nn.Module,
+    dataset,
+    config: Config,
+    *,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    loss_fn: Callable | None = None,
+    evaluate_fn: Callable | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``dataset``'s TRAIN sessions, early-stop on VALID ``mrr``, score TEST.
+
+    ``loss_fn(model, user_emb, targets, batch=...)`` defaults to ``build_loss(config.loss)``
+    and ``evaluate_fn(model, dataset, roles=...)`` to :func:`hiertcn.evaluate.evaluate`.
+    ``on_step(step)`` runs after every optimizer step. Writes ``last.pt``, ``best.pt``,
+    ``history.json`` and ``metrics.json`` into ``run_dir`` (rank 0 only).
+    """
+    if loss_fn is None:
+        from .losses import build_loss
+
+        loss_fn = build_loss(config.loss) if config.loss else build_loss()
+    if evaluate_fn is None:
+        from .evaluate import evaluate as evaluate_fn
+    run_dir = Path(run_dir)
+    rank, world = distributed()
+    writes = rank == 0
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    model.to(device)
+
+    users = np.arange(dataset.csr.n_users)[rank::world]
+    source = batch_source(model, dataset, config, epoch_users=users)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    run = {
+        "epoch": 0, "batch": 0, "step": 0, "train_time": 0.0, "wait_time": 0.0, "tokens": 0,
+        "epoch_loss": 0.0, "epoch_targets": 0, "best_mrr": -math.inf, "bad_epochs": 0, "history": [],
+    }  # fmt: skip
+    lane_state = None
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        run = ckpt["run"]
+        lane_state = ckpt["lane_state"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+
+    def checkpoint_payload() -> dict[str, Any]:
+        return {
+            "config": config.to_dict(),
+            "model_name": getattr(model, "name", type(model).__name__),
+            "model_config": getattr(model, "config", {}),
+            "n_items": dataset.csr.n_items,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "run": run,
+            "lane_state": lane_state,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            },
+        }
+
+    has_valid = bool((np.asarray(dataset.role) == VALID).any())
+    stop = _patience_spent(run, config)
+    while run["epoch"] < config.epochs and not stop:
+        epoch = run["epoch"]
+        n_batches = source.n_batches(epoch)
+        if world > 1:  # every rank must take the same number of DDP steps
+            count = torch.tensor([n_batches], device=device)
+            dist.all_reduce(count, op=dist.ReduceOp.MIN)
+            n_batches = int(count)
+        model.train()
+        if getattr(model, "carries_state", False) and (lane_state is None or run["batch"] == 0):
+            lane_state = model.init_state(config.n_queues, device)
+        loader = Prefetcher(_take(source.batches(epoch, start=run["batch"]), n_batches - run["batch"]), config.prefetch)
+        bar = tqdm(
+            total=n_batches, initial=run["batch"], desc=f"{getattr(model, 'name', 'model')} epoch {epoch + 1}",
+            unit="batch", disable=not (progress and writes), leave=False,
+        )  # fmt: skip
+        epoch_start, epoch_wait0 = time.perf_counter(), 0.0
+        shown_start, shown_tokens = epoch_start, 0
+        out_of_time = False
+        try:
+            for batch in loader:
+                batch = batch.to(device, non_blocking=True)
+                if getattr(model, "carries_state", False):
+                    user_emb, lane_state = net(batch, lane_state)
+                else:
+                    user_emb, _ = net(batch)
+                mask = batch.target_mask
+                loss = loss_fn(model, user_emb[mask], batch.items[mask], batch=batch)
+                if not torch.isfinite(loss):
+                    kept = f"; the last good checkpoint is {last_path}" if last_path.exists() else ""
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, batch {run['batch'] + 1} (step {run['step'] + 1})"
+                        f"{kept}. Try a lower --lr or a smaller clip_norm."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                optimizer.step()
+                if lane_state is not None:
+                    lane_state = model.detach_state(lane_state)
+
+                n_targets = int(mask.sum())
+                run["epoch_loss"] += loss.item() * n_targets
+                run["epoch_targets"] += n_targets
+                run["batch"] += 1
+                run["step"] += 1
+                run["tokens"] += batch.n_tokens
+                shown_tokens += batch.n_tokens
+                now = time.perf_counter()
+                bar.update()
+                bar.set_postfix(
+                    loss=f"{loss.item():.3f}",
+                    inter_s=f"{shown_tokens / max(now - shown_start, 1e-9):.0f}",
+                    wait=f"{loader.wait_s / max(now - shown_start, 1e-9):.0%}",
+                )
+                if config.max_time is not None and run["train_time"] + now - epoch_start >= config.max_time:
+                    out_of_time = True
+                if writes and config.checkpoint_every and run["step"] % config.checkpoint_every == 0:
+                    _account(run, epoch_start, loader, epoch_wait0)
+                    epoch_start, epoch_wait0 = time.perf_counter(), loader.wait_s
+                    save_checkpoint(last_path, checkpoint_payload())
+                if on_step is not None:
+                    on_step(run["step"])
+                if out_of_time:
+                    break
+        finally:
+            loader.close()
+            bar.close()
+        _account(run, epoch_start, loader, epoch_wait0)
+
+        scheduler.step()
+        row = {
+            "epoch": epoch + 1,
+            "step": run["step"],
+            "train_loss": run["epoch_loss"] / max(run["epoch_targets"], 1),
+            "train_time_s": run["train_time"],
+        }
+        if has_valid:
+            model.eval()
+            with torch.no_grad():
+                val = evaluate_fn(model, dataset, roles=(VALID,))
+            row.update({f"val_{k}": v for k, v in val.items() if "/" not in k})
+            if val["mrr"] > run["best_mrr"]:
+                run["best_mrr"], run["bad_epochs"] = val["mrr"], 0
+                if writes:
+                    save_checkpoint(best_path, _weights_payload(checkpoint_payload()))
+            else:
+                run["bad_epochs"] += 1
+            stop = _patience_spent(run, config)
+        run["history"].append(row)
+        run["epoch"], run["batch"] = epoch + 1, 0
+        run["epoch_loss"], run["epoch_targets"] = 0.0, 0
+        if writes:
+            save_checkpoint(last_path, checkpoint_payload())
+        if out_of_time:
+            break
+
+    if writes and not best_path.exists():  # no validation sessions: the last weights are the result
+        save_checkpoint(best_path, _weights_payload(checkpoint_payload()))
+    if world > 1:
+        dist.barrier()
+    best = load_checkpoint(best_path, map_location=device)
+    model.load_state_dict(best["model"])
+    model.eval()
+    with torch.no_grad():
+        metrics = dict(evaluate_fn(model, dataset, roles=(TEST,)))
+    metrics.update(
+        {
+            "epochs": run["epoch"],
+            "steps": run["step"],
+            "train_time_s": run["train_time"],
+            "interactions_per_s": run["tokens"] / max(run["train_time"], 1e-9),
+            "wait_fraction": run["wait_time"] / max(run["train_time"], 1e-9),
+        }
+    )
+    if writes:
+        (run_dir / "history.json").write_text(json.dumps(run["history"], indent=2))
+        write_metrics(run_dir, metrics)
+    return TrainResult(metrics=metrics, history=run["history"], run_dir=run_dir)
+
+
+def write_metrics(out_dir: str | Path, metrics: dict) -> Path:
+    path = Path(out_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return path
+
+
+def _patience_spent(run: dict, config: Config) -> bool:
+    return config.patience > 0 and run["bad_epochs"] >= config.patience
+
+
+def _account(run: dict, since: float, loader: Prefetcher, wait_since: float) -> None:
+    run["train_time"] += time.perf_counter() - since
+    run["wait_time"] += loader.wait_s - wait_since
+
+
+def _take(iterable, n: int):
+    for i, item in enumerate(iterable):
+        if i >= n:
+            return
+        yield item
+
+
+def _weights_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    keep = ("config", "model_name", "model_config", "n_items", "model")
+    return {k: payload[k] for k in keep}

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from hiertcn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from hiertcn.config import Config, load_config
+
+
+def test_file_then_flags_override_defaults(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('epochs = 7\nlr = 0.01\nmodels = ["hiertcn", "gru4rec"]\n[model_config.hiertcn]\nlevels = 3\n')
+    config = load_config(toml, {"lr": 0.5})
+    assert (config.epochs, config.lr, config.models) == (7, 0.5, ["hiertcn", "gru4rec"])
+    assert config.model_config == {"hiertcn": {"levels": 3}}
+    assert config.n_queues == Config().n_queues
+
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("epochs: 2\nsplit: user\n")
+    assert (load_config(yaml).epochs, load_config(yaml).split) == (2, "user")
+
+
+@pytest.mark.parametrize("suffix, text", [(".toml", "epoch = 3\n"), (".yml", "epoch: 3\n")])
+def test_unknown_keys_are_named(tmp_path, suffix, text):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="unknown key.*'epoch'.*valid keys: .*epochs"):
+        load_config(path)
+
+
+def test_bad_values_and_files():
+    with pytest.raises(ValueError, match="split"):
+        Config(split="random")
+    with pytest.raises(ValueError, match="epochs"):
+        Config(epochs=0)
+    with pytest.raises(FileNotFoundError, match="nope.toml"):
+        load_config("nope.toml")
+    with pytest.raises(ValueError, match="model_config"):
+        Config.from_dict({"model_config": {"hiertcn": 3}})
+    assert Config(models="hiertcn, gru4rec").models == ["hiertcn", "gru4rec"]
+
+
+def test_checkpoint_round_trip_is_atomic(tmp_path):
+    path = tmp_path / "ck" / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.arange(3.0)}})
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.arange(3.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    save_checkpoint(corrupt, {"model": {"w": torch.randn(100)}})
+    corrupt.write_bytes(corrupt.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a hiertcn checkpoint"):
+        load_checkpoint(foreign)
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, {"format_version": 0})
+    with pytest.raises(CheckpointError, match="format version 0"):
+        load_checkpoint(old)
