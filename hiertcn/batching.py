@@ -11,6 +11,7 @@ included, predicts its own item.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -44,6 +45,115 @@ class SessionBatch:
             **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
         )
 
+
+# ---- Whole-user batches: one user's full history (windowed) per lane --------------------------------
+
+MAX_SESSION_LEN = 20  # the official cap on a session window
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(starts[i], ends[i])`` for every i."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(total, dtype=np.int64) + offsets
+
+
+def _user_batch(csr, users: np.ndarray, session_end: np.ndarray, max_session_len: int, score_sessions) -> SessionBatch:
+    first_session = csr.user_ptr[users]
+    sessions = _ranges(first_session, session_end)
+    n_sessions_per_user = session_end - first_session
+    lo, hi = csr.session_ptr[sessions], csr.session_ptr[sessions + 1]
+    n_windows = -(-(hi - lo) // max_session_len)  # ceil; an empty session gives no window
+    window_session = np.repeat(np.arange(len(sessions)), n_windows)
+    first_window_of_session = np.concatenate([[0], np.cumsum(n_windows)[:-1]])
+    k = np.arange(len(window_session)) - first_window_of_session[window_session]  # window index in its session
+    w_lo = lo[window_session] + k * max_session_len
+    w_hi = np.minimum(w_lo + max_session_len, hi[window_session])
+    tokens = _ranges(w_lo, w_hi)
+
+    session_is_first = np.zeros(len(sessions), dtype=bool)
+    session_is_first[np.concatenate([[0], np.cumsum(n_sessions_per_user)[:-1]])] = True
+    new_user = session_is_first[window_session] & (k == 0)
+    gap = np.zeros(len(window_session), dtype=np.float32)
+    resumes = (k == 0) & ~new_user
+    gap[resumes] = csr.timestamp[w_lo[resumes]] - csr.timestamp[w_lo[resumes] - 1]
+
+    windows_per_user = np.add.reduceat(n_windows, np.concatenate([[0], np.cumsum(n_sessions_per_user)[:-1]]))
+    if score_sessions is None:
+        target = np.ones(len(tokens), dtype=bool)
+    else:
+        target = np.repeat(score_sessions[sessions[window_session]], w_hi - w_lo)
+    return SessionBatch(
+        items=torch.from_numpy(np.ascontiguousarray(csr.item[tokens], dtype=np.int64)),
+        cu_seqlens=torch.from_numpy(np.concatenate([[0], np.cumsum(w_hi - w_lo)]).astype(np.int64)),
+        lane_ptr=torch.from_numpy(np.concatenate([[0], np.cumsum(windows_per_user)]).astype(np.int64)),
+        new_user=torch.from_numpy(new_user),
+        gap=torch.from_numpy(gap),
+        target_mask=torch.from_numpy(target),
+        lane_user=torch.from_numpy(users.astype(np.int64)),
+    )
+
+
+def user_batches(
+    csr,
+    users=None,
+    *,
+    max_session_len: int = MAX_SESSION_LEN,
+    score_sessions: np.ndarray | None = None,
+    batch_users: int = 64,
+    max_tokens: int | None = None,
+) -> Iterator[SessionBatch]:
+    """Batches with one user's whole history per lane, sessions in time order, cut into windows.
+
+    ``csr``: a :class:`~hiertcn_kernels.packing.SessionCSR`. ``users``: user rows
+    (default: all, in order). A session longer than ``max_session_len`` becomes
+    consecutive windows (gap 0, not ``new_user``), as in training.
+    ``score_sessions``: bool ``(n_sessions,)`` over the CSR's sessions; their
+    positions get ``target_mask`` True (default: every position). When given,
+    a user's sessions after their last scored one are left out (a causal model
+    cannot use them) and users with no scored session are skipped.
+    A batch holds up to ``batch_users`` users and, if ``max_tokens`` is set, at
+    most ``max_tokens`` interactions (a longer user still gets a batch alone).
+    """
+    if not isinstance(max_session_len, int) or max_session_len < 1:
+        raise ValueError(f"max_session_len must be a positive int, got {max_session_len!r}")
+    if not isinstance(batch_users, int) or batch_users < 1:
+        raise ValueError(f"batch_users must be a positive int, got {batch_users!r}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive or None, got {max_tokens!r}")
+    users = np.arange(csr.n_users) if users is None else np.asarray(users, dtype=np.int64).reshape(-1)
+    if users.size and (users.min() < 0 or users.max() >= csr.n_users):
+        raise ValueError(f"users must be user rows in [0, {csr.n_users})")
+    session_end = csr.user_ptr[users + 1].copy()
+    if score_sessions is not None:
+        score_sessions = np.asarray(score_sessions)
+        if score_sessions.dtype != np.bool_ or score_sessions.shape != (csr.n_sessions,):
+            raise ValueError(
+                f"score_sessions must be a bool array of shape ({csr.n_sessions},), "
+                f"got {score_sessions.dtype} {score_sessions.shape}"
+            )
+        # Last scored session of each user + 1 (0 where none is scored).
+        # Running max over sessions; it lies inside a user's range only if that user has a scored session.
+        running = np.maximum.accumulate(np.where(score_sessions, np.arange(csr.n_sessions) + 1, 0))
+        starts, ends = csr.user_ptr[users], csr.user_ptr[users + 1]
+        last = np.where(ends > starts, running[np.maximum(ends - 1, 0)], 0) if csr.n_sessions else starts
+        keep = last > starts
+        users, session_end = users[keep], last[keep]
+    n_tokens = csr.session_ptr[session_end] - csr.session_ptr[csr.user_ptr[users]]
+    begin = 0
+    while begin < len(users):
+        end = begin + 1
+        budget = n_tokens[begin]
+        while end < len(users) and end - begin < batch_users:
+            if max_tokens is not None and budget + n_tokens[end] > max_tokens:
+                break
+            budget += n_tokens[end]
+            end += 1
+        yield _user_batch(csr, users[begin:end], session_end[begin:end], max_session_len, score_sessions)
+        begin = end
 
 # ---------------------------------------------------------------------------
 # Queue batcher (the official scheme): lanes carry state across batches.

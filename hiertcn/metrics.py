@@ -1,0 +1,92 @@
+"""Full-catalogue ranking metrics.
+
+The rank of the target is ``1 + #{j != target : scores[j] >= scores[target]}``:
+ties count against the target, so a model that scores everything equally
+ranks every target last, never first. ``mrp`` is the mean of ``rank / I``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+RECALL_CUTOFFS = (1, 5, 10, 20)
+METRIC_KEYS = tuple(f"recall@{k}" for k in RECALL_CUTOFFS) + ("mrr", "mrr@20", "mrp")
+
+
+def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each target among all items, ties against the target: ``(E,)`` int64."""
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (E, I), got shape {tuple(scores.shape)}")
+    if target.dim() != 1 or target.shape[0] != scores.shape[0]:
+        raise ValueError(f"target must be (E,) with E={scores.shape[0]}, got shape {tuple(target.shape)}")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= scores.shape[1]):
+        raise ValueError(f"target ids must lie in [0, {scores.shape[1]})")
+    target_score = scores.gather(1, target.long()[:, None])
+    # The target itself is counted by >=, which supplies the "1 +".
+    return (scores >= target_score).sum(1)
+
+
+def metrics_per_event(ranks: torch.Tensor, n_items: int) -> torch.Tensor:
+    """``(E, len(METRIC_KEYS))`` float64 values of every metric for every event, columns in METRIC_KEYS order."""
+    r = ranks.double()
+    cols = [(r <= k).double() for k in RECALL_CUTOFFS]
+    cols += [1.0 / r, torch.where(r <= 20, 1.0 / r, torch.zeros_like(r)), r / n_items]
+    return torch.stack(cols, 1)
+
+
+def ranking_metrics(scores: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Mean of every metric in METRIC_KEYS over the events: ``scores (E, I)``, ``target (E,)``."""
+    if scores.shape[0] == 0:
+        raise ValueError("scores must hold at least one event")
+    values = metrics_per_event(target_ranks(scores, target), scores.shape[1]).mean(0)
+    return dict(zip(METRIC_KEYS, values.tolist()))
+
+
+class MetricAccumulator:
+    """Streaming sums of the metrics, per event and per user.
+
+    ``result()`` gives the per-event means under the plain keys (the primary
+    numbers: every scored event weighs the same), the mean over users of each
+    user's per-event mean under ``user/<key>`` (every user weighs the same, the
+    official code's averaging), and ``n_events``, ``n_users``.
+    """
+
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+        self._sum = np.zeros(len(METRIC_KEYS))
+        self._n_events = 0
+        self._user_sums: dict[int, np.ndarray] = {}
+        self._user_counts: dict[int, int] = {}
+
+    def add(self, ranks: torch.Tensor, users: torch.Tensor | Sequence[int]) -> None:
+        """Add events with their 1-based ``ranks (E,)`` and the user row of each event ``users (E,)``."""
+        users = torch.as_tensor(users).cpu().long()
+        if users.shape != ranks.shape:
+            raise ValueError(f"users must have the shape of ranks {tuple(ranks.shape)}, got {tuple(users.shape)}")
+        values = metrics_per_event(ranks.cpu(), self.n_items).numpy()
+        self._sum += values.sum(0)
+        self._n_events += len(values)
+        uniq, inverse = np.unique(users.numpy(), return_inverse=True)
+        sums = np.zeros((len(uniq), values.shape[1]))
+        np.add.at(sums, inverse, values)
+        counts = np.bincount(inverse, minlength=len(uniq))
+        for u, s, c in zip(uniq.tolist(), sums, counts.tolist()):
+            if u in self._user_sums:
+                self._user_sums[u] += s
+                self._user_counts[u] += c
+            else:
+                self._user_sums[u] = s
+                self._user_counts[u] = c
+
+    def result(self) -> dict[str, float]:
+        if self._n_events == 0:
+            raise ValueError("no events were scored")
+        out = dict(zip(METRIC_KEYS, (self._sum / self._n_events).tolist()))
+        per_user = np.stack([s / self._user_counts[u] for u, s in self._user_sums.items()]).mean(0)
+        out.update({f"user/{k}": v for k, v in zip(METRIC_KEYS, per_user.tolist())})
+        out["n_events"] = self._n_events
+        out["n_users"] = len(self._user_sums)
+        return out

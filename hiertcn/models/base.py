@@ -1,0 +1,133 @@
+"""The interface every recommender implements, and the ragged-batch helpers they share."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hiertcn.batching import SessionBatch
+
+
+class Recommender(nn.Module):
+    """Next-item recommender over :class:`SessionBatch` lanes.
+
+    ``forward(batch, state)`` returns ``(user_emb (T, D), new_state)``: row ``t``
+    is the user representation that predicts ``batch.items[t]`` and uses only
+    that user's interactions strictly before ``t``. ``scores(user_emb)`` turns
+    it into item logits through the output embedding table (plus bias).
+
+    ``carries_state``: True for models trained with the queue batcher, whose
+    per-lane state flows from one batch into the next (the trainer detaches it
+    with ``detach_state`` between batches); False for models that see a
+    user's whole history in one lane and ignore ``state``.
+    """
+
+    carries_state: bool = False
+
+    def __init__(self, n_items: int):
+        super().__init__()
+        if not isinstance(n_items, int) or isinstance(n_items, bool) or n_items < 1:
+            raise ValueError(f"n_items must be a positive int, got {n_items!r}")
+        self.n_items = n_items
+
+    def _init_head(self, dim: int, tied_to: nn.Embedding | None = None) -> None:
+        """Output table ``(n_items, dim)`` plus bias; ``tied_to`` shares the input item embeddings."""
+        self.tied = tied_to is not None
+        if tied_to is not None:
+            if tied_to.embedding_dim != dim:
+                raise ValueError(
+                    f"tied output embeddings need the user embedding size ({dim}) to equal the item "
+                    f"embedding size ({tied_to.embedding_dim})"
+                )
+            self._tied_table = tied_to
+            self.out_weight = None
+        else:
+            self.out_weight = nn.Parameter(torch.empty(self.n_items, dim))
+            nn.init.normal_(self.out_weight, std=dim**-0.5)
+        self.out_bias = nn.Parameter(torch.zeros(self.n_items))
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight (n_items, D), bias (n_items,))`` of the scoring layer."""
+        weight = self._tied_table.weight if self.tied else self.out_weight
+        return weight, self.out_bias
+
+    def scores(self, user_emb: torch.Tensor) -> torch.Tensor:
+        """Logits over the whole catalogue: ``(n, D) -> (n, n_items)``."""
+        weight, bias = self.output_embeddings()
+        return torch.addmm(bias, user_emb, weight.t())
+
+    def init_state(self, n_lanes: int, device=None):
+        """State for ``n_lanes`` fresh lanes (None for models that carry none)."""
+        return None
+
+    @staticmethod
+    def detach_state(state):
+        """Cut the autograd history of a carried state (tensor, tuple of tensors or None)."""
+        if state is None:
+            return None
+        if isinstance(state, torch.Tensor):
+            return state.detach()
+        return type(state)(s.detach() for s in state)
+
+    def forward(self, batch: SessionBatch, state=None):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def lane_slots(batch: SessionBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For ``j = 0, 1, ...``: ``(lanes, windows)``, the lanes holding a ``j``-th window and that window's index.
+
+    Walking these in order visits every lane's windows in time order, all lanes at once.
+    """
+    ptr = batch.lane_ptr.long()
+    counts = ptr.diff()
+    n_slots = int(counts.max()) if counts.numel() else 0
+    slots = []
+    for j in range(n_slots):
+        lanes = torch.nonzero(counts > j).squeeze(1)
+        slots.append((lanes, ptr[lanes] + j))
+    return slots
+
+
+def window_lengths(batch: SessionBatch) -> torch.Tensor:
+    return batch.cu_seqlens.long().diff()
+
+
+def user_offsets(batch: SessionBatch) -> torch.Tensor:
+    """Token offsets ``(U+1,)`` of each user's run of windows (a run starts at a lane start or ``new_user``)."""
+    n_windows = batch.n_sessions
+    starts = batch.new_user.clone()
+    lane_starts = batch.lane_ptr[:-1].long()
+    starts[lane_starts[lane_starts < n_windows]] = True
+    first_windows = torch.nonzero(starts).squeeze(1)
+    cu = batch.cu_seqlens.long()
+    return torch.cat([cu[first_windows], cu[-1:]])
+
+
+def shift_right(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``out[t] = x[t-1]`` inside each segment of ``offsets``, zero at a segment's first row (the start token)."""
+    shifted = torch.cat([x.new_zeros(1, x.shape[1]), x[:-1]])
+    offsets = offsets.long()
+    starts = offsets[:-1][offsets.diff() > 0]
+    keep = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
+    keep[starts] = 0
+    return shifted * keep
+
+
+def pad_segments(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor):
+    """Rows ``starts[i] : starts[i]+lengths[i]`` of ``x`` as a padded ``(n, L, C)`` block.
+
+    Returns ``(padded, valid (n, L) bool, rows)`` where ``padded[valid]`` are ``x[rows]``.
+    """
+    width = int(lengths.max()) if lengths.numel() else 0
+    pos = torch.arange(width, device=x.device)
+    valid = pos[None, :] < lengths[:, None]
+    rows = (starts[:, None] + pos[None, :])[valid]
+    padded = x.new_zeros(lengths.numel(), width, x.shape[1])
+    padded[valid] = x[rows]
+    return padded, valid, rows
+
+
+def check_state(state: torch.Tensor, expected: tuple[int, ...], model: str) -> None:
+    if not isinstance(state, torch.Tensor) or tuple(state.shape) != expected:
+        got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+        raise ValueError(f"{model} state must be a tensor of shape {expected} (see init_state), got {got}")

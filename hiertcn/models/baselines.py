@@ -1,0 +1,164 @@
+"""The paper's baselines, on the same batches and scoring head as HierTCN.
+
+``MovingAverage``, ``GRU4Rec`` and ``FlatTCN`` read a user's whole history as
+one flat sequence (a user's run of windows in a lane; they carry no state
+across batches). ``HRNN`` steps over windows like HierTCN and carries its
+user-level state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hiertcn.batching import SessionBatch
+from hiertcn_kernels import TCNBlock
+
+from .base import Recommender, check_state, lane_slots, pad_segments, shift_right, user_offsets, window_lengths
+
+
+def _item_embedding(n_items: int, dim: int) -> nn.Embedding:
+    emb = nn.Embedding(n_items, dim)
+    nn.init.normal_(emb.weight, std=dim**-0.5)
+    return emb
+
+
+class MovingAverage(Recommender):
+    """Mean of the (learned) embeddings of the user's last ``window`` items before each position.
+
+    The first position of a history has no items before it and gets the zero
+    vector, so it is scored by the output bias alone (popularity).
+    """
+
+    def __init__(self, n_items: int, *, embedding_dim: int = 128, window: int = 10, tied: bool = False):
+        super().__init__(n_items)
+        if window < 1:
+            raise ValueError(f"window must be positive, got {window}")
+        self.window = window
+        self.item_emb = _item_embedding(n_items, embedding_dim)
+        self._init_head(embedding_dim, self.item_emb if tied else None)
+
+    def forward(self, batch: SessionBatch, state=None):
+        emb = self.item_emb(batch.items)
+        offsets = user_offsets(batch)
+        # Exclusive prefix sums in float64 so long histories do not lose precision to cancellation.
+        prefix = torch.cat([emb.new_zeros(1, emb.shape[1], dtype=torch.float64), emb.double().cumsum(0)])
+        t = torch.arange(emb.shape[0], device=emb.device)
+        start = torch.repeat_interleave(offsets[:-1], offsets.diff(), output_size=emb.shape[0])
+        lo = torch.maximum(t - self.window, start)
+        count = (t - lo).clamp(min=1).to(torch.float64)[:, None]
+        return ((prefix[t] - prefix[lo]) / count).to(emb.dtype), None
+
+
+class GRU4Rec(Recommender):
+    """Multi-layer GRU (2 x 200 in the release) over the whole history, input shifted right."""
+
+    def __init__(
+        self, n_items: int, *, embedding_dim: int = 128, hidden_dim: int = 200, layers: int = 2,
+        dropout: float = 0.0, tied: bool = False,
+    ):
+        super().__init__(n_items)
+        self.item_emb = _item_embedding(n_items, embedding_dim)
+        self.gru = nn.GRU(embedding_dim, hidden_dim, layers, batch_first=True, dropout=dropout)
+        self._init_head(hidden_dim, self.item_emb if tied else None)
+
+    def forward(self, batch: SessionBatch, state=None):
+        offsets = user_offsets(batch)
+        x = shift_right(self.item_emb(batch.items), offsets)
+        lengths = offsets.diff()
+        padded, valid, rows = pad_segments(x, offsets[:-1], lengths)
+        packed = nn.utils.rnn.pack_padded_sequence(padded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
+        user_emb = x.new_empty(x.shape[0], out.shape[-1])
+        user_emb = user_emb.index_put((rows,), out[valid])
+        return user_emb, None
+
+
+class FlatTCN(Recommender):
+    """One TCN over each user's whole history, padded to the longest in the batch (as in the release).
+
+    Level ``l`` is a residual block with dilation ``2**l``; where the channel
+    count changes, a bias-free 1x1 projection comes first (Bai et al.'s downsample).
+    """
+
+    def __init__(
+        self, n_items: int, *, embedding_dim: int = 128, channels=(128, 128, 128, 128, 256, 256),
+        kernel_size: int = 5, block: str = "relu", dropout: float = 0.0, tied: bool = False,
+    ):
+        super().__init__(n_items)
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) < 1:
+            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
+        self.item_emb = _item_embedding(n_items, embedding_dim)
+        self.levels = nn.ModuleList()
+        prev = embedding_dim
+        for level, c in enumerate(channels):
+            proj = nn.Linear(prev, c, bias=False) if c != prev else nn.Identity()
+            self.levels.append(nn.ModuleList([proj, TCNBlock(c, kernel_size, 2**level, block)]))
+            prev = c
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._init_head(prev, self.item_emb if tied else None)
+
+    def forward(self, batch: SessionBatch, state=None):
+        offsets = user_offsets(batch)
+        x = shift_right(self.item_emb(batch.items), offsets)
+        h, valid, rows = pad_segments(x, offsets[:-1], offsets.diff())
+        for proj, block in self.levels:
+            h = self.dropout(block(proj(h)))
+        user_emb = h.new_empty(x.shape[0], h.shape[-1]).index_put((rows,), h[valid])
+        return user_emb, None
+
+
+class HRNN(Recommender):
+    """Hierarchical RNN (Quadrana et al., RecSys 2017).
+
+    A session GRU runs over each window's items, starting from
+    ``tanh(W u)`` where ``u`` is the user GRU's state before the window; the
+    session GRU's last state then updates ``u``. Position ``t`` is represented
+    by the session GRU state after the items before ``t`` (``tanh(W u)`` at
+    the window start).
+    """
+
+    carries_state = True
+
+    def __init__(
+        self, n_items: int, *, embedding_dim: int = 128, session_dim: int = 128, user_dim: int = 128,
+        dropout: float = 0.0, tied: bool = False,
+    ):
+        super().__init__(n_items)
+        self.user_dim = user_dim
+        self.item_emb = _item_embedding(n_items, embedding_dim)
+        self.session_gru = nn.GRU(embedding_dim, session_dim, batch_first=True)
+        self.user_cell = nn.GRUCell(session_dim, user_dim)
+        self.session_init = nn.Linear(user_dim, session_dim)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._init_head(session_dim, self.item_emb if tied else None)
+
+    def init_state(self, n_lanes: int, device=None) -> torch.Tensor:
+        """``(n_lanes, user_dim)`` zeros."""
+        return torch.zeros(n_lanes, self.user_dim, device=device)
+
+    def forward(self, batch: SessionBatch, state: torch.Tensor | None = None):
+        emb = self.dropout(self.item_emb(batch.items))
+        if state is None:
+            state = self.init_state(batch.n_lanes, emb.device)
+        check_state(state, (batch.n_lanes, self.user_dim), "HRNN")
+        u = state.to(emb.dtype)
+        starts, lengths = batch.cu_seqlens[:-1].long(), window_lengths(batch)
+        outs, out_rows = [], []
+        for lanes, windows in lane_slots(batch):
+            ul = u[lanes] * (~batch.new_user[windows]).to(u.dtype)[:, None]
+            h0 = torch.tanh(self.session_init(ul))
+            padded, valid, rows = pad_segments(emb, starts[windows], lengths[windows])
+            seq, _ = self.session_gru(padded, h0[None])
+            # The state before position t: h0 at t=0, then the GRU output after item t-1.
+            before = torch.cat([h0[:, None], seq[:, :-1]], dim=1)
+            outs.append(before[valid])
+            out_rows.append(rows)
+            last = seq[torch.arange(len(windows), device=seq.device), (lengths[windows] - 1).clamp(min=0)]
+            last = torch.where((lengths[windows] > 0)[:, None], last, h0)
+            u = u.index_copy(0, lanes, self.user_cell(last, ul))
+        if not outs:
+            return emb.new_zeros(0, self.session_gru.hidden_size), u
+        return torch.cat(outs)[torch.argsort(torch.cat(out_rows))], u

@@ -1,0 +1,114 @@
+"""HierTCN (You et al., WWW 2019), faithful to the authors' release.
+
+High level: the mean (or sum / max) of each session window's item embeddings,
+a dense layer, and a 2-layer GRU stepping once per window. The GRU state
+*before* window ``i`` (after the user's windows ``< i``; zeros for the first)
+is expanded to every position of window ``i``. Low level: concat(item
+embedding shifted right with a zero start token, that state), a bias-free
+projection, then a TemporalConvNet over each window (varlen, causal), then the
+item logits through the output table. Optionally the carried state decays with
+the time gap before a window: ``state *= exp(-gap / bandwidth)``, with a fixed
+bandwidth or (as in the release) ``bandwidth * sigmoid(dense(state))``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hiertcn.batching import SessionBatch
+from hiertcn_kernels import TemporalConvNet, segment_expand, segment_reduce
+
+from .base import Recommender, check_state, lane_slots, shift_right
+
+GAP_DECAYS = ("none", "fixed", "learned")
+
+
+class HierTCN(Recommender):
+    carries_state = True
+
+    def __init__(
+        self,
+        n_items: int,
+        *,
+        embedding_dim: int = 128,
+        hidden_dim: int = 128,
+        gru_layers: int = 2,
+        channels: int = 128,
+        levels: int = 4,
+        kernel_size: int = 5,
+        block: str = "relu",
+        agg: str = "mean",
+        dropout: float = 0.0,
+        tied: bool = False,
+        gap_decay: str = "none",
+        gap_bandwidth: float = 86400.0,
+    ):
+        super().__init__(n_items)
+        if agg not in ("mean", "sum", "max"):
+            raise ValueError(f"agg must be 'mean', 'sum' or 'max', got {agg!r}")
+        if gap_decay not in GAP_DECAYS:
+            raise ValueError(f"gap_decay must be one of {GAP_DECAYS}, got {gap_decay!r}")
+        if gap_bandwidth <= 0:
+            raise ValueError(f"gap_bandwidth must be positive, got {gap_bandwidth}")
+        self.agg = agg
+        self.gap_decay = gap_decay
+        self.gap_bandwidth = float(gap_bandwidth)
+        self.hidden_dim = hidden_dim
+        self.gru_layers = gru_layers
+        self.item_emb = nn.Embedding(n_items, embedding_dim)
+        nn.init.normal_(self.item_emb.weight, std=embedding_dim**-0.5)
+        self.agg_dense = nn.Linear(embedding_dim, embedding_dim)
+        self.cells = nn.ModuleList(
+            nn.GRUCell(embedding_dim if layer == 0 else hidden_dim, hidden_dim) for layer in range(gru_layers)
+        )
+        if gap_decay == "learned":
+            self.gap_dense = nn.Linear(gru_layers * hidden_dim, 1)
+        # The release concatenates the whole multi-layer state (state_is_tuple=False) to every step.
+        self.project = nn.Linear(embedding_dim + gru_layers * hidden_dim, channels, bias=False)
+        self.tcn = TemporalConvNet(channels, levels, kernel_size, activation=block, dropout=dropout)
+        self._init_head(channels, self.item_emb if tied else None)
+
+    def init_state(self, n_lanes: int, device=None) -> torch.Tensor:
+        """``(gru_layers, n_lanes, hidden_dim)`` zeros."""
+        return torch.zeros(self.gru_layers, n_lanes, self.hidden_dim, device=device)
+
+    def _decay(self, h: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """Factor ``exp(-gap / bandwidth)`` per lane, ``(n,)``."""
+        if self.gap_decay == "fixed":
+            return torch.exp(-gap / self.gap_bandwidth)
+        flat = h.permute(1, 0, 2).reshape(h.shape[1], -1)
+        bandwidth = self.gap_bandwidth * torch.sigmoid(self.gap_dense(flat)).squeeze(1)
+        return torch.exp(-gap / bandwidth)
+
+    def session_context(self, batch: SessionBatch, summaries: torch.Tensor, state: torch.Tensor):
+        """GRU over each lane's windows: the state before every window ``(S, layers*H)`` and the final state."""
+        h = state
+        before, order = [], []
+        for lanes, windows in lane_slots(batch):
+            hl = h[:, lanes]
+            hl = hl * (~batch.new_user[windows]).to(hl.dtype)[None, :, None]
+            if self.gap_decay != "none":
+                hl = hl * self._decay(hl, batch.gap[windows].to(hl.dtype))[None, :, None]
+            before.append(hl.permute(1, 0, 2).reshape(len(lanes), -1))
+            order.append(windows)
+            x, new = summaries[windows], []
+            for layer, cell in enumerate(self.cells):
+                x = cell(x, hl[layer])
+                new.append(x)
+            h = h.index_copy(1, lanes, torch.stack(new))
+        if not before:
+            return summaries.new_zeros(0, self.gru_layers * self.hidden_dim), h
+        context = torch.cat(before)[torch.argsort(torch.cat(order))]
+        return context, h
+
+    def forward(self, batch: SessionBatch, state: torch.Tensor | None = None):
+        emb = self.item_emb(batch.items)
+        if state is None:
+            state = self.init_state(batch.n_lanes, emb.device)
+        check_state(state, (self.gru_layers, batch.n_lanes, self.hidden_dim), "HierTCN")
+        cu = batch.cu_seqlens
+        summaries = self.agg_dense(segment_reduce(emb, cu, self.agg))
+        context, new_state = self.session_context(batch, summaries, state.to(emb.dtype))
+        x = torch.cat([shift_right(emb, cu), segment_expand(context, cu)], dim=1)
+        return self.tcn(self.project(x), cu_seqlens=cu), new_state

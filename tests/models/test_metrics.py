@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+
+from hiertcn.metrics import METRIC_KEYS, MetricAccumulator, ranking_metrics, target_ranks
+
+
+def test_ranks_count_ties_against_target():
+    scores = torch.tensor([
+        [0.1, 0.9, 0.5, 0.3],  # target 1 strictly best: rank 1
+        [0.5, 0.5, 0.5, 0.5],  # all tied: rank 4 (last)
+        [0.2, 0.7, 0.7, 0.1],  # tie with one other item: rank 2
+        [0.9, 0.8, 0.7, 0.6],  # target 3 strictly worst: rank 4
+    ])
+    target = torch.tensor([1, 0, 2, 3])
+    assert target_ranks(scores, target).tolist() == [1, 4, 2, 4]
+
+
+def test_ranking_metrics_known_answers():
+    n_items = 30
+    ranks = [1, 3, 7, 12, 25]
+    # Build scores where item e's target sits at the wanted rank: target score = n_items - rank + 0.5 among distinct ints.
+    scores = torch.arange(n_items, 0, -1, dtype=torch.float32).repeat(len(ranks), 1)  # item j scores n_items - j
+    target = torch.tensor([r - 1 for r in ranks])  # item r-1 has rank r
+    m = ranking_metrics(scores, target)
+    assert set(m) == set(METRIC_KEYS)
+    assert m["recall@1"] == pytest.approx(1 / 5)
+    assert m["recall@5"] == pytest.approx(2 / 5)
+    assert m["recall@10"] == pytest.approx(3 / 5)
+    assert m["recall@20"] == pytest.approx(4 / 5)
+    assert m["mrr"] == pytest.approx(sum(1 / r for r in ranks) / 5)
+    assert m["mrr@20"] == pytest.approx(sum(1 / r for r in ranks if r <= 20) / 5)
+    assert m["mrp"] == pytest.approx(sum(r / n_items for r in ranks) / 5)
+
+
+def test_constant_scores_rank_last():
+    m = ranking_metrics(torch.ones(3, 8), torch.tensor([0, 4, 7]))
+    assert m["recall@5"] == 0.0 and m["mrp"] == 1.0 and m["mrr"] == pytest.approx(1 / 8)
+
+
+def test_accumulator_per_event_and_per_user():
+    acc = MetricAccumulator(n_items=10)
+    acc.add(torch.tensor([1, 2, 10]), torch.tensor([0, 0, 0]))  # user 0: three events
+    acc.add(torch.tensor([5]), [3])  # user 3: one event
+    out = acc.result()
+    assert out["n_events"] == 4 and out["n_users"] == 2
+    assert out["recall@1"] == pytest.approx(1 / 4)
+    assert out["user/recall@1"] == pytest.approx((1 / 3 + 0) / 2)
+    assert out["mrr"] == pytest.approx((1 + 0.5 + 0.1 + 0.2) / 4)
+    assert out["user/mrr"] == pytest.approx(((1 + 0.5 + 0.1) / 3 + 0.2) / 2)
+    assert out["user/mrp"] == pytest.approx(((0.1 + 0.2 + 1.0) / 3 + 0.5) / 2)
+    assert not math.isnan(out["mrr@20"])
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError, match="target"):
+        target_ranks(torch.rand(2, 5), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="scores"):
+        target_ranks(torch.rand(5), torch.tensor([0]))
+    with pytest.raises(ValueError, match="no events"):
+        MetricAccumulator(3).result()

@@ -1,0 +1,179 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hiertcn.batching import SessionBatch, user_batches
+from hiertcn.models import MODEL_NAMES, HierTCN, build_model
+
+from tinylogs import TINY, make_csr
+
+
+def _model(name, n_items=9, **extra):
+    torch.manual_seed(0)
+    return build_model(name, n_items=n_items, **{**TINY[name], **extra}).double().eval()
+
+
+def _with_items(batch, items):
+    return dataclasses.replace(batch, items=items)
+
+
+def test_user_batches_layout(small_csr):
+    (b,) = list(user_batches(small_csr, max_session_len=10))
+    # user 0: sessions 3, 25 (-> 10, 10, 5), 2; user 1: 1; user 2: 4, 2, 5, 7.
+    assert b.cu_seqlens.diff().tolist() == [3, 10, 10, 5, 2, 1, 4, 2, 5, 7]
+    assert b.lane_ptr.tolist() == [0, 5, 6, 10]
+    assert b.new_user.tolist() == [True, False, False, False, False, True, True, False, False, False]
+    ts = small_csr.timestamp
+    assert b.gap[1].item() == ts[3] - ts[2] and b.gap[2].item() == 0 and b.gap[4].item() == ts[28] - ts[27]
+    assert torch.equal(b.items, torch.from_numpy(small_csr.item))
+    assert b.lane_user.tolist() == [0, 1, 2]
+
+
+def test_user_batches_scores_and_truncates(small_csr):
+    score = np.zeros(small_csr.n_sessions, dtype=bool)
+    score[[1, 5]] = True  # user 0's second session, user 2's second session
+    batches = list(user_batches(small_csr, score_sessions=score, batch_users=1))
+    assert [b.lane_user.tolist() for b in batches] == [[0], [2]]  # user 1 has nothing to score
+    b0, b2 = batches
+    assert b0.n_tokens == 28 and b0.target_mask.tolist() == [False] * 3 + [True] * 25
+    assert b2.n_tokens == 6 and b2.target_mask.tolist() == [False] * 4 + [True] * 2
+    with pytest.raises(ValueError, match="score_sessions"):
+        next(user_batches(small_csr, score_sessions=np.ones(3, dtype=bool)))
+
+
+def test_user_batches_token_budget(small_csr):
+    batches = list(user_batches(small_csr, max_tokens=20))
+    assert [b.lane_user.tolist() for b in batches] == [[0], [1, 2]]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_causal_within_and_across_sessions(name, small_csr):
+    model = _model(name)
+    (batch,) = list(user_batches(small_csr, max_session_len=10))
+    base, _ = model(batch)
+    gen = torch.Generator().manual_seed(1)
+    # Cut points: inside a window, at a window boundary, inside a later session, and in another lane.
+    for t in (1, 3, 12, 26, 29, 35):
+        lane_end = int(batch.cu_seqlens[batch.lane_ptr[1:]].gt(t).long().argmax())
+        end = int(batch.cu_seqlens[batch.lane_ptr[lane_end + 1]])
+        items = batch.items.clone()
+        items[t + 1:end] = torch.randint(0, 9, (end - t - 1,), generator=gen)
+        assert not torch.equal(items, batch.items) or end == t + 1
+        out, _ = model(_with_items(batch, items))
+        torch.testing.assert_close(out[: t + 1], base[: t + 1], rtol=1e-9, atol=1e-10)
+        # Other lanes are untouched by a change in this one.
+        torch.testing.assert_close(out[end:], base[end:], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_new_user_resets_history_in_a_lane(name, small_csr):
+    """Two users in one lane (the queue layout): the second user's outputs ignore the first user."""
+    model = _model(name)
+    (b,) = list(user_batches(small_csr, users=[1, 2]))
+    one_lane = dataclasses.replace(b, lane_ptr=torch.tensor([0, b.n_sessions]), lane_user=torch.tensor([2]))
+    base, _ = model(one_lane)
+    items = one_lane.items.clone()
+    items[0] = (items[0] + 1) % 9  # user 1's only interaction
+    out, _ = model(_with_items(one_lane, items))
+    torch.testing.assert_close(out[1:], base[1:], rtol=1e-9, atol=1e-10)
+    # ... and matches the second user alone in a fresh lane.
+    (alone,) = list(user_batches(small_csr, users=[2]))
+    torch.testing.assert_close(model(alone)[0], base[1:], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["hiertcn", "hrnn"])
+def test_carried_state_equals_one_long_batch(name, small_csr):
+    """Splitting a user's windows over two batches and carrying the state gives the same outputs."""
+    model = _model(name)
+    (whole,) = list(user_batches(small_csr, users=[2]))
+    base, _ = model(whole)
+    cu = whole.cu_seqlens
+    first = SessionBatch(
+        items=whole.items[: cu[2]], cu_seqlens=cu[:3], lane_ptr=torch.tensor([0, 2]),
+        new_user=whole.new_user[:2], gap=whole.gap[:2], target_mask=whole.target_mask[: cu[2]],
+        lane_user=whole.lane_user,
+    )
+    second = SessionBatch(
+        items=whole.items[cu[2]:], cu_seqlens=cu[2:] - cu[2], lane_ptr=torch.tensor([0, 2]),
+        new_user=whole.new_user[2:], gap=whole.gap[2:], target_mask=whole.target_mask[cu[2]:],
+        lane_user=whole.lane_user,
+    )
+    out1, state = model(first, model.init_state(1).double())
+    out2, _ = model(second, model.detach_state(state))
+    torch.testing.assert_close(torch.cat([out1, out2]), base, rtol=1e-9, atol=1e-10)
+
+
+def test_hiertcn_first_window_sees_zero_state_and_start_token(small_csr):
+    """At a user's very first position the model input is all zeros (zero start token, zero GRU state)."""
+    model = _model("hiertcn")
+    (b,) = list(user_batches(small_csr))
+    out, _ = model(b)
+    zero_input = model.tcn(torch.zeros(1, model.project.out_features, dtype=torch.float64),
+                           cu_seqlens=torch.tensor([0, 1]))
+    for lane_start in b.cu_seqlens[b.lane_ptr[:-1]].tolist():
+        torch.testing.assert_close(out[lane_start], zero_input[0])
+
+
+@pytest.mark.parametrize("gap_decay", ["fixed", "learned"])
+def test_hiertcn_gap_decay_changes_only_later_sessions(gap_decay, small_csr):
+    model = _model("hiertcn", gap_decay=gap_decay, gap_bandwidth=1000.0)
+    (b,) = list(user_batches(small_csr, users=[2]))
+    base, _ = model(b)
+    longer = dataclasses.replace(b, gap=b.gap * 5)
+    out, _ = model(longer)
+    first_len = int(b.cu_seqlens[1])
+    torch.testing.assert_close(out[:first_len], base[:first_len])
+    assert not torch.allclose(out[first_len:], base[first_len:])
+
+
+@pytest.mark.parametrize("options", [dict(agg="max"), dict(agg="sum"), dict(block="gated"), dict(tied=True)])
+def test_hiertcn_options_build_and_run(options, small_csr):
+    extra = dict(channels=16) if options.get("tied") else {}
+    model = _model("hiertcn", **options, **extra)
+    (b,) = list(user_batches(small_csr))
+    out, state = model(b)
+    assert out.shape == (b.n_tokens, 16) and torch.isfinite(model.scores(out)).all()
+    if options.get("tied"):
+        assert model.output_embeddings()[0] is model.item_emb.weight
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_each_model_overfits_a_tiny_log(name):
+    # Every user repeats one fixed item cycle, so the next item is determined by the previous one.
+    n_items = 6
+    cycle = np.array([0, 3, 1, 4, 2, 5])
+    csr = make_csr([[6, 6], [6, 6, 6], [6]], n_items, items=np.tile(cycle, 6))
+    torch.manual_seed(0)
+    model = build_model(name, n_items=n_items, **TINY[name])
+    (batch,) = list(user_batches(csr))
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(150):
+        out, _ = model(batch)
+        loss = torch.nn.functional.cross_entropy(model.scores(out), batch.items)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model.scores(model(batch)[0]).argmax(1)
+    # All but each user's very first item (unpredictable) are learned.
+    starts = batch.cu_seqlens[batch.lane_ptr[:-1]]
+    later = torch.ones(batch.n_tokens, dtype=torch.bool)
+    later[starts] = False
+    accuracy = (pred[later] == batch.items[later]).double().mean().item()
+    assert accuracy > 0.95, f"{name}: accuracy {accuracy:.2f}, final loss {loss.item():.3f}"
+
+
+def test_build_model_rejects_bad_names_and_keys():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("sasrec", n_items=5)
+    with pytest.raises(TypeError, match="levelz"):
+        build_model("hiertcn", n_items=5, levelz=3)
+    with pytest.raises(ValueError, match="n_items"):
+        build_model("gru4rec", n_items=0)
+    with pytest.raises(ValueError, match="state"):
+        HierTCN(5, embedding_dim=8, hidden_dim=4, channels=8, levels=1)(
+            next(user_batches(make_csr([[2]], 5))), torch.zeros(2, 3, 4)
+        )
