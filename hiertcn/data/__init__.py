@@ -1,0 +1,1 @@
+"""Data: readers, preprocessing presets, the synthetic XING log, splits, the cache."""
