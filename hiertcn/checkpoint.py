@@ -63,3 +63,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{FORMAT_VERSION}"
         )
     return payload
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the model a checkpoint was written for and load its weights (in eval mode)."""
+    from .models import build_model
+
+    payload = load_checkpoint(path, map_location=map_location)
+    missing = [k for k in ("model_name", "n_items", "model") if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it holds no model")
+    model = build_model(payload["model_name"], n_items=payload["n_items"], **payload.get("model_config", {}))
+    model.load_state_dict(payload["model"])
+    return model.to(map_location).eval(), payload

@@ -54,7 +54,7 @@ class Config:
     sessions_per_lane: int = 10
     max_session_len: int = 20
     truncate: bool = False
-    users_per_batch: int = 32  # whole-user batches of the models that carry no state
+    batch_users: int = 32  # users per whole-user batch (the models that carry no state)
     prefetch: int = 4  # batches built ahead on the loader thread
     # run
     seed: int = 0
@@ -65,7 +65,7 @@ class Config:
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
-        for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "users_per_batch", "prefetch"):
+        for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "batch_users", "prefetch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("patience", "checkpoint_every", "session_gap"):

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .batching import QueueBatcher
+from .batching import QueueBatcher, user_batches
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data.splits import TEST, TRAIN, VALID
@@ -116,7 +116,33 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def batch_source(model, dataset, config: Config, *, epoch_users: np.ndarray | None = None):
+class WholeUserBatches:
+    """Epochs of :func:`~hiertcn.batching.user_batches` (one user's whole TRAIN history per lane),
+    users shuffled per epoch by ``(seed, epoch)``; the same interface as :class:`QueueBatcher`."""
+
+    def __init__(self, csr, *, include: np.ndarray, batch_users: int, max_session_len: int, users=None, seed=0):
+        self.csr, self.include, self.seed = csr, include, seed
+        self.batch_users, self.max_session_len = batch_users, max_session_len
+        users = np.arange(csr.n_users) if users is None else np.asarray(users, dtype=np.int64)
+        per_user = np.add.reduceat(include, csr.user_ptr[:-1]) if csr.n_sessions else np.zeros(csr.n_users)
+        per_user[np.diff(csr.user_ptr) == 0] = 0  # reduceat reads one element for empty ranges
+        self.users = users[per_user[users] > 0]
+
+    def n_batches(self, epoch: int) -> int:
+        return -(-len(self.users) // self.batch_users)
+
+    def batches(self, epoch: int, start: int = 0):
+        order = np.random.default_rng((self.seed, epoch)).permutation(self.users)
+        return user_batches(
+            self.csr,
+            order[start * self.batch_users :],
+            max_session_len=self.max_session_len,
+            score_sessions=self.include,
+            batch_users=self.batch_users,
+        )
+
+
+def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = None):
     """The training batches for ``model``: carried-state lanes, or whole users for stateless models."""
     train_sessions = np.asarray(dataset.role) == TRAIN
     if getattr(model, "carries_state", False):
@@ -127,16 +153,15 @@ def batch_source(model, dataset, config: Config, *, epoch_users: np.ndarray | No
             max_session_len=config.max_session_len,
             truncate=config.truncate,
             include=train_sessions,
-            users=epoch_users,
+            users=users,
             seed=config.seed,
         )
-    from .batching import user_batches
-
-    return user_batches(
+    return WholeUserBatches(
         dataset.csr,
-        users_per_batch=config.users_per_batch,
         include=train_sessions,
-        users=epoch_users,
+        batch_users=config.batch_users,
+        max_session_len=config.max_session_len,
+        users=users,
         seed=config.seed,
     )
 
@@ -152,12 +177,15 @@ def fit(
     loss_fn: Callable | None = None,
     evaluate_fn: Callable | None = None,
     on_step: Callable[[int], None] | None = None,
+    model_name: str | None = None,
+    model_config: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset``'s TRAIN sessions, early-stop on VALID ``mrr``, score TEST.
 
     ``loss_fn(model, user_emb, targets, batch=...)`` defaults to ``build_loss(config.loss)``
     and ``evaluate_fn(model, dataset, roles=...)`` to :func:`hiertcn.evaluate.evaluate`.
-    ``on_step(step)`` runs after every optimizer step. Writes ``last.pt``, ``best.pt``,
+    ``on_step(step)`` runs after every optimizer step. ``model_name``/``model_config`` (the
+    ``build_model`` arguments) go into the checkpoints so they can rebuild the model. Writes ``last.pt``, ``best.pt``,
     ``history.json`` and ``metrics.json`` into ``run_dir`` (rank 0 only).
     """
     if loss_fn is None:
@@ -174,7 +202,7 @@ def fit(
     model.to(device)
 
     users = np.arange(dataset.csr.n_users)[rank::world]
-    source = batch_source(model, dataset, config, epoch_users=users)
+    source = batch_source(model, dataset, config, users=users)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     net = model
@@ -201,8 +229,8 @@ def fit(
     def checkpoint_payload() -> dict[str, Any]:
         return {
             "config": config.to_dict(),
-            "model_name": getattr(model, "name", type(model).__name__),
-            "model_config": getattr(model, "config", {}),
+            "model_name": model_name or type(model).__name__,
+            "model_config": model_config or {},
             "n_items": dataset.csr.n_items,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -229,7 +257,7 @@ def fit(
             lane_state = model.init_state(config.n_queues, device)
         loader = Prefetcher(_take(source.batches(epoch, start=run["batch"]), n_batches - run["batch"]), config.prefetch)
         bar = tqdm(
-            total=n_batches, initial=run["batch"], desc=f"{getattr(model, 'name', 'model')} epoch {epoch + 1}",
+            total=n_batches, initial=run["batch"], desc=f"{model_name or type(model).__name__} epoch {epoch + 1}",
             unit="batch", disable=not (progress and writes), leave=False,
         )  # fmt: skip
         epoch_start, epoch_wait0 = time.perf_counter(), 0.0

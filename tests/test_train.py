@@ -189,3 +189,19 @@ def test_prefetcher_yields_in_order_and_reraises_loader_errors():
             got.append(x)
     assert got == list(range(5))
     assert loader.wait_s >= 0
+
+
+def test_whole_user_batches_cover_train_sessions_once_per_epoch():
+    from hiertcn.train import WholeUserBatches
+
+    data = planted_dataset(n_users=10)
+    train = data.role == 0
+    source = WholeUserBatches(data.csr, include=train, batch_users=3, max_session_len=4, seed=1)
+    batches = list(source.batches(0))
+    assert len(batches) == source.n_batches(0) == 4
+    assert sum(int(b.target_mask.sum()) for b in batches) == int(np.diff(data.csr.session_ptr)[train].sum())
+    lanes = torch.cat([b.lane_user for b in batches])
+    assert sorted(lanes.tolist()) == list(range(10))
+    assert lanes.tolist() != torch.cat([b.lane_user for b in source.batches(1)]).tolist()
+    resumed = list(source.batches(0, start=2))
+    assert [b.lane_user.tolist() for b in resumed] == [b.lane_user.tolist() for b in batches[2:]]

@@ -1,0 +1,53 @@
+"""PNG plots of a comparison: training curves and metric bars per model (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+BAR_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20")
+
+
+def plot_training_curves(histories: dict[str, list[dict]], path: str | Path) -> Path:
+    """Train loss and validation mrr per epoch, one line per model."""
+    fig, (loss_ax, mrr_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, history in histories.items():
+        epochs = [row["epoch"] for row in history]
+        loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label=name)
+        if history and "val_mrr" in history[0]:
+            mrr_ax.plot(epochs, [row["val_mrr"] for row in history], marker="o", label=name)
+    loss_ax.set(xlabel="epoch", ylabel="train loss", title="Training loss")
+    mrr_ax.set(xlabel="epoch", ylabel="validation MRR", title="Validation MRR")
+    for ax in (loss_ax, mrr_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_metric_bars(metrics: dict[str, dict[str, float]], path: str | Path, keys=BAR_METRICS) -> Path:
+    """Grouped bars: one group per metric, one bar per model."""
+    names = list(metrics)
+    keys = [k for k in keys if all(k in m for m in metrics.values())]
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(keys)), 4))
+    for i, name in enumerate(names):
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(keys))]
+        ax.bar(xs, [metrics[name][k] for k in keys], width, label=name)
+    ax.set_xticks(range(len(keys)), keys)
+    ax.set(ylabel="value", title="Test metrics (full-catalogue ranking)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
