@@ -166,6 +166,23 @@ def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = N
     )
 
 
+class LossStep(torch.nn.Module):
+    """Forward and loss as one module, so DDP sees the loss (not the carried state) as its output.
+
+    Returns ``(loss, state)`` with the state detached: gradients stop at batch boundaries.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch, state):
+        user_emb, state = self.model(batch, state)
+        mask = batch.target_mask
+        loss = self.loss_fn(self.model, user_emb[mask], batch.items[mask], batch=batch)
+        return loss, self.model.detach_state(state) if state is not None else None
+
+
 def fit(
     model: torch.nn.Module,
     dataset,
@@ -205,9 +222,12 @@ def fit(
     source = batch_source(model, dataset, config, users=users)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
-    net = model
+    step_fn = LossStep(model, loss_fn)
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Unused parameters are normal: the state update after a lane's last window feeds only the next batch.
+        step_fn = torch.nn.parallel.DistributedDataParallel(
+            step_fn, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
 
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     run = {
@@ -266,12 +286,7 @@ def fit(
         try:
             for batch in loader:
                 batch = batch.to(device, non_blocking=True)
-                if getattr(model, "carries_state", False):
-                    user_emb, lane_state = net(batch, lane_state)
-                else:
-                    user_emb, _ = net(batch)
-                mask = batch.target_mask
-                loss = loss_fn(model, user_emb[mask], batch.items[mask], batch=batch)
+                loss, lane_state = step_fn(batch, lane_state)
                 if not torch.isfinite(loss):
                     kept = f"; the last good checkpoint is {last_path}" if last_path.exists() else ""
                     raise NonFiniteLossError(
@@ -283,10 +298,8 @@ def fit(
                 if config.clip_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
                 optimizer.step()
-                if lane_state is not None:
-                    lane_state = model.detach_state(lane_state)
 
-                n_targets = int(mask.sum())
+                n_targets = int(batch.target_mask.sum())
                 run["epoch_loss"] += loss.item() * n_targets
                 run["epoch_targets"] += n_targets
                 run["batch"] += 1
