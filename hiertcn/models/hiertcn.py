@@ -8,7 +8,8 @@ embedding shifted right with a zero start token, that state), a bias-free
 projection, then a TemporalConvNet over each window (varlen, causal), then the
 item logits through the output table. Optionally the carried state decays with
 the time gap before a window: ``state *= exp(-gap / bandwidth)``, with a fixed
-bandwidth or (as in the release) ``bandwidth * sigmoid(dense(state))``.
+bandwidth (default one week, the release's 168 hours) or, as in the release,
+``bandwidth * sigmoid(dense(state))``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class HierTCN(Recommender):
         dropout: float = 0.0,
         tied: bool = False,
         gap_decay: str = "none",
-        gap_bandwidth: float = 86400.0,
+        gap_bandwidth: float = 168 * 3600.0,
     ):
         super().__init__(n_items)
         if agg not in ("mean", "sum", "max"):

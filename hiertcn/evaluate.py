@@ -1,0 +1,129 @@
+"""Full-catalogue evaluation, event by event, with each user's state warmed up on their earlier sessions.
+
+Each scored session is read in its user's full history (all earlier sessions
+first, in time order, windowed as in training), so a carried state or a flat
+history is warm; every event of a scored session is ranked, its first included,
+against the whole catalogue. Scores are computed in bounded blocks of
+``(events x items)``; ties count against the target (see ``hiertcn.metrics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hiertcn.batching import MAX_SESSION_LEN, user_batches
+from hiertcn.metrics import MetricAccumulator, target_ranks
+
+TEST_ROLE = 2  # the session role of test sessions (hiertcn.data.splits: TRAIN=0, VALID=1, TEST=2)
+
+
+def _csr_and_role(data):
+    if isinstance(data, tuple) and len(data) == 2:
+        csr, role = data
+    elif hasattr(data, "csr") and hasattr(data, "role"):
+        csr, role = data.csr, data.role
+    else:
+        raise TypeError("data must be a dataset with .csr and .role, or a (csr, role) tuple")
+    role = np.asarray(role)
+    if role.shape != (csr.n_sessions,):
+        raise ValueError(f"role must give one role per session, shape ({csr.n_sessions},), got {role.shape}")
+    return csr, role
+
+
+@torch.no_grad()
+def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 24) -> torch.Tensor:
+    """1-based full-catalogue rank of each target, holding at most ``max_scores`` scores at once.
+
+    With ``chunk_items`` the catalogue is scored in slices of that many items:
+    a first pass reads each target's logit from its own slice, a second counts
+    the items scoring at least as high. Both passes run the same product on the
+    same slice, so the target's logit is bit-identical to the one it is
+    compared with and ties are counted exactly.
+    """
+    weight, bias = model.output_embeddings()
+    n_items = weight.shape[0]
+    chunk = n_items if chunk_items is None else min(int(chunk_items), n_items)
+    if chunk < 1:
+        raise ValueError(f"chunk_items must be positive, got {chunk_items}")
+    rows = max(1, max_scores // chunk)
+    out = []
+    for r0 in range(0, user_emb.shape[0], rows):
+        u, y = user_emb[r0:r0 + rows], targets[r0:r0 + rows]
+        if chunk == n_items:
+            out.append(target_ranks(model.scores(u), y))
+            continue
+        slices = [(lo, min(lo + chunk, n_items)) for lo in range(0, n_items, chunk)]
+        score = lambda lo, hi: torch.addmm(bias[lo:hi], u, weight[lo:hi].t())  # noqa: E731
+        target_logit = u.new_empty(u.shape[0])
+        for lo, hi in slices:
+            inside = (y >= lo) & (y < hi)
+            if bool(inside.any()):
+                target_logit[inside] = score(lo, hi)[inside].gather(1, (y[inside] - lo)[:, None]).squeeze(1)
+        count = torch.zeros_like(y)
+        for lo, hi in slices:
+            count += (score(lo, hi) >= target_logit[:, None]).sum(1)
+        out.append(count)
+    return torch.cat(out) if out else targets.new_zeros(0)
+
+
+@torch.no_grad()
+def score_events(
+    model, csr, score_sessions: np.ndarray, *, batch_users: int = 64, max_tokens: int | None = None,
+    chunk_items: int | None = None, max_scores: int = 1 << 24, max_session_len: int = MAX_SESSION_LEN,
+    device=None, progress: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(ranks, user rows, interaction indices into csr)`` for every event of the scored sessions."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        batches = user_batches(csr, score_sessions=score_sessions, batch_users=batch_users,
+                               max_tokens=max_tokens, max_session_len=max_session_len)
+        for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
+            batch = batch.to(device)
+            state = model.init_state(batch.n_lanes, device) if model.carries_state else None
+            user_emb, _ = model(batch, state)
+            # A lane's tokens are its user's interactions from the user's first one on, in CSR order.
+            cu = batch.cu_seqlens
+            lane_tokens = cu[batch.lane_ptr[1:]] - cu[batch.lane_ptr[:-1]]
+            first = torch.as_tensor(csr.session_ptr[csr.user_ptr[batch.lane_user.cpu().numpy()]], device=device)
+            lane = torch.repeat_interleave(torch.arange(batch.n_lanes, device=device), lane_tokens)
+            index = first[lane] + torch.arange(batch.n_tokens, device=device) - cu[batch.lane_ptr[:-1]][lane]
+            mask = batch.target_mask
+            ranks = rank_targets(model, user_emb[mask], batch.items[mask], chunk_items=chunk_items,
+                                 max_scores=max_scores)
+            yield ranks.cpu(), batch.lane_user[lane[mask]].cpu(), index[mask].cpu()
+    finally:
+        model.train(was_training)
+
+
+def evaluate(
+    model, data, *, roles: Sequence[int] = (TEST_ROLE,), batch_users: int = 64, max_tokens: int | None = None,
+    chunk_items: int | None = None, max_scores: int = 1 << 24, max_session_len: int = MAX_SESSION_LEN,
+    device=None, progress: bool = False,
+) -> dict[str, float]:
+    """Rank every event of the sessions whose role is in ``roles`` against the full catalogue.
+
+    ``data``: a dataset with ``.csr`` and ``.role`` (one role per session) or
+    a ``(csr, role)`` tuple. Returns the per-event means under the plain keys
+    (``recall@1/5/10/20``, ``mrr``, ``mrr@20``, ``mrp``): **per-event is
+    primary**. The same metrics averaged per user first are under
+    ``user/<key>``; plus ``n_events`` and ``n_users``. Runs in eval mode with
+    no gradients; memory is bounded by ``batch_users`` / ``max_tokens`` for the
+    model and ``max_scores`` (scores held at once) for the ranking.
+    """
+    csr, role = _csr_and_role(data)
+    score_sessions = np.isin(role, np.asarray(roles))
+    if not score_sessions.any():
+        raise ValueError(f"no session has a role in roles={tuple(roles)}")
+    acc = MetricAccumulator(model.n_items)
+    for ranks, users, _ in score_events(
+        model, csr, score_sessions, batch_users=batch_users, max_tokens=max_tokens, chunk_items=chunk_items,
+        max_scores=max_scores, max_session_len=max_session_len, device=device, progress=progress,
+    ):
+        acc.add(ranks, users)
+    return acc.result()

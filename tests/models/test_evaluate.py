@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from hiertcn.batching import user_batches
+from hiertcn.evaluate import TEST_ROLE, evaluate, rank_targets, score_events
+from hiertcn.metrics import ranking_metrics
+from hiertcn.models import MODEL_NAMES, build_model
+from tinylogs import TINY, make_csr
+
+
+def _log():
+    csr = make_csr([[3, 25, 2], [1, 4], [4, 2, 5, 7], [6]], n_items=11, seed=3)
+    role = np.zeros(csr.n_sessions, dtype=np.int64)
+    last = csr.user_ptr[1:] - 1
+    role[last] = TEST_ROLE  # last-session-out; user 3 has only a test session
+    role[5] = 1  # a validation session before user 2's test session
+    return csr, role
+
+
+def _model(name):
+    torch.manual_seed(0)
+    return build_model(name, n_items=11, **TINY[name]).double()
+
+
+def _ranks(model, csr, role, **kw):
+    parts = list(score_events(model, csr, role == TEST_ROLE, **kw))
+    ranks, users, index = (torch.cat(p) for p in zip(*parts))
+    return ranks, users, index
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_test_event_is_scored_once_and_matches_direct_scoring(name):
+    csr, role = _log()
+    model = _model(name)
+    ranks, users, index = _ranks(model, csr, role, batch_users=2)
+    test_events = np.concatenate([np.arange(csr.session_ptr[s], csr.session_ptr[s + 1])
+                                  for s in np.flatnonzero(role == TEST_ROLE)])
+    assert sorted(index.tolist()) == test_events.tolist()  # first event of each session included
+    # Same ranks as scoring every user's full history at once, by hand.
+    (batch,) = list(user_batches(csr, score_sessions=role == TEST_ROLE))
+    model.eval()
+    with torch.no_grad():
+        emb, _ = model(batch)
+        scores = model.scores(emb)[batch.target_mask]
+    expected = ranking_metrics(scores, batch.items[batch.target_mask])
+    model.train()
+    got = evaluate(model, (csr, role), batch_users=3)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value)
+    assert got["n_events"] == len(test_events) and got["n_users"] == 4
+    assert model.training  # the evaluator restores the mode
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_evaluation_never_sees_the_future(name):
+    """Shuffling the events after t (later in the session and later sessions) leaves the ranks up to t alone."""
+    csr, role = _log()
+    model = _model(name)
+    ranks, users, index = _ranks(model, csr, role)
+    rng = np.random.default_rng(7)
+    # user 0's test session is interactions 28..29; user 2's is 46..52 (after a validation session).
+    changed_later = False
+    for t in (28, 40, 46, 47, 50):
+        user = int(np.searchsorted(csr.session_ptr[csr.user_ptr[1:]], t, side="right"))
+        end = csr.session_ptr[csr.user_ptr[user + 1]]
+        item = csr.item.copy()
+        item[t + 1:end] = rng.permutation(item[t + 1:end])
+        item[t + 1:end] = (item[t + 1:end] + 1) % 11  # also change them, so a shuffle of equal items still differs
+        shuffled = type(csr)(**{**csr.__dict__, "item": item})
+        r2, _, i2 = _ranks(model, shuffled, role)
+        keep = index <= t
+        assert torch.equal(i2, index)
+        assert torch.equal(r2[keep], ranks[keep])
+        changed_later |= not torch.equal(r2[~keep], ranks[~keep])
+    assert changed_later  # the perturbation does reach the later predictions
+
+
+def test_chunked_ranking_counts_ties_exactly():
+    torch.manual_seed(0)
+    model = build_model("moving_average", n_items=10, embedding_dim=4).double()
+    with torch.no_grad():  # integer-valued tables make scores exact, and duplicate rows make exact ties
+        model.out_weight.copy_(torch.randint(-3, 4, (10, 4)).double())
+        model.out_weight[7] = model.out_weight[2]
+        model.out_weight[9] = model.out_weight[2]
+        model.out_bias.zero_()
+    u = torch.randint(-2, 3, (13, 4)).double()
+    y = torch.tensor([2, 7, 9, 0, 1, 3, 4, 5, 6, 8, 2, 7, 9])
+    full = rank_targets(model, u, y)
+    expected = (model.scores(u) >= model.scores(u).gather(1, y[:, None])).sum(1)
+    assert torch.equal(full, expected)
+    for chunk, budget in ((3, 7), (4, 1), (10, 20)):
+        assert torch.equal(rank_targets(model, u, y, chunk_items=chunk, max_scores=budget), full)
+
+
+def test_evaluate_rejects_bad_data():
+    csr, role = _log()
+    model = _model("gru4rec")
+    with pytest.raises(ValueError, match="role"):
+        evaluate(model, (csr, role[:-1]))
+    with pytest.raises(ValueError, match="roles"):
+        evaluate(model, (csr, role), roles=(7,))
+    with pytest.raises(TypeError, match="csr"):
+        evaluate(model, csr)
