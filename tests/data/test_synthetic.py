@@ -4,7 +4,7 @@ import pytest
 from hiertcn.data.readers import read_log
 from hiertcn.data.synthetic import generate_xing
 
-SMALL = dict(n_users=300, n_items=400, n_topics=20)
+SMALL = {"n_users": 300, "n_items": 400, "n_topics": 20}
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,16 @@ def small(tmp_path_factory):
     user, ts = log.user[order], log.timestamp[order]
     new_session = np.ones(len(user), dtype=bool)
     new_session[1:] = (user[1:] != user[:-1]) | (np.diff(ts) >= 1800)
-    return dict(files=files, log=log, truth=truth, order=order, item_topic=item_topic[order],
-                user_row=row_of_user[order], new_session=new_session, itype=log.interaction_type[order])
+    return {
+        "files": files,
+        "log": log,
+        "truth": truth,
+        "order": order,
+        "item_topic": item_topic[order],
+        "user_row": row_of_user[order],
+        "new_session": new_session,
+        "itype": log.interaction_type[order],
+    }
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
@@ -68,7 +76,11 @@ def test_first_item_topic_comes_from_long_term_interests(small):
 
 
 def test_within_session_gaps_below_and_between_sessions_above_the_rule(small):
-    ts, new, user = small["log"].timestamp[small["order"]], small["new_session"], small["log"].user[small["order"]]
+    ts, new, user = (
+        small["log"].timestamp[small["order"]],
+        small["new_session"],
+        small["log"].user[small["order"]],
+    )
     same_user = np.ones(len(ts), dtype=bool)
     same_user[1:] = user[1:] == user[:-1]
     gaps = np.diff(ts, prepend=ts[0])
