@@ -109,3 +109,27 @@ def test_default_size_survives_the_hiertcn_preset(tmp_path):
 def test_bad_sizes(tmp_path, arg):
     with pytest.raises(ValueError, match=arg):
         generate_xing(tmp_path, **{**SMALL, arg: 0})
+
+
+def test_neither_long_term_nor_last_item_alone_predicts_well(small):
+    """Topic of the next item: the user's most frequent topic so far wins at a session's first item,
+    the previous item's topic wins inside a session; so a model needs both levels."""
+    topic, new, user = small["item_topic"], small["new_session"], small["log"].user[small["order"]]
+    majority = np.full(len(topic), -1)
+    counts = None
+    for r in range(len(topic)):
+        if r == 0 or user[r] != user[r - 1]:
+            counts = np.zeros(SMALL["n_topics"], dtype=np.int64)
+        elif counts.any():
+            majority[r] = counts.argmax()
+        counts[topic[r]] += 1
+    previous = np.concatenate([[-1], topic[:-1]])
+    has_history = majority >= 0
+    first = new & has_history
+    later = ~new & has_history & (small["itype"] == 1)
+
+    def accuracy(guess, mask):
+        return np.mean(guess[mask] == topic[mask])
+
+    assert accuracy(majority, first) > accuracy(previous, first) + 0.03
+    assert accuracy(previous, later) > accuracy(majority, later) + 0.2
