@@ -66,8 +66,13 @@ class InteractionLog:
             if len(arr) != n:
                 raise ValueError(f"{name} has length {len(arr)}, expected {n} (the length of user)")
         if self.timestamp.min() < 0:
-            raise ValueError(f"timestamp has negative values (min {self.timestamp.min()}); expected unix seconds")
-        for codes, names, label in ((self.user, self.user_names, "user"), (self.item, self.item_names, "item")):
+            raise ValueError(
+                f"timestamp has negative values (min {self.timestamp.min()}); expected unix seconds"
+            )
+        for codes, names, label in (
+            (self.user, self.user_names, "user"),
+            (self.item, self.item_names, "item"),
+        ):
             if names is not None and (codes.min() < 0 or codes.max() >= len(names)):
                 raise ValueError(f"{label} codes out of range for {label}_names")
 
@@ -82,7 +87,7 @@ class InteractionLog:
     def n_items(self) -> int:
         return len(np.unique(self.item))
 
-    def select(self, keep: np.ndarray) -> "InteractionLog":
+    def select(self, keep: np.ndarray) -> InteractionLog:
         """Rows where the boolean mask ``keep`` is true (names and impressions are kept as they are)."""
         if keep.dtype != np.bool_ or keep.shape != self.user.shape:
             raise ValueError("keep must be a boolean mask with one entry per interaction")
@@ -90,4 +95,6 @@ class InteractionLog:
             name: None if getattr(self, name) is None else getattr(self, name)[keep]
             for name in ("session", "interaction_type")
         }
-        return replace(self, user=self.user[keep], item=self.item[keep], timestamp=self.timestamp[keep], **optional)
+        return replace(
+            self, user=self.user[keep], item=self.item[keep], timestamp=self.timestamp[keep], **optional
+        )

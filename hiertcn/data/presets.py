@@ -57,7 +57,7 @@ class Counts:
     items: int
     sessions: int
 
-    def minus(self, other: "Counts") -> "Counts":
+    def minus(self, other: Counts) -> Counts:
         return Counts(*(a - b for a, b in zip(self.astuple(), other.astuple())))
 
     def astuple(self) -> tuple[int, int, int, int]:
@@ -85,9 +85,14 @@ class PresetReport:
 
     def __str__(self) -> str:
         head = f"{'preset ' + self.preset:<36}{'interactions':>14}{'users':>10}{'items':>10}{'sessions':>10}"
-        lines = [head, f"{'before':<36}" + "".join(f"{v:>{w}}" for v, w in zip(self.before.astuple(), (14, 10, 10, 10)))]
+        lines = [
+            head,
+            f"{'before':<36}" + "".join(f"{v:>{w}}" for v, w in zip(self.before.astuple(), (14, 10, 10, 10))),
+        ]
         for name, c in self.steps.items():
-            lines.append(f"{'- ' + name:<36}" + "".join(f"{v:>{w}}" for v, w in zip(c.astuple(), (14, 10, 10, 10))))
+            lines.append(
+                f"{'- ' + name:<36}" + "".join(f"{v:>{w}}" for v, w in zip(c.astuple(), (14, 10, 10, 10)))
+            )
         lines.append(
             f"{'after (' + str(self.rounds) + ' rounds)':<36}"
             + "".join(f"{v:>{w}}" for v, w in zip(self.after.astuple(), (14, 10, 10, 10)))
@@ -111,8 +116,12 @@ class _Filtering:
         return int(np.count_nonzero(np.bincount(codes[self.keep])))
 
     def counts(self) -> Counts:
-        return Counts(int(self.keep.sum()), self._distinct(self.user), self._distinct(self.item),
-                      self._distinct(self.session))
+        return Counts(
+            int(self.keep.sum()),
+            self._distinct(self.user),
+            self._distinct(self.item),
+            self._distinct(self.session),
+        )
 
     def apply(self, name: str, drop: np.ndarray) -> bool:
         """Drop rows where ``drop`` (among kept rows); account it under ``name``; True if anything went."""
@@ -148,11 +157,15 @@ class _Filtering:
 
 def _drop_deletes(f: _Filtering) -> None:
     if f.log.interaction_type is None:
-        raise ValueError(f"preset {f.preset!r} needs interaction_type (a XING log); use preset 'none' for this log")
+        raise ValueError(
+            f"preset {f.preset!r} needs interaction_type (a XING log); use preset 'none' for this log"
+        )
     f.apply("interaction_type == 4 (delete)", f.log.interaction_type == _DELETE)
 
 
-def apply_preset(log: InteractionLog, name: str, *, session_gap: int = 1800) -> tuple[InteractionLog, PresetReport]:
+def apply_preset(
+    log: InteractionLog, name: str, *, session_gap: int = 1800
+) -> tuple[InteractionLog, PresetReport]:
     """Filter ``log`` by preset ``name`` (see the module docstring); returns the kept rows and the report."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
@@ -171,10 +184,16 @@ def apply_preset(log: InteractionLog, name: str, *, session_gap: int = 1800) -> 
         # Sessions are fixed once deletes are gone; later filters remove rows but never re-split.
         kept = f.keep.copy()
         f.session = np.zeros(len(log), dtype=np.int64)  # removed rows never count, any id does
-        f.session[kept] = session_ids(log.user[kept], log.timestamp[kept], session_gap=session_gap,
-                                      session=None if log.session is None else log.session[kept])
-        f.apply("duplicate (item, session, type)", _duplicates(f.session, log.item, log.interaction_type, log.timestamp)
-                & f.keep)
+        f.session[kept] = session_ids(
+            log.user[kept],
+            log.timestamp[kept],
+            session_gap=session_gap,
+            session=None if log.session is None else log.session[kept],
+        )
+        f.apply(
+            "duplicate (item, session, type)",
+            _duplicates(f.session, log.item, log.interaction_type, log.timestamp) & f.keep,
+        )
         f.fixed_point(
             [
                 ("items with < 20 interactions", lambda: f.per_row_count(f.item) < 20),
@@ -194,7 +213,9 @@ def _outside(count: np.ndarray, low: int, high: int) -> np.ndarray:
     return (count < low) | (count > high)
 
 
-def _duplicates(session: np.ndarray, item: np.ndarray, itype: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+def _duplicates(
+    session: np.ndarray, item: np.ndarray, itype: np.ndarray, timestamp: np.ndarray
+) -> np.ndarray:
     """True on every repeat of an (item, session, type) triple except its earliest (ties: input order)."""
     order = np.lexsort((np.arange(len(item)), timestamp, itype, item, session))
     s, i, t = session[order], item[order], itype[order]

@@ -70,7 +70,9 @@ def detect_format(path: str | Path) -> str:
     if first.split("\t") == XING_HEADER:
         return "xing"
     if first.split("\t") == XING_IMPRESSIONS_HEADER:
-        raise ValueError(f"{path} is a XING impressions file: read it with read_impressions(), not read_log()")
+        raise ValueError(
+            f"{path} is a XING impressions file: read it with read_impressions(), not read_log()"
+        )
     return "csv"
 
 
@@ -84,16 +86,31 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
         return _Layout(
             sep="\t",
             columns={"user": "user_id", "item": "item_id", "time": "created_at", "type": "interaction_type"},
-            types={"user_id": pa.int64(), "item_id": pa.int64(), "interaction_type": pa.int8(), "created_at": pa.int64()},
+            types={
+                "user_id": pa.int64(),
+                "item_id": pa.int64(),
+                "interaction_type": pa.int8(),
+                "created_at": pa.int64(),
+            },
             time_unit="s",
         )
     if fmt == "movielens":
-        if path.name.endswith(".dat"):  # ratings.dat: "user::item::rating::time"; '::' read as ':' with empty fields between
+        if path.name.endswith(
+            ".dat"
+        ):  # ratings.dat: "user::item::rating::time"; '::' read as ':' with empty fields between
             names = ["user_id", "_1", "item_id", "_2", "rating", "_3", "timestamp"]
-            return _Layout(sep=":", columns={"user": "user_id", "item": "item_id", "time": "timestamp"},
-                           column_names=names, time_unit="s")
-        return _Layout(sep="\t", columns={"user": "user_id", "item": "item_id", "time": "timestamp"},
-                       column_names=["user_id", "item_id", "rating", "timestamp"], time_unit="s")
+            return _Layout(
+                sep=":",
+                columns={"user": "user_id", "item": "item_id", "time": "timestamp"},
+                column_names=names,
+                time_unit="s",
+            )
+        return _Layout(
+            sep="\t",
+            columns={"user": "user_id", "item": "item_id", "time": "timestamp"},
+            column_names=["user_id", "item_id", "rating", "timestamp"],
+            time_unit="s",
+        )
     if fmt == "recbole":  # typed header: "user_id:token<TAB>item_id:token<TAB>timestamp:float"
         names = [c.split(":")[0] for c in _first_line(path).split("\t")]
         columns = {"user": "user_id", "item": "item_id", "time": "timestamp"}
@@ -115,20 +132,27 @@ def _file_columns(path: Path, fmt: str, layout: _Layout) -> list[str]:
     return _first_line(path).split(layout.sep)
 
 
-def _read_table(path: Path, fmt: str, layout: _Layout, names: list[str], *, as_text: bool, bad_lines: list[int]) -> pa.Table:
+def _read_table(
+    path: Path, fmt: str, layout: _Layout, names: list[str], *, as_text: bool, bad_lines: list[int]
+) -> pa.Table:
     """Read the columns ``names`` in blocks; ``as_text`` reads them as strings, single-threaded, recording bad lines."""
     progress = tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, disable=None, leave=False)
     batches = []
     if fmt == "parquet":
         reader = pq.ParquetFile(path).iter_batches(batch_size=1 << 20, columns=names)
     else:
+
         def on_invalid(row):
             if not as_text:
                 return "error"  # the threaded pass has no line numbers: the careful pass locates it
             bad_lines.append(row.number)
             return "skip"
 
-        types = {c: pa.string() for c in names} if as_text else {c: t for c, t in layout.types.items() if c in names}
+        types = (
+            {c: pa.string() for c in names}
+            if as_text
+            else {c: t for c, t in layout.types.items() if c in names}
+        )
         reader = pacsv.open_csv(
             path,
             read_options=pacsv.ReadOptions(
@@ -172,8 +196,14 @@ def _ids(col: pa.ChunkedArray, what: str, integer: bool) -> tuple[np.ndarray, np
         text = pc.utf8_trim_whitespace(col)
         invalid = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
         if integer:
-            invalid |= ~pc.fill_null(pc.match_substring_regex(text, _INT_RE), False).to_numpy(zero_copy_only=False)
-        if integer or pc.all(pc.or_(pc.match_substring_regex(text, _INT_RE), pc.equal(text, ""))).as_py() is not False:
+            invalid |= ~pc.fill_null(pc.match_substring_regex(text, _INT_RE), False).to_numpy(
+                zero_copy_only=False
+            )
+        if (
+            integer
+            or pc.all(pc.or_(pc.match_substring_regex(text, _INT_RE), pc.equal(text, ""))).as_py()
+            is not False
+        ):
             return pc.cast(pc.if_else(invalid, "0", text), pa.int64()).to_numpy(), None, invalid
         names = pc.unique(text.filter(pa.array(~invalid)))
         sorted_names = names.take(pc.array_sort_indices(names))
@@ -195,7 +225,9 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
     """(int64 unix seconds, invalid mask): nulls, NaN, unparsable text and negative times are invalid."""
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         if unit in ("s", "ms"):
-            raise ValueError(f"time_unit={unit!r} but the time column holds dates/timestamps; use 'auto' or 'iso'")
+            raise ValueError(
+                f"time_unit={unit!r} but the time column holds dates/timestamps; use 'auto' or 'iso'"
+            )
         secs = col.cast(pa.timestamp("s", tz=getattr(col.type, "tz", None))).cast(pa.int64())
     elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         text = pc.utf8_trim_whitespace(col)
@@ -271,7 +303,12 @@ def read_log(
     if sep is not None:
         layout = replace(layout, sep=sep)
     roles = dict(layout.columns)
-    for role, override in (("user", user_col), ("item", item_col), ("time", time_col), ("session", session_col)):
+    for role, override in (
+        ("user", user_col),
+        ("item", item_col),
+        ("time", time_col),
+        ("session", session_col),
+    ):
         if override is not None:
             roles[role] = override
     present = _file_columns(path, fmt, layout)
@@ -293,14 +330,21 @@ def read_log(
             raise ValueError(f"{path}: {exc}") from exc
         bad_lines = []
         table = (
-            table if fmt == "parquet"
+            table
+            if fmt == "parquet"
             else _read_table(path, fmt, layout, names, as_text=True, bad_lines=bad_lines)
         )
         log, invalid = _convert(table, roles, layout, unit)
     rows = np.flatnonzero(invalid)
     where = "row" if fmt == "parquet" else "line"
-    bad = np.sort(np.concatenate([np.asarray(bad_lines, dtype=np.int64),
-                                  rows + 1 if fmt == "parquet" else _line_numbers(rows, first_data_line, bad_lines)]))
+    bad = np.sort(
+        np.concatenate(
+            [
+                np.asarray(bad_lines, dtype=np.int64),
+                rows + 1 if fmt == "parquet" else _line_numbers(rows, first_data_line, bad_lines),
+            ]
+        )
+    )
     if len(bad) and not skip_bad_rows:
         shown = ", ".join(map(str, bad[:_SHOWN_LINES])) + (" ..." if len(bad) > _SHOWN_LINES else "")
         raise BadRowsError(
@@ -317,7 +361,9 @@ def read_log(
     return log
 
 
-def _convert(table: pa.Table, roles: dict[str, str], layout: _Layout, unit: str) -> tuple[InteractionLog, np.ndarray]:
+def _convert(
+    table: pa.Table, roles: dict[str, str], layout: _Layout, unit: str
+) -> tuple[InteractionLog, np.ndarray]:
     """Columns to numpy. Invalid rows get placeholder values; the caller drops or reports them."""
 
     def ids(role):
@@ -339,8 +385,13 @@ def _convert(table: pa.Table, roles: dict[str, str], layout: _Layout, unit: str)
     if invalid.all():  # keep the log constructible; read_log reports the rows
         return None, invalid
     log = InteractionLog(
-        user=user, item=item, timestamp=np.where(invalid, 0, timestamp), session=session, interaction_type=itype,
-        user_names=user_names, item_names=item_names,
+        user=user,
+        item=item,
+        timestamp=np.where(invalid, 0, timestamp),
+        session=session,
+        interaction_type=itype,
+        user_names=user_names,
+        item_names=item_names,
     )
     return log, invalid
 
@@ -353,8 +404,11 @@ def read_impressions(path: str | Path) -> Impressions:
     header = _first_line(path).split("\t")
     if header != XING_IMPRESSIONS_HEADER:
         raise ValueError(f"{path}: expected header {XING_IMPRESSIONS_HEADER}, got {header}")
-    layout = _Layout(sep="\t", columns={}, types={"user_id": pa.int64(), "year": pa.int64(), "week": pa.int64(),
-                                                  "items": pa.string()})
+    layout = _Layout(
+        sep="\t",
+        columns={},
+        types={"user_id": pa.int64(), "year": pa.int64(), "week": pa.int64(), "items": pa.string()},
+    )
     try:
         table = _read_table(path, "csv", layout, XING_IMPRESSIONS_HEADER, as_text=False, bad_lines=[])
     except (_Retry, pa.ArrowInvalid) as exc:

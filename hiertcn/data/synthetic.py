@@ -79,7 +79,9 @@ def _sample_rows(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 def _iso_year_week(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     days = ts // 86400
-    thursday = days - (days + 3) % 7 + 3  # 1970-01-01 was a Thursday; ISO weeks belong to their Thursday's year
+    thursday = (
+        days - (days + 3) % 7 + 3
+    )  # 1970-01-01 was a Thursday; ISO weeks belong to their Thursday's year
     thursday_d = thursday.astype("datetime64[D]")
     year_start = thursday_d.astype("datetime64[Y]").astype("datetime64[D]")
     week = (thursday_d - year_start).astype(np.int64) // 7 + 1
@@ -91,7 +93,11 @@ def _write_tsv(table: pa.Table, path: Path) -> None:
     """Tab-separated with a bare header line, as in the XING files (pyarrow would quote the header)."""
     with open(path, "wb") as f:
         f.write(("\t".join(table.column_names) + "\n").encode())
-        pacsv.write_csv(table, f, write_options=pacsv.WriteOptions(delimiter="\t", quoting_style="none", include_header=False))
+        pacsv.write_csv(
+            table,
+            f,
+            write_options=pacsv.WriteOptions(delimiter="\t", quoting_style="none", include_header=False),
+        )
 
 
 def generate_xing(
@@ -122,7 +128,12 @@ def generate_xing(
             raise ValueError(f"{name} must be >= 1, got {value}")
     if n_items < n_topics:
         raise ValueError(f"n_items ({n_items}) must be >= n_topics ({n_topics})")
-    for name, p in (("p_explore", p_explore), ("p_noise", p_noise), ("p_delete", p_delete), ("p_repeat", p_repeat)):
+    for name, p in (
+        ("p_explore", p_explore),
+        ("p_noise", p_noise),
+        ("p_delete", p_delete),
+        ("p_repeat", p_repeat),
+    ):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {p}")
     if p_noise + p_delete + p_repeat > 1.0:
@@ -141,7 +152,10 @@ def generate_xing(
     item_pop = within * topic_pop[item_topic]
     item_pop /= item_pop.sum()
     # Searching topic + within-topic cumulative share finds an item of a given topic by popularity.
-    within_cum = item_topic + (np.cumsum(within) - np.repeat(np.cumsum(within)[topic_start[:-1]] - within[topic_start[:-1]], np.diff(topic_start)))
+    within_cum = item_topic + (
+        np.cumsum(within)
+        - np.repeat(np.cumsum(within)[topic_start[:-1]] - within[topic_start[:-1]], np.diff(topic_start))
+    )
     neighbours = np.empty((n_items, n_neighbours), dtype=np.int64)
     for t in range(n_topics):
         lo, hi = topic_start[t], topic_start[t + 1]
@@ -162,7 +176,9 @@ def generate_xing(
     user_topics[:, : n_pick - 1] = picked[:, : n_pick - 1]
     user_topics[:, _STABLE_SLOTS] = picked[:, n_pick - 1]
     n_stable = np.minimum(rng.integers(2, _STABLE_SLOTS + 1, size=n_users), n_pick - 1)
-    stable_w = rng.gamma(1.0, size=(n_users, _STABLE_SLOTS)) * (np.arange(_STABLE_SLOTS)[None, :] < n_stable[:, None])
+    stable_w = rng.gamma(1.0, size=(n_users, _STABLE_SLOTS)) * (
+        np.arange(_STABLE_SLOTS)[None, :] < n_stable[:, None]
+    )
     user_topics[:, :_STABLE_SLOTS][stable_w == 0] = -1
     stable_w /= stable_w.sum(axis=1, keepdims=True)
 
@@ -172,14 +188,18 @@ def generate_xing(
     first_sess = np.cumsum(n_sess) - n_sess
     sess_idx = np.arange(len(sess_user)) - first_sess[sess_user]
     progress = sess_idx / np.maximum(n_sess[sess_user] - 1, 1)
-    w = np.concatenate([stable_w[sess_user] * (1 - drift * progress)[:, None], (drift * progress)[:, None]], axis=1)
+    w = np.concatenate(
+        [stable_w[sess_user] * (1 - drift * progress)[:, None], (drift * progress)[:, None]], axis=1
+    )
     slot = _sample_rows(np.cumsum(w, axis=1), rng.random(len(sess_user)))
     sess_topic = user_topics[sess_user, slot]
     explore = rng.random(len(sess_user)) < p_explore
     sess_topic[explore] = np.minimum(
         np.searchsorted(np.cumsum(topic_pop), rng.random(explore.sum())), n_topics - 1
     )
-    sess_len = np.clip(np.rint(rng.lognormal(np.log(session_len_median), 0.8, len(sess_user))), 1, 50).astype(np.int64)
+    sess_len = np.clip(np.rint(rng.lognormal(np.log(session_len_median), 0.8, len(sess_user))), 1, 50).astype(
+        np.int64
+    )
 
     # Events: all sessions step forward together, position by position.
     n_events = int(sess_len.sum())

@@ -7,7 +7,9 @@ from hiertcn.data.presets import Counts, apply_preset, session_ids
 
 def make_log(rows, with_type=True):
     user, item, ts, itype = (np.array(col, dtype=np.int64) for col in zip(*rows))
-    return InteractionLog(user=user, item=item, timestamp=ts, interaction_type=itype.astype(np.int8) if with_type else None)
+    return InteractionLog(
+        user=user, item=item, timestamp=ts, interaction_type=itype.astype(np.int8) if with_type else None
+    )
 
 
 def cascade_log():
@@ -26,7 +28,9 @@ def test_hiertcn_xing_reaches_the_fixed_point():
     assert set(out.item.tolist()) == {88} and set(out.user.tolist()) == set(range(10, 15))
     assert len(out) == 50 and report.rounds == 3
     assert report.steps["interaction_type == 4 (delete)"].interactions == 1
-    assert report.steps["items with < 50 interactions"] == Counts(interactions=42, users=0, items=2, sessions=42)
+    assert report.steps["items with < 50 interactions"] == Counts(
+        interactions=42, users=0, items=2, sessions=42
+    )
     assert report.steps["users with < 10 or > 500 events"].interactions == 9
     assert report.steps["users with < 10 or > 500 events"].users == 1
     assert report.before.interactions == 102 and report.after == Counts(50, 5, 1, 50)
@@ -60,8 +64,12 @@ def test_hrnn_xing_dedupes_then_filters_sessions_and_users():
     assert set(out.user.tolist()) == set(range(1, 7))  # user 0 lost a session to dedupe, then had only 4
     assert len(out) == 90 and report.rounds == 2
     assert report.steps["duplicate (item, session, type)"].interactions == 1
-    assert report.steps["sessions with < 3 interactions"] == Counts(interactions=2, users=0, items=0, sessions=1)
-    assert report.steps["users with < 5 or > 199 sessions"] == Counts(interactions=12, users=1, items=0, sessions=4)
+    assert report.steps["sessions with < 3 interactions"] == Counts(
+        interactions=2, users=0, items=0, sessions=1
+    )
+    assert report.steps["users with < 5 or > 199 sessions"] == Counts(
+        interactions=12, users=1, items=0, sessions=4
+    )
     assert report.after.sessions == 30
     assert len(np.unique(out.session)) == 30  # session ids travel with the log
 

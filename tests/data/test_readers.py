@@ -5,7 +5,12 @@ import pytest
 
 from hiertcn.data.readers import BadRowsError, detect_format, read_impressions, read_log
 
-XING = "user_id\titem_id\tinteraction_type\tcreated_at\n" "7\t100\t1\t1446336000\n" "3\t200\t4\t1446336060\n" "7\t300\t2\t1446339999\n"
+XING = (
+    "user_id\titem_id\tinteraction_type\tcreated_at\n"
+    "7\t100\t1\t1446336000\n"
+    "3\t200\t4\t1446336060\n"
+    "7\t300\t2\t1446339999\n"
+)
 
 
 def write(path, text):
@@ -27,7 +32,9 @@ def test_xing(tmp_path):
 
 def test_xing_impressions(tmp_path):
     inter = write(tmp_path / "interactions.csv", XING)
-    imp = write(tmp_path / "impressions.csv", "user_id\tyear\tweek\titems\n7\t2015\t45\t100,300,5\n3\t2015\t46\t9\n")
+    imp = write(
+        tmp_path / "impressions.csv", "user_id\tyear\tweek\titems\n7\t2015\t45\t100,300,5\n3\t2015\t46\t9\n"
+    )
     with pytest.raises(ValueError, match="impressions"):
         read_log(imp)
     log = read_log(inter, impressions=imp)
@@ -74,7 +81,9 @@ def test_seconds_declared_keeps_small_values(tmp_path):
 def test_iso_timestamps(tmp_path, unit):
     text = "user_id,item_id,timestamp\n1,2,2015-11-01T00:00:10Z\n1,3,2015-11-01 00:01:00\n2,3,2015-11-02\n"
     path = write(tmp_path / "log.csv", text)
-    np.testing.assert_array_equal(read_log(path, time_unit=unit).timestamp, [1446336010, 1446336060, 1446422400])
+    np.testing.assert_array_equal(
+        read_log(path, time_unit=unit).timestamp, [1446336010, 1446336060, 1446422400]
+    )
 
 
 def test_parquet_with_string_ids(tmp_path):
@@ -87,7 +96,9 @@ def test_parquet_with_string_ids(tmp_path):
 
 def test_parquet_null_time_reported_by_row(tmp_path):
     path = tmp_path / "log.parquet"
-    pq.write_table(pa.table({"user_id": [1, 2, 3], "item_id": [1, 2, 3], "timestamp": [5.0, float("nan"), 7.0]}), path)
+    pq.write_table(
+        pa.table({"user_id": [1, 2, 3], "item_id": [1, 2, 3], "timestamp": [5.0, float("nan"), 7.0]}), path
+    )
     with pytest.raises(BadRowsError, match=r"row\(s\) 2"):
         read_log(path)
     np.testing.assert_array_equal(read_log(path, skip_bad_rows=True).timestamp, [5, 7])
@@ -118,7 +129,14 @@ def test_recbole_inter(tmp_path):
 
 
 def test_bad_rows_report_line_numbers(tmp_path):
-    text = XING + "7\t400\n" + "8\tabc\t1\t1446336100\n" + "9\t500\t1\t\n" + "9\t600\t1\t-5\n" + "9\t700\t1\t1446336200\n"
+    text = (
+        XING
+        + "7\t400\n"
+        + "8\tabc\t1\t1446336100\n"
+        + "9\t500\t1\t\n"
+        + "9\t600\t1\t-5\n"
+        + "9\t700\t1\t1446336200\n"
+    )
     path = write(tmp_path / "interactions.csv", text)
     with pytest.raises(BadRowsError, match=r"4 bad row\(s\).* line\(s\) 5, 6, 7, 8;"):
         read_log(path)

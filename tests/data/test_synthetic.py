@@ -4,7 +4,7 @@ import pytest
 from hiertcn.data.readers import read_log
 from hiertcn.data.synthetic import generate_xing
 
-SMALL = dict(n_users=300, n_items=400, n_topics=20)
+SMALL = {"n_users": 300, "n_items": 400, "n_topics": 20}
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,16 @@ def small(tmp_path_factory):
     user, ts = log.user[order], log.timestamp[order]
     new_session = np.ones(len(user), dtype=bool)
     new_session[1:] = (user[1:] != user[:-1]) | (np.diff(ts) >= 1800)
-    return dict(files=files, log=log, truth=truth, order=order, item_topic=item_topic[order],
-                user_row=row_of_user[order], new_session=new_session, itype=log.interaction_type[order])
+    return {
+        "files": files,
+        "log": log,
+        "truth": truth,
+        "order": order,
+        "item_topic": item_topic[order],
+        "user_row": row_of_user[order],
+        "new_session": new_session,
+        "itype": log.interaction_type[order],
+    }
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
@@ -68,7 +76,11 @@ def test_first_item_topic_comes_from_long_term_interests(small):
 
 
 def test_within_session_gaps_below_and_between_sessions_above_the_rule(small):
-    ts, new, user = small["log"].timestamp[small["order"]], small["new_session"], small["log"].user[small["order"]]
+    ts, new, user = (
+        small["log"].timestamp[small["order"]],
+        small["new_session"],
+        small["log"].user[small["order"]],
+    )
     same_user = np.ones(len(ts), dtype=bool)
     same_user[1:] = user[1:] == user[:-1]
     gaps = np.diff(ts, prepend=ts[0])
@@ -97,3 +109,27 @@ def test_default_size_survives_the_hiertcn_preset(tmp_path):
 def test_bad_sizes(tmp_path, arg):
     with pytest.raises(ValueError, match=arg):
         generate_xing(tmp_path, **{**SMALL, arg: 0})
+
+
+def test_neither_long_term_nor_last_item_alone_predicts_well(small):
+    """Topic of the next item: the user's most frequent topic so far wins at a session's first item,
+    the previous item's topic wins inside a session; so a model needs both levels."""
+    topic, new, user = small["item_topic"], small["new_session"], small["log"].user[small["order"]]
+    majority = np.full(len(topic), -1)
+    counts = None
+    for r in range(len(topic)):
+        if r == 0 or user[r] != user[r - 1]:
+            counts = np.zeros(SMALL["n_topics"], dtype=np.int64)
+        elif counts.any():
+            majority[r] = counts.argmax()
+        counts[topic[r]] += 1
+    previous = np.concatenate([[-1], topic[:-1]])
+    has_history = majority >= 0
+    first = new & has_history
+    later = ~new & has_history & (small["itype"] == 1)
+
+    def accuracy(guess, mask):
+        return np.mean(guess[mask] == topic[mask])
+
+    assert accuracy(majority, first) > accuracy(previous, first) + 0.03
+    assert accuracy(previous, later) > accuracy(majority, later) + 0.2
