@@ -40,7 +40,7 @@ class Config:
     model: str = "hiertcn"
     models: list[str] | None = None  # for compare; None = every registered model
     model_config: dict[str, dict[str, Any]] = field(default_factory=dict)
-    loss: str | None = None  # None = the loss library's default (full softmax CE)
+    loss: str = "softmax"  # softmax | sampled_softmax | bpr | hinge (hiertcn.losses)
     # optimisation
     epochs: int = 10
     max_time: float | None = None  # seconds of training per model

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -208,7 +209,7 @@ def fit(
     if loss_fn is None:
         from .losses import build_loss
 
-        loss_fn = build_loss(config.loss) if config.loss else build_loss()
+        loss_fn = build_loss(config.loss)
     if evaluate_fn is None:
         from .evaluate import evaluate as evaluate_fn
     run_dir = Path(run_dir)
@@ -338,7 +339,7 @@ def fit(
         if has_valid:
             model.eval()
             with torch.no_grad():
-                val = evaluate_fn(model, dataset, roles=(VALID,))
+                val = evaluate_sharded(evaluate_fn, model, dataset, (VALID,))
             row.update({f"val_{k}": v for k, v in val.items() if "/" not in k})
             if val["mrr"] > run["best_mrr"]:
                 run["best_mrr"], run["bad_epochs"] = val["mrr"], 0
@@ -363,7 +364,7 @@ def fit(
     model.load_state_dict(best["model"])
     model.eval()
     with torch.no_grad():
-        metrics = dict(evaluate_fn(model, dataset, roles=(TEST,)))
+        metrics = evaluate_sharded(evaluate_fn, model, dataset, (TEST,))
     metrics.update(
         {
             "epochs": run["epoch"],
@@ -377,6 +378,34 @@ def fit(
         (run_dir / "history.json").write_text(json.dumps(run["history"], indent=2))
         write_metrics(run_dir, metrics)
     return TrainResult(metrics=metrics, history=run["history"], run_dir=run_dir)
+
+
+def evaluate_sharded(evaluate_fn: Callable, model, dataset, roles: tuple[int, ...]) -> dict[str, float]:
+    """``evaluate_fn`` on this rank's users, combined exactly across ranks.
+
+    Per-event means are weighted by ``n_events`` and per-user means (``user/<key>``)
+    by ``n_users``, so the result equals one process scoring every user.
+    """
+    rank, world = distributed()
+    if world == 1:
+        return dict(evaluate_fn(model, dataset, roles=roles))
+    csr = dataset.csr
+    role = np.asarray(dataset.role).copy()
+    session_user = np.repeat(np.arange(csr.n_users), np.diff(csr.user_ptr))
+    role[session_user % world != rank] = -1  # other ranks score those users
+    local = {}
+    if np.isin(role, roles).any():
+        local = dict(evaluate_fn(model, SimpleNamespace(csr=csr, role=role), roles=roles))
+    parts = [None] * world
+    dist.all_gather_object(parts, local)
+    parts = [p for p in parts if p]
+    events, users = sum(p["n_events"] for p in parts), sum(p["n_users"] for p in parts)
+    out = {"n_events": events, "n_users": users}
+    for key in parts[0]:
+        if key not in out:
+            weight, total = ("n_users", users) if key.startswith("user/") else ("n_events", events)
+            out[key] = sum(p[key] * p[weight] for p in parts) / total
+    return out
 
 
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:

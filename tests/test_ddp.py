@@ -31,6 +31,13 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     for a, b in zip(ranks[0]["weights"].values(), ranks[1]["weights"].values(), strict=True):
         torch.testing.assert_close(a, b)
     assert ranks[0]["metrics"]["mrr"] == ranks[1]["metrics"]["mrr"]
+    # Each rank scored its own users; the gathered metrics equal one process scoring everyone.
+    final = TinyLaneGRU()
+    final.load_state_dict(torch.load(tmp_path / "ddp" / "best.pt", weights_only=False)["model"])
+    with torch.no_grad():
+        whole = lane_evaluate(final, planted_dataset(n_users=32), roles=(2,))
+    assert ranks[0]["metrics"]["n_events"] == whole["n_events"]
+    assert abs(ranks[0]["metrics"]["mrr"] - whole["mrr"]) < 1e-6
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["mrr"] == ranks[0]["metrics"]["mrr"]
 
     torch.manual_seed(0)

@@ -73,7 +73,8 @@ def lane_evaluate(model, dataset, roles):
         target = batch.items[batch.target_mask]
         ranks.append(1 + (scores >= scores.gather(1, target[:, None])).sum(1) - 1)
     ranks = torch.cat(ranks).float()
-    return {"mrr": float((1 / ranks).mean()), "recall@1": float((ranks == 1).float().mean())}
+    return {"mrr": float((1 / ranks).mean()), "recall@1": float((ranks == 1).float().mean()),
+            "n_events": len(ranks), "n_users": len(batcher.users)}  # fmt: skip
 
 
 def planted_dataset(n_users=24, seed=0):
