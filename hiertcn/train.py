@@ -411,7 +411,7 @@ def evaluate_sharded(evaluate_fn: Callable, model, dataset, roles: tuple[int, ..
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:
     path = Path(out_dir) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    path.write_text(json.dumps(metrics, indent=2))
     return path
 
 

@@ -1,0 +1,399 @@
+"""The ``hiertcn`` command line: prepare, train, evaluate, compare, recommend, bench, demo.
+
+Every option that is a :class:`~hiertcn.config.Config` key can also come from
+``--config FILE`` (TOML or YAML); flags given on the command line win. Commands
+that train or evaluate write ``metrics.json`` into ``--out``; ``--json`` prints
+the same object as the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, load_model
+from .config import SPLITS, Config, load_config
+from .train import NonFiniteLossError, fit, resolve_device, seed_everything, write_metrics
+
+TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp")
+DATA_KEYS = ("format", "preset", "split", "user_col", "item_col", "time_col", "session_col", "sep", "session_gap",
+             "cache_dir")  # fmt: skip
+DEMO = {  # sized to finish in about 3 minutes on 2 CPU cores
+    "full": {"n_users": 1500, "n_items": 600, "epochs": 4, "max_time": 25.0},
+    "tiny": {"n_users": 150, "n_items": 120, "epochs": 1, "max_time": 5.0},
+}
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+def _flag(parser, *names, **kw):
+    parser.add_argument(*names, default=argparse.SUPPRESS, **kw)  # absent flags do not override the file
+
+
+def _common(parser):
+    _flag(parser, "--config", help="TOML or YAML file of config keys (flags override it)")
+    _flag(parser, "--out", help="output folder (metrics.json, checkpoints, plots)")
+    parser.add_argument("--json", action="store_true", help="print the final metrics.json object as the last line")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _flag(parser, "--seed", type=int, help="seed of every random choice (runs repeat exactly on CPU)")
+    _flag(parser, "--device", help="auto | cpu | cuda | cuda:N")
+
+
+def _data_args(parser):
+    g = parser.add_argument_group("data")
+    _flag(g, "--data", help="interaction log (default: the built-in synthetic XING-format log)")
+    _flag(g, "--format", choices=["xing", "csv", "parquet", "movielens", "recbole"], help="detected when omitted")
+    _flag(g, "--preset", choices=["hiertcn-xing", "hrnn-xing", "none"])
+    _flag(g, "--split", choices=SPLITS, help="default: last-session (each user's last session is the test)")
+    for col in ("user", "item", "time", "session"):
+        _flag(g, f"--{col}-col", dest=f"{col}_col", help=f"{col} column of a generic CSV/Parquet log")
+    _flag(g, "--sep", help="field separator of a CSV log")
+    _flag(g, "--session-gap", type=int, help="seconds of inactivity that start a new session (default 1800)")
+    _flag(g, "--cache-dir", help="where prepared datasets are cached")
+
+
+def _train_args(parser):
+    g = parser.add_argument_group("training")
+    _flag(g, "--epochs", type=int)
+    _flag(g, "--max-time", type=float, help="seconds of training per model")
+    _flag(g, "--lr", type=float)
+    _flag(g, "--loss", help="loss name (default: full softmax cross-entropy)")
+    _flag(g, "--patience", type=int, help="early stopping on validation mrr (0 = off)")
+    _flag(g, "--n-queues", type=int, help="queues (lanes) of the carried-state batcher (default 32)")
+    _flag(g, "--sessions-per-lane", type=int, help="session windows popped per queue per batch (default 10)")
+    _flag(g, "--max-session-len", type=int, help="items per session window (default 20); longer sessions split")
+    g.add_argument("--truncate", action="store_const", const=True, default=argparse.SUPPRESS,
+                   help="drop the items of a session past --max-session-len instead of splitting it")  # fmt: skip
+    _flag(g, "--batch-users", type=int, help="users per batch of the models that carry no state")
+    _flag(g, "--checkpoint-every", type=int, help="steps between mid-epoch checkpoints (0 = epoch ends only)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hiertcn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="read, preprocess, split and cache an interaction log")
+    _common(p), _data_args(p)
+    p.set_defaults(handler=cmd_prepare)
+
+    p = sub.add_parser("train", help="train one model (also under torchrun for DDP)")
+    _common(p), _data_args(p), _train_args(p)
+    _flag(p, "--model", help="model name (default hiertcn)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/last.pt exactly where it stopped")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("evaluate", help="full-catalogue ranking metrics of a checkpoint")
+    _common(p), _data_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--role", choices=["test", "valid"], default="test", help="which held-out sessions to score")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="train and evaluate several models on one dataset; print a table")
+    _common(p), _data_args(p), _train_args(p)
+    _flag(p, "--models", help="comma-separated model names (default: all)")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("recommend", help="top-K next items for users from a checkpoint")
+    _common(p), _data_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--users", help="comma-separated raw user ids (default: the first 5 users)")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(handler=cmd_recommend)
+
+    p = sub.add_parser("bench", help="time one training step per model and the kernel ops")
+    _common(p), _data_args(p), _train_args(p)
+    _flag(p, "--models", help="comma-separated model names (default: all)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per model (after one warm-up)")
+    p.add_argument("--tokens", type=int, default=4096, help="packed interactions of the kernel-op timings")
+    p.add_argument("--channels", type=int, default=128)
+    p.set_defaults(handler=cmd_bench)
+
+    p = sub.add_parser("demo", help="synthetic XING log -> HierTCN vs baselines -> table and plots")
+    _common(p)
+    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke-test version")
+    _flag(p, "--models", help="comma-separated model names (default: all)")
+    _flag(p, "--epochs", type=int)
+    _flag(p, "--max-time", type=float, help="seconds of training per model")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def config_from_args(args, **defaults) -> Config:
+    """``defaults`` (command-specific), then ``--config``, then the flags given."""
+    given = {k: v for k, v in vars(args).items() if k in Config.keys()}
+    config = Config.from_dict(defaults, source=f"{args.command} defaults")
+    if getattr(args, "config", None):
+        from .config import read_config_file
+
+        config = config.updated(read_config_file(args.config), source=args.config)
+    return config.updated(given, source="command-line flags")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def load_dataset(config: Config, *, echo=print):
+    from .data.prepare import prepare_dataset
+
+    options = {k: getattr(config, k) for k in DATA_KEYS if getattr(config, k) is not None}
+    start = time.perf_counter()
+    dataset, cache_path = prepare_dataset(config.data, seed=config.seed, **options)
+    csr = dataset.csr
+    echo(
+        f"dataset: {csr.n_users} users, {csr.n_sessions} sessions, {csr.n_interactions} interactions, "
+        f"{csr.n_items} items (cache {cache_path}, {time.perf_counter() - start:.1f}s)"
+    )
+    return dataset, cache_path
+
+
+def build_for(name: str, dataset, config: Config):
+    from .models import build_model
+
+    options = dict(config.model_config.get(name, {}))
+    try:
+        return build_model(name, n_items=dataset.csr.n_items, **options), options
+    except TypeError as err:  # an unknown key in model_config.<name>
+        raise ValueError(f"model_config.{name}: {err}") from err
+
+
+def format_table(metrics: dict[str, dict[str, float]]) -> str:
+    cols = [c for c in (*TABLE_METRICS, "interactions_per_s", "train_time_s", "wait_fraction")
+            if any(c in m for m in metrics.values())]  # fmt: skip
+    head = {"interactions_per_s": "inter/s", "train_time_s": "train s", "wait_fraction": "wait"}
+    width = max([len("model"), *map(len, metrics)])
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{head.get(c, c):>9}" for c in cols)]
+    for name, row in metrics.items():
+        cells = []
+        for c in cols:
+            v = row.get(c, float("nan"))
+            cells.append(f"{v:>9.0f}" if c == "interactions_per_s" else f"{v:>9.1f}" if c == "train_time_s"
+                         else f"{v:>9.1%}" if c == "wait_fraction" else f"{v:>9.4f}")  # fmt: skip
+        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _finish(args, obj) -> int:
+    if args.json:
+        print(json.dumps(obj))
+    return 0
+
+
+def _say(args):
+    """``print`` for human-readable lines; under ``--json`` they go to stderr so stdout ends in JSON."""
+    stream = sys.stderr if args.json else sys.stdout
+    return lambda *a: print(*a, file=stream, flush=True)
+
+
+def _model_names(config: Config) -> list[str]:
+    from .models import MODEL_NAMES
+
+    names = config.models or list(MODEL_NAMES)
+    unknown = [n for n in names if n not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"--models: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}")
+    return names
+
+
+def _init_distributed(config: Config) -> bool:
+    """Join the process group ``torchrun`` describes; NCCL with one GPU per rank, else gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch.distributed as dist
+
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        config.device = f"cuda:{local_rank}"
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_prepare(args) -> int:
+    config = config_from_args(args)
+    dataset, cache_path = load_dataset(config, echo=_say(args))
+    role = np.asarray(dataset.role)
+    summary = {"cache": str(cache_path), "users": dataset.csr.n_users, "sessions": dataset.csr.n_sessions,
+               "interactions": dataset.csr.n_interactions, "items": dataset.csr.n_items,
+               "train_sessions": int((role == 0).sum()), "valid_sessions": int((role == 1).sum()),
+               "test_sessions": int((role == 2).sum())}  # fmt: skip
+    _say(args)(json.dumps(summary, indent=2))
+    return _finish(args, summary)
+
+
+def cmd_train(args) -> int:
+    config = config_from_args(args, out="runs/train")
+    say = _say(args)
+    ddp = _init_distributed(config)
+    try:
+        rank = torch.distributed.get_rank() if ddp else 0
+        dataset, _ = load_dataset(config, echo=say if rank == 0 else lambda *a: None)
+        seed_everything(config.seed)
+        model, options = build_for(config.model, dataset, config)
+        result = fit(model, dataset, config, run_dir=config.out, resume=args.resume, progress=not args.quiet,
+                     model_name=config.model, model_config=options)  # fmt: skip
+    finally:
+        if ddp:
+            torch.distributed.destroy_process_group()
+    if rank != 0:
+        return 0
+    say(format_table({config.model: result.metrics}))
+    say(f"checkpoints and metrics.json in {config.out}")
+    return _finish(args, result.metrics)
+
+
+def cmd_evaluate(args) -> int:
+    from .data.splits import TEST, VALID
+    from .evaluate import evaluate
+
+    saved = load_checkpoint(args.checkpoint)
+    config = config_from_args(args, **{**saved.get("config", {}), "out": str(Path(args.checkpoint).parent / "evaluate")})
+    model, _ = load_model(args.checkpoint, map_location=resolve_device(config.device))
+    dataset, _ = load_dataset(config, echo=_say(args))
+    _check_catalogue(dataset, saved, args.checkpoint)
+    metrics = evaluate(model, dataset, roles=(TEST,) if args.role == "test" else (VALID,))
+    write_metrics(config.out, metrics)
+    _say(args)(format_table({saved["model_name"]: metrics}))
+    return _finish(args, metrics)
+
+
+def cmd_compare(args) -> int:
+    config = config_from_args(args, out="runs/compare")
+    say = _say(args)
+    dataset, _ = load_dataset(config, echo=say)
+    metrics, histories = run_comparison(dataset, config, progress=not args.quiet, echo=say)
+    say(format_table(metrics))
+    write_metrics(config.out, metrics)
+    paths = write_plots(histories, metrics, config.out)
+    say(f"metrics.json, plots ({', '.join(p.name for p in paths)}) and checkpoints in {config.out}")
+    return _finish(args, metrics)
+
+
+def run_comparison(dataset, config: Config, *, progress=True, echo=print):
+    metrics, histories = {}, {}
+    for name in _model_names(config):
+        seed_everything(config.seed)
+        model, options = build_for(name, dataset, config)
+        echo(f"training {name} ({sum(p.numel() for p in model.parameters())} parameters)")
+        result = fit(model, dataset, config, run_dir=Path(config.out) / name, progress=progress,
+                     model_name=name, model_config=options)  # fmt: skip
+        metrics[name], histories[name] = result.metrics, result.history
+        echo(f"  {name}: mrr {result.metrics['mrr']:.4f}, recall@10 {result.metrics['recall@10']:.4f}, "
+             f"{result.metrics['interactions_per_s']:.0f} interactions/s, "
+             f"{result.metrics['wait_fraction']:.1%} of step time waiting for data")  # fmt: skip
+    return metrics, histories
+
+
+def write_plots(histories, metrics, out) -> list[Path]:
+    from .plots import plot_metric_bars, plot_training_curves
+
+    return [plot_training_curves(histories, Path(out) / "training_curves.png"),
+            plot_metric_bars(metrics, Path(out) / "metrics.png")]  # fmt: skip
+
+
+def cmd_recommend(args) -> int:
+    from .recommend import recommend
+
+    saved = load_checkpoint(args.checkpoint)
+    config = config_from_args(args, **saved.get("config", {}))
+    model, _ = load_model(args.checkpoint, map_location=resolve_device(config.device))
+    dataset, _ = load_dataset(config, echo=_say(args))
+    _check_catalogue(dataset, saved, args.checkpoint)
+    csr = dataset.csr
+    user_ids = np.asarray(csr.user_ids)
+    if args.users:
+        wanted = np.array([int(u) for u in args.users.split(",")], dtype=np.int64)
+        rows = np.searchsorted(user_ids, wanted)
+        unknown = wanted[(rows >= len(user_ids)) | (user_ids[np.minimum(rows, len(user_ids) - 1)] != wanted)]
+        if unknown.size:
+            raise ValueError(f"--users: unknown user id(s) {', '.join(map(str, unknown))}")
+    else:
+        rows = np.arange(min(5, csr.n_users))
+    items, _ = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len)
+    result = {str(user_ids[r]): items[i].tolist() for i, r in enumerate(rows)}
+    for user, recs in result.items():
+        _say(args)(f"user {user}: {' '.join(map(str, recs))}")
+    return _finish(args, result)
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_kernels, bench_models
+
+    config = config_from_args(args, out="runs/bench")
+    say = _say(args)
+    dataset, _ = load_dataset(config, echo=say)
+    models = bench_models(dataset, config, _model_names(config), steps=args.steps)
+    kernels = bench_kernels(tokens=args.tokens, channels=args.channels, device=resolve_device(config.device))
+    say(f"{'model':<16}{'step ms':>10}{'inter/s':>12}")
+    for name, row in models.items():
+        say(f"{name:<16}{row['step_ms']:>10.1f}{row['interactions_per_s']:>12.0f}")
+    say(f"{'op':<28}{'backend':>10}{'fwd+bwd ms':>12}")
+    for row in kernels:
+        say(f"{row['op']:<28}{row['backend']:>10}{row['ms']:>12.2f}")
+    result = {"models": models, "kernels": kernels}
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    (Path(config.out) / "bench.json").write_text(json.dumps(result, indent=2))
+    say(f"bench.json in {config.out}")
+    return _finish(args, result)
+
+
+def cmd_demo(args) -> int:
+    from .data.synthetic import generate_xing
+
+    size = DEMO["tiny" if args.tiny else "full"]
+    out = Path(getattr(args, "out", "hiertcn-demo"))
+    config = config_from_args(
+        args, out=str(out), epochs=size["epochs"], max_time=size["max_time"], cache_dir=str(out / "cache"),
+        format="xing", checkpoint_every=0, patience=0,
+    )  # fmt: skip
+    say = _say(args)
+    start = time.perf_counter()
+    files = generate_xing(out / "data", n_users=size["n_users"], n_items=size["n_items"], seed=config.seed)
+    say(f"synthetic XING log: {files.interactions}")
+    config.data = str(files.interactions)
+    dataset, cache_path = load_dataset(config, echo=say)
+    metrics, histories = run_comparison(dataset, config, progress=not args.quiet, echo=say)
+    write_metrics(out, metrics)
+    plots = write_plots(histories, metrics, out)
+    say("")
+    say(format_table(metrics))
+    say("")
+    say(f"log:         {files.interactions}")
+    say(f"dataset:     {cache_path}")
+    say(f"metrics:     {out / 'metrics.json'}")
+    say(f"plots:       {', '.join(map(str, plots))}")
+    say(f"checkpoints: {out}/<model>/best.pt")
+    say(f"done in {time.perf_counter() - start:.0f}s")
+    return _finish(args, metrics)
+
+
+def _check_catalogue(dataset, saved, path) -> None:
+    if dataset.csr.n_items != saved["n_items"]:
+        raise ValueError(
+            f"checkpoint {path} was trained on {saved['n_items']} items but this dataset has "
+            f"{dataset.csr.n_items}; pass the --data/--preset/--split it was trained with"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as err:
+        print(f"hiertcn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = "; run it again with --resume to continue from the last checkpoint" if args.command == "train" else ""
+        print(f"hiertcn {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130

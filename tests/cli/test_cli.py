@@ -1,0 +1,109 @@
+"""The CLI on a tiny planted dataset (the data pipeline itself is tested in tests/data)."""
+
+import json
+
+import pytest
+
+from hiertcn import cli
+from hiertcn.checkpoint import save_checkpoint
+from tests.test_train import planted_dataset
+
+SMALL_MODELS = """
+[model_config.hiertcn]
+embedding_dim = 8
+hidden_dim = 8
+channels = 8
+levels = 2
+[model_config.gru4rec]
+embedding_dim = 8
+hidden_dim = 8
+[model_config.moving_average]
+embedding_dim = 8
+"""
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    data = planted_dataset(n_users=20)
+    monkeypatch.setattr(cli, "load_dataset", lambda config, echo=print: (data, tmp_path / "cache"))
+    config = tmp_path / "small.toml"
+    config.write_text("n_queues = 4\nlr = 0.02\nbatch_users = 8\n" + SMALL_MODELS)
+    return config
+
+
+def last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_train_writes_metrics_and_prints_them_last(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--config", str(tiny), "--out", str(out), "--epochs", "2", "--quiet", "--json"])
+    assert code == 0
+    printed = last_json(capsys)
+    assert printed == json.loads((out / "metrics.json").read_text())
+    assert {"recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp"} <= set(printed)
+    assert printed["epochs"] == 2 and printed["interactions_per_s"] > 0
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+
+    # --resume on a finished run trains nothing more and reports the same result.
+    assert cli.main(["train", "--config", str(tiny), "--out", str(out), "--epochs", "2", "--quiet", "--json",
+                     "--resume"]) == 0  # fmt: skip
+    again = last_json(capsys)
+    assert (again["mrr"], again["steps"]) == (printed["mrr"], printed["steps"])
+
+    # evaluate and recommend read the checkpoint back
+    assert cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--json", "--out", str(tmp_path / "ev")]) == 0
+    assert last_json(capsys)["mrr"] == printed["mrr"]
+    assert cli.main(["recommend", "--checkpoint", str(out / "best.pt"), "--users", "0,3", "-k", "3", "--json"]) == 0
+    recs = last_json(capsys)
+    assert list(recs) == ["0", "3"] and all(len(r) == 3 for r in recs.values())
+
+
+def test_compare_prints_a_table_and_writes_plots(tiny, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    models = "hiertcn,moving_average,gru4rec"
+    code = cli.main(["compare", "--config", str(tiny), "--models", models, "--out", str(out), "--epochs", "1",
+                     "--quiet", "--json"])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out.strip().splitlines()[-1])
+    assert list(metrics) == models.split(",")
+    assert metrics == json.loads((out / "metrics.json").read_text())
+    assert "inter/s" in captured.err and "moving_average" in captured.err
+    for png in ("training_curves.png", "metrics.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--config", "{bad_key}"], "unknown key(s) 'epoch'"),
+        (["train", "--config", "{bad_model_key}"], "model_config.hiertcn"),
+        (["compare", "--models", "hiertcn,sasrec"], "unknown model(s) sasrec"),
+        (["evaluate", "--checkpoint", "{missing}"], "does not exist"),
+        (["evaluate", "--checkpoint", "{corrupt}"], "corrupt"),
+        (["recommend", "--checkpoint", "{weights}", "--users", "999"], "unknown user id(s) 999"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(tiny, tmp_path, capsys, argv, message):
+    (tmp_path / "bad.toml").write_text("epoch = 3\n")
+    (tmp_path / "bad_model.toml").write_text("[model_config.hiertcn]\nlayers = 3\n")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    if "{weights}" in argv:
+        cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"])
+    paths = {"bad_key": tmp_path / "bad.toml", "bad_model_key": tmp_path / "bad_model.toml",
+             "missing": tmp_path / "nope.pt", "corrupt": tmp_path / "corrupt.pt", "weights": tmp_path / "w/best.pt"}
+    argv = [a.format(**paths) for a in argv] + ["--out", str(tmp_path / "o")] * (argv[0] != "recommend")
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_nan_loss_exits_2_and_keeps_the_checkpoint(tiny, tmp_path, capsys):
+    out = tmp_path / "nan"
+    code = cli.main(["train", "--config", str(tiny), "--out", str(out), "--lr", "1e30", "--epochs", "3",
+                     "--checkpoint-every", "1", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "loss is nan" in err or "loss is inf" in err
+    assert "last good checkpoint" in err and (out / "last.pt").is_file()
