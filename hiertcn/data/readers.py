@@ -36,7 +36,7 @@ XING_IMPRESSIONS_HEADER = ["user_id", "year", "week", "items"]
 _MS_THRESHOLD = 1e11  # unix seconds pass 1e11 only in the year 5138; milliseconds pass it in 1973
 _INT_RE = r"^\s*-?\d+\s*$"
 _NUM_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
-_BLOCK_SIZE = 16 << 20
+_BLOCK_SIZE = 4 << 20
 _SHOWN_LINES = 10
 
 
@@ -180,14 +180,21 @@ class _Retry(Exception):
     """The fast pass met something it cannot locate; read again carefully."""
 
 
+def _int_values(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer column to (int64 values, null mask), copying once; nulls become 0."""
+    if col.null_count == 0:
+        return col.cast(pa.int64()).to_numpy(), np.zeros(len(col), dtype=bool)
+    return col.fill_null(0).cast(pa.int64()).to_numpy(), col.is_null().to_numpy(zero_copy_only=False)
+
+
 def _ids(col: pa.ChunkedArray, what: str, integer: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(int64 values or codes, names or None, invalid mask). ``integer``: the format declares integer ids,
     so text that is not an integer is a bad row (otherwise a column with any non-integer is string ids)."""
     if pa.types.is_dictionary(col.type):
         col = col.cast(pa.string())
     if pa.types.is_integer(col.type):
-        invalid = col.is_null().to_numpy(zero_copy_only=False)
-        return col.fill_null(0).to_numpy().astype(np.int64), None, invalid
+        values, invalid = _int_values(col)
+        return values, None, invalid
     if pa.types.is_floating(col.type):
         values = col.to_numpy(zero_copy_only=False)
         invalid = ~np.isfinite(values) | (values != np.round(values))
@@ -208,7 +215,7 @@ def _ids(col: pa.ChunkedArray, what: str, integer: bool) -> tuple[np.ndarray, np
         names = pc.unique(text.filter(pa.array(~invalid)))
         sorted_names = names.take(pc.array_sort_indices(names))
         codes = pc.index_in(text, value_set=sorted_names).fill_null(0)
-        return codes.to_numpy().astype(np.int64), np.asarray(sorted_names.to_pylist(), dtype=object), invalid
+        return codes.cast(pa.int64()).to_numpy(), np.asarray(sorted_names.to_pylist(), dtype=object), invalid
     raise TypeError(f"{what} column has unsupported type {col.type}")
 
 
@@ -239,6 +246,11 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
     elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
         if unit == "iso":
             raise ValueError("time_unit='iso' but the time column is numeric")
+        if pa.types.is_integer(col.type):
+            values, invalid = _int_values(col)
+            invalid |= values < 0
+            is_ms = unit == "ms" or (unit == "auto" and values.max() > _MS_THRESHOLD)
+            return (values // 1000 if is_ms else values), invalid
         values = col.to_numpy(zero_copy_only=False).astype(np.float64)
         invalid = ~np.isfinite(values) | (values < 0)
         ok = values[~invalid]
@@ -247,8 +259,7 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
         return secs, invalid
     else:
         raise TypeError(f"time column has unsupported type {col.type}")
-    invalid = secs.is_null().to_numpy(zero_copy_only=False)
-    values = secs.fill_null(0).to_numpy().astype(np.int64)
+    values, invalid = _int_values(secs)
     invalid |= values < 0
     return values, invalid
 
