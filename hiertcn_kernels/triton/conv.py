@@ -249,6 +249,11 @@ def _tn_partial_kernel(a_ptr, start_ptr, b_ptr, part_ptr, bsum_ptr, T, C_a, C_b,
 # Host side
 
 
+def _empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Every buffer a kernel writes comes from here (tests poison it to catch unwritten elements)."""
+    return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
+
+
 def _pow2(n: int, lo: int = 16, hi: int | None = None) -> int:
     """Power-of-two block size >= n (at least 16: the smallest ``tl.dot`` size on GPU), capped at hi."""
     b = max(lo, triton.next_power_of_2(max(int(n), 1)))
@@ -296,7 +301,7 @@ def _forward(x, start, wt, bias, out_weight, out_bias, dilation, mode):
     t, c_in = x.shape
     k, _, c_out = wt.shape
     c_y = c_in if mode == MODE_GATED else c_out
-    y = torch.empty(t, c_y, device=x.device, dtype=x.dtype)
+    y = _empty(t, c_y, like=x)
     if t == 0:
         return y
     blk = _blocks(c_in, c_out, mode)
@@ -325,8 +330,8 @@ def _tn_sums(a, start, b, k, dilation):
     n_chunks = max(1, min(target, triton.cdiv(t, block_t)))
     rows_per_chunk = triton.cdiv(triton.cdiv(t, n_chunks), block_t) * block_t
     n_chunks = triton.cdiv(t, rows_per_chunk)
-    part = torch.empty(n_chunks, k, c_a, c_b, device=a.device, dtype=torch.float32)
-    bsum = torch.empty(n_chunks, c_b, device=a.device, dtype=torch.float32)
+    part = _empty(n_chunks, k, c_a, c_b, like=a, dtype=torch.float32)
+    bsum = _empty(n_chunks, c_b, like=a, dtype=torch.float32)
     grid = (n_chunks, k * triton.cdiv(c_a, block_i), triton.cdiv(c_b, block_o))
     _tn_partial_kernel[grid](a, start, b, part, bsum, t, c_a, c_b, dilation, rows_per_chunk,
                              K=k, BLOCK_T=block_t, BLOCK_I=block_i, BLOCK_O=block_o)
@@ -338,7 +343,7 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
     t, c_in = x.shape
     k, _, c_out = wt.shape
     dy = dy.contiguous()
-    dx = torch.empty_like(x)
+    dx = _empty(t, c_in, like=x)
     dw = db = dwo = dbo = None
     if t == 0:
         dx = dx.zero_()
@@ -353,8 +358,8 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
     if mode == MODE_CONV:
         da = dy
     else:
-        da = torch.empty(t, c_out, device=x.device, dtype=x.dtype)
-        h = torch.empty(t, c_out // 2, device=x.device, dtype=x.dtype) if mode == MODE_GATED else None
+        da = _empty(t, c_out, like=x)
+        h = _empty(t, c_out // 2, like=x) if mode == MODE_GATED else None
         n_o = 1 if mode == MODE_GATED else triton.cdiv(c_out, blk["BLOCK_O"])
         _act_bwd_kernel[(triton.cdiv(t, blk["BLOCK_T"]), n_o)](
             x, start, wt, x if bias is None else bias, x if out_weight is None else out_weight, dy, da, dx,
@@ -399,7 +404,8 @@ class _TCNFunction(torch.autograd.Function):
         needs = dict(zip(("x", "weight", "bias", "out_weight", "out_bias"), ctx.needs_input_grad[:5]))
         dx, dw, db, dwo, dbo = _backward(dy.reshape(-1, dy.shape[-1]), rows, start, wt, bias, out_weight,
                                          ctx.dilation, ctx.mode, needs)
-        return dx.reshape(ctx.x_shape), dw, db, dwo, dbo, None, None, None
+        grads = [dx.reshape(ctx.x_shape), dw, db, dwo, dbo]
+        return (*(g if need else None for g, need in zip(grads, needs.values())), None, None, None)
 
 
 def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
