@@ -10,20 +10,22 @@ number of sequence boundaries and still be exact:
 - backward, ``dx[t]`` takes tap ``k`` of row ``u = t + s_k`` only if ``u < T`` and
   ``seq_start[u] <= t`` (i.e. ``u`` is in ``t``'s sequence).
 
-Launches:
+Launches (one forward, two backward):
 
-- forward: one kernel per block (conv + bias + activation + residual, and for
-  ``gated`` the 1x1 output projection + bias).
-- backward: (1) ``_act_bwd_kernel`` recomputes the pre-activation from ``x``
-  (nothing but the inputs is saved) and writes the pre-activation gradient
-  ``da``, the residual part of ``dx`` and, for ``gated``, the gate output ``h``;
-  (2) ``_conv_dx_kernel`` adds the transposed conv of ``da`` to ``dx``;
-  (3) ``_tn_partial_kernel`` computes ``x_shifted^T @ da`` (and the bias sums)
-  per chunk of rows into a ``(n_chunks, ...)`` fp32 buffer, summed over chunks by
-  ``torch.sum``; for ``gated`` it runs once more for ``h^T @ dy``. No atomics:
-  same inputs, same bits. Fusing (2) and (3) into one launch is future work.
+- forward, ``_fwd_kernel``: conv + bias + activation + residual, and for ``gated``
+  the 1x1 output projection + bias.
+- backward, ``_act_bwd_kernel`` (relu/gated blocks): recomputes the pre-activation
+  from ``x`` (only the inputs are saved) and writes the pre-activation gradient
+  ``da``, the residual part of ``dx`` and, for ``gated``, the gate output ``h``.
+  A second pass is needed because ``dx[t]`` reads ``da`` from up to
+  ``(K-1)*dilation`` rows ahead, which another program computes.
+- backward, ``_grads_kernel``: one launch whose programs split three ways: ``dx``
+  tiles (transposed conv of ``da``), per-chunk ``x_shifted^T @ da`` and column sums
+  (conv weight and bias) and, for ``gated``, per-chunk ``h^T @ dy`` (output
+  projection). Partial sums go to ``(n_chunks, ...)`` fp32 buffers that ``torch.sum``
+  reduces over chunks: no atomics, so the same inputs give the same bits.
 
-Dots accumulate in fp32; outputs and gradients come back in the input dtype.
+Dots accumulate in fp32; outputs, gradients and the ``da``/``h`` buffers are in the input dtype.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import triton.language as tl
 
 from .._backend import interpreting
 
-MODE_CONV, MODE_RELU, MODE_GATED = 0, 1, 2
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -91,14 +92,15 @@ def _gated_preact(x_ptr, wt_ptr, b_ptr, rows, row_ok, start, C_in, H, dilation,
 
 @triton.jit
 def _fwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, bout_ptr, y_ptr, T, C_in, C_out, dilation,
-                K: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
+                K: tl.constexpr, RELU: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                HAS_OUT_BIAS: tl.constexpr,
                 BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
-    """MODE_CONV/MODE_RELU: grid (row tiles, out-channel tiles). MODE_GATED: grid (row tiles, 1)."""
+    """Plain conv or RELU block: grid (row tiles, out-channel tiles). GATED block: grid (row tiles, 1)."""
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < T
     start = tl.load(start_ptr + rows, mask=row_ok, other=0)
     rows64 = rows.to(tl.int64)
-    if MODE == MODE_GATED:
+    if GATED:
         H = C_out // 2
         a_t, a_s = _gated_preact(x_ptr, wt_ptr, b_ptr, rows, row_ok, start, C_in, H, dilation,
                                  K, HAS_BIAS, BLOCK_T, BLOCK_I, BLOCK_O)
@@ -123,7 +125,7 @@ def _fwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, bout_ptr, y_ptr, T, C
         if HAS_BIAS:
             acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         mask = row_ok[:, None] & col_ok[None, :]
-        if MODE == MODE_RELU:  # C_out == C_in: residual
+        if RELU:  # C_out == C_in: residual
             res = tl.load(x_ptr + rows64[:, None] * C_in + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             acc = tl.maximum(res + tl.maximum(acc, 0.0), 0.0)
         tl.store(y_ptr + rows64[:, None] * C_out + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
@@ -132,14 +134,14 @@ def _fwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, bout_ptr, y_ptr, T, C
 @triton.jit
 def _act_bwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr, h_ptr,
                     T, C_in, C_out, dilation,
-                    K: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    K: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
     """Recompute the pre-activation; write ``da``, the residual part of ``dx`` and (gated) ``h``."""
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < T
     start = tl.load(start_ptr + rows, mask=row_ok, other=0)
     rows64 = rows.to(tl.int64)
-    if MODE == MODE_GATED:
+    if GATED:
         H = C_out // 2
         a_t, a_s = _gated_preact(x_ptr, wt_ptr, b_ptr, rows, row_ok, start, C_in, H, dilation,
                                  K, HAS_BIAS, BLOCK_T, BLOCK_I, BLOCK_O)
@@ -164,7 +166,7 @@ def _act_bwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, d
         da_off = rows64[:, None] * C_out + hh[None, :]
         tl.store(da_ptr + da_off, da_t.to(da_ptr.dtype.element_ty), mask=h_mask)
         tl.store(da_ptr + da_off + H, da_s.to(da_ptr.dtype.element_ty), mask=h_mask)
-    else:  # MODE_RELU: y = relu(x + relu(a))
+    else:  # relu block: y = relu(x + relu(a))
         cols = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
         col_ok = cols < C_out
         acc = tl.zeros((BLOCK_T, BLOCK_O), dtype=tl.float32)
@@ -181,13 +183,14 @@ def _act_bwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, d
 
 
 @triton.jit
-def _conv_dx_kernel(da_ptr, start_ptr, wt_ptr, dx_ptr, T, C_in, C_out, dilation,
-                    K: tl.constexpr, ACCUMULATE: tl.constexpr,
-                    BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
+def _dx_tile(tile, da_ptr, start_ptr, wt_ptr, dx_ptr, T, C_in, C_out, dilation,
+             K: tl.constexpr, ACCUMULATE: tl.constexpr,
+             BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
     """``dx[t] (+)= sum_k da[t + s_k] @ wt[k]^T`` over rows ``t + s_k`` of ``t``'s own sequence."""
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    n_i = tl.cdiv(C_in, BLOCK_I)
+    rows = (tile // n_i) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < T
-    ci = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    ci = (tile % n_i) * BLOCK_I + tl.arange(0, BLOCK_I)
     ci_ok = ci < C_in
     mask = row_ok[:, None] & ci_ok[None, :]
     dx_off = rows.to(tl.int64)[:, None] * C_in + ci[None, :]
@@ -210,18 +213,21 @@ def _conv_dx_kernel(da_ptr, start_ptr, wt_ptr, dx_ptr, T, C_in, C_out, dilation,
 
 
 @triton.jit
-def _tn_partial_kernel(a_ptr, start_ptr, b_ptr, part_ptr, bsum_ptr, T, C_a, C_b, dilation, rows_per_chunk,
-                       K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
-    """``part[chunk, k] = sum_t a[t - s_k]^T b[t]`` over the chunk's rows (shifted rows in-sequence only).
+def _tn_tile(tile, a_ptr, start_ptr, b_ptr, part_ptr, bsum_ptr, T, C_a, C_b, dilation, rows_per_chunk,
+             K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
+    """``part[chunk, k] = sum_t a[t - s_k]^T b[t]`` over one chunk of rows (shifted rows in-sequence only).
 
-    Grid (chunks, K * a-channel tiles, b-channel tiles). Programs of the first a-channel
-    tile of tap 0 also write the chunk's column sums of ``b`` (the bias gradient).
+    Tiles are numbered (chunk, k, a-channel tile, b-channel tile). The tiles of tap 0 and
+    a-channel tile 0 also write the chunk's column sums of ``b`` (the bias gradient).
     """
-    chunk = tl.program_id(0)
     n_i = tl.cdiv(C_a, BLOCK_I)
-    k = tl.program_id(1) // n_i
-    ci = (tl.program_id(1) % n_i) * BLOCK_I + tl.arange(0, BLOCK_I)
-    co = tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)
+    n_o = tl.cdiv(C_b, BLOCK_O)
+    chunk = tile // (K * n_i * n_o)
+    rest = tile % (K * n_i * n_o)
+    k = rest // (n_i * n_o)
+    pid_i = (rest // n_o) % n_i
+    ci = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    co = (rest % n_o) * BLOCK_O + tl.arange(0, BLOCK_O)
     ci_ok = ci < C_a
     co_ok = co < C_b
     shift = (K - 1 - k) * dilation
@@ -241,8 +247,29 @@ def _tn_partial_kernel(a_ptr, start_ptr, b_ptr, part_ptr, bsum_ptr, T, C_a, C_b,
         bsum += tl.sum(b.to(tl.float32), axis=0)
     part_off = ((chunk * K + k) * C_a + ci[:, None]) * C_b + co[None, :]
     tl.store(part_ptr + part_off, acc, mask=ci_ok[:, None] & co_ok[None, :])
-    if tl.program_id(1) == 0:
+    if k * n_i + pid_i == 0:
         tl.store(bsum_ptr + chunk * C_b + co, bsum, mask=co_ok)
+
+
+@triton.jit
+def _grads_kernel(x_ptr, start_ptr, wt_ptr, da_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
+                  h_ptr, dy_ptr, dwo_part_ptr, dbo_part_ptr,
+                  T, C_in, C_out, dilation, rows_per_chunk, n_dx, n_dw,
+                  K: tl.constexpr, ACCUMULATE: tl.constexpr,
+                  BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
+    """One launch for every gradient that needs ``da``: the first ``n_dx`` programs write
+    ``dx`` tiles, the next ``n_dw`` the per-chunk ``x^T da`` (conv weight and bias), the
+    rest (gated only) the per-chunk ``h^T dy`` (output projection and its bias)."""
+    pid = tl.program_id(0)
+    if pid < n_dx:
+        _dx_tile(pid, da_ptr, start_ptr, wt_ptr, dx_ptr, T, C_in, C_out, dilation,
+                 K, ACCUMULATE, BLOCK_T, BLOCK_I, BLOCK_O)
+    elif pid < n_dx + n_dw:
+        _tn_tile(pid - n_dx, x_ptr, start_ptr, da_ptr, dw_part_ptr, db_part_ptr, T, C_in, C_out, dilation,
+                 rows_per_chunk, K, BLOCK_T, BLOCK_I, BLOCK_O)
+    else:
+        _tn_tile(pid - n_dx - n_dw, h_ptr, start_ptr, dy_ptr, dwo_part_ptr, dbo_part_ptr, T, C_out // 2, C_in, 0,
+                 rows_per_chunk, 1, BLOCK_T, BLOCK_I, BLOCK_O)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,26 +281,31 @@ def _empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torc
     return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
 
 
-def _pow2(n: int, lo: int = 16, hi: int | None = None) -> int:
-    """Power-of-two block size >= n (at least 16: the smallest ``tl.dot`` size on GPU), capped at hi."""
-    b = max(lo, triton.next_power_of_2(max(int(n), 1)))
-    return b if hi is None else min(b, hi)
+def _pow2(n: int, hi: int) -> int:
+    """Power-of-two block >= n, at least 16 (the smallest ``tl.dot`` size on GPU), at most ``hi``."""
+    return min(max(16, triton.next_power_of_2(max(int(n), 1))), hi)
 
 
-def _blocks(c_in: int, c_out: int, mode: int) -> dict:
-    """Tile sizes by channel count: small tiles in the interpreter (speed), larger on GPU."""
-    small = interpreting()
-    if mode == MODE_GATED:  # the whole gate width H stays in registers
-        block_o = _pow2(c_out // 2)
-        block_t = 16 if small or block_o > 128 else 32
-    else:
-        block_o = _pow2(c_out, hi=32 if small else 64)
-        block_t = 16 if small else 64
-    return dict(BLOCK_T=block_t, BLOCK_I=_pow2(c_in, hi=32 if small else 64), BLOCK_O=block_o)
+def _row_block() -> int:
+    return 16 if interpreting() else 64  # small tiles keep the interpreter fast
 
 
-def _launch_opts(block_o: int) -> dict:
-    return {} if interpreting() else dict(num_warps=8 if block_o > 128 else 4)
+def _channel_block(c: int) -> int:
+    return _pow2(c, 32 if interpreting() else 64)
+
+
+def _block_opts(gated: bool, c_in: int, c_out: int) -> dict:
+    """Tiles and launch options of the forward and activation-backward kernels, by channel count."""
+    if not gated:
+        return dict(BLOCK_T=_row_block(), BLOCK_I=_channel_block(c_in), BLOCK_O=_channel_block(c_out))
+    # The whole gate width H stays in registers (two accumulators): fewer rows and input
+    # channels per tile when it is wide. Shared memory (H100, fp32) stays under ~100 KB.
+    block_h = _pow2(c_out // 2, 1 << 30)
+    if interpreting():
+        return dict(BLOCK_T=16, BLOCK_I=_channel_block(c_in), BLOCK_O=block_h)
+    wide = block_h > 128
+    return dict(BLOCK_T=16 if wide else 32, BLOCK_I=_pow2(c_in, 32 if wide else 64), BLOCK_O=block_h,
+                num_warps=8 if block_h > 64 else 4, num_stages=2 if wide else 3)
 
 
 def _as_rows(x: torch.Tensor, cu_seqlens):
@@ -281,7 +313,7 @@ def _as_rows(x: torch.Tensor, cu_seqlens):
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     t = rows.shape[0]
     if cu_seqlens is None:  # padded (B, L, C): a sequence starts every L rows
-        length = x.shape[1]
+        length = max(1, x.shape[1])
         start = torch.arange(t, device=x.device, dtype=torch.int32).div_(length, rounding_mode="floor").mul_(length)
     else:
         cu = cu_seqlens.to(torch.int32)
@@ -300,85 +332,85 @@ def _check_dtype(x: torch.Tensor) -> None:
 def _forward(x, start, wt, bias, out_weight, out_bias, dilation, mode):
     t, c_in = x.shape
     k, _, c_out = wt.shape
-    c_y = c_in if mode == MODE_GATED else c_out
-    y = _empty(t, c_y, like=x)
+    gated = mode == "gated"
+    y = _empty(t, c_in if gated else c_out, like=x)
     if t == 0:
         return y
-    blk = _blocks(c_in, c_out, mode)
-    n_o = 1 if mode == MODE_GATED else triton.cdiv(c_out, blk["BLOCK_O"])
-    grid = (triton.cdiv(t, blk["BLOCK_T"]), n_o)
-    _fwd_kernel[grid](
+    opts = _block_opts(gated, c_in, c_out)
+    n_o = 1 if gated else triton.cdiv(c_out, opts["BLOCK_O"])
+    _fwd_kernel[(triton.cdiv(t, opts["BLOCK_T"]), n_o)](
         x, start, wt, x if bias is None else bias, x if out_weight is None else out_weight,
         x if out_bias is None else out_bias, y, t, c_in, c_out, dilation,
-        K=k, MODE=mode, HAS_BIAS=bias is not None, HAS_OUT_BIAS=out_bias is not None,
-        BLOCK_C=_pow2(c_in, hi=32 if interpreting() else 64), **blk, **_launch_opts(blk["BLOCK_O"]),
+        K=k, RELU=mode == "relu", GATED=gated, HAS_BIAS=bias is not None, HAS_OUT_BIAS=out_bias is not None,
+        BLOCK_C=_channel_block(c_in), **opts,
     )
     return y
 
 
-def _tn_sums(a, start, b, k, dilation):
-    """``(sum_t a[t - s_k]^T b[t] for each k)`` as ``(K, C_a, C_b)`` fp32, and ``b``'s column sums ``(C_b,)``."""
-    t, c_a = a.shape
-    c_b = b.shape[1]
-    small = interpreting()
-    block_t = 16 if small else 64
-    block_i = _pow2(c_a, hi=32 if small else 64)
-    block_o = _pow2(c_b, hi=32 if small else 64)
-    per_chunk = k * triton.cdiv(c_a, block_i) * triton.cdiv(c_b, block_o)
-    # Enough chunks to fill the GPU (two in the interpreter, to exercise the cross-chunk sum).
-    target = 2 if small else max(1, 4 * torch.cuda.get_device_properties(a.device).multi_processor_count // per_chunk)
-    n_chunks = max(1, min(target, triton.cdiv(t, block_t)))
-    rows_per_chunk = triton.cdiv(triton.cdiv(t, n_chunks), block_t) * block_t
-    n_chunks = triton.cdiv(t, rows_per_chunk)
-    part = _empty(n_chunks, k, c_a, c_b, like=a, dtype=torch.float32)
-    bsum = _empty(n_chunks, c_b, like=a, dtype=torch.float32)
-    grid = (n_chunks, k * triton.cdiv(c_a, block_i), triton.cdiv(c_b, block_o))
-    _tn_partial_kernel[grid](a, start, b, part, bsum, t, c_a, c_b, dilation, rows_per_chunk,
-                             K=k, BLOCK_T=block_t, BLOCK_I=block_i, BLOCK_O=block_o)
-    return part.sum(0), bsum.sum(0)
+def _n_chunks(t: int, tiles_per_chunk: int, device: torch.device) -> int:
+    """Row chunks of the weight-gradient sums: enough to fill the GPU (two in the interpreter,
+    so the cross-chunk sum is exercised), never more than there are row tiles."""
+    if interpreting() or device.type != "cuda":
+        target = 2
+    else:
+        target = max(1, 4 * torch.cuda.get_device_properties(device).multi_processor_count // tiles_per_chunk)
+    return max(1, min(target, triton.cdiv(t, _row_block())))
 
 
 def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
     """Gradients ``(dx, d_weight (C_out, C_in, K), d_bias, d_out_weight, d_out_bias)`` (None when not needed)."""
     t, c_in = x.shape
     k, _, c_out = wt.shape
-    dy = dy.contiguous()
+    gated = mode == "gated"
     dx = _empty(t, c_in, like=x)
-    dw = db = dwo = dbo = None
     if t == 0:
-        dx = dx.zero_()
-        dw = wt.new_zeros(wt.shape).permute(2, 1, 0)
-        db = None if bias is None else bias.new_zeros(bias.shape)
-        if mode == MODE_GATED:
-            dwo, dbo = out_weight.new_zeros(out_weight.shape), x.new_zeros(c_in)
-        return dx, dw, db, dwo, dbo
-    blk = _blocks(c_in, c_out, mode)
-    opts = _launch_opts(blk["BLOCK_O"])
+        zeros = lambda p: None if p is None else torch.zeros_like(p)  # noqa: E731
+        return (dx, zeros(wt).permute(2, 1, 0), zeros(bias), zeros(out_weight),
+                x.new_zeros(c_in) if gated else None)
+    dy = dy.contiguous()
     h = None
-    if mode == MODE_CONV:
+    if mode == "conv":
         da = dy
-    else:
+    else:  # recompute the pre-activation; write da, dx's residual part and (gated) h
         da = _empty(t, c_out, like=x)
-        h = _empty(t, c_out // 2, like=x) if mode == MODE_GATED else None
-        n_o = 1 if mode == MODE_GATED else triton.cdiv(c_out, blk["BLOCK_O"])
-        _act_bwd_kernel[(triton.cdiv(t, blk["BLOCK_T"]), n_o)](
+        h = _empty(t, c_out // 2, like=x) if gated else None
+        opts = _block_opts(gated, c_in, c_out)
+        n_o = 1 if gated else triton.cdiv(c_out, opts["BLOCK_O"])
+        _act_bwd_kernel[(triton.cdiv(t, opts["BLOCK_T"]), n_o)](
             x, start, wt, x if bias is None else bias, x if out_weight is None else out_weight, dy, da, dx,
             x if h is None else h, t, c_in, c_out, dilation,
-            K=k, MODE=mode, HAS_BIAS=bias is not None,
-            BLOCK_C=_pow2(c_in, hi=32 if interpreting() else 64), **blk, **opts,
+            K=k, GATED=gated, HAS_BIAS=bias is not None,
+            BLOCK_C=_channel_block(c_in), **opts,
         )
-    dx_blk = dict(BLOCK_T=blk["BLOCK_T"] if mode != MODE_GATED else (16 if interpreting() else 64),
-                  BLOCK_I=blk["BLOCK_I"], BLOCK_O=_pow2(c_out, hi=32 if interpreting() else 64))
-    _conv_dx_kernel[(triton.cdiv(t, dx_blk["BLOCK_T"]), triton.cdiv(c_in, dx_blk["BLOCK_I"]))](
-        da, start, wt, dx, t, c_in, c_out, dilation, K=k, ACCUMULATE=mode != MODE_CONV, **dx_blk,
+
+    block_t, block_i, block_o = _row_block(), _channel_block(max(c_in, c_out // 2)), _channel_block(c_out)
+    block_o = max(block_o, _channel_block(c_in))
+    n_dx = triton.cdiv(t, block_t) * triton.cdiv(c_in, block_i)
+    want_w = needs["weight"] or needs["bias"]
+    want_out = gated and (needs["out_weight"] or needs["out_bias"])
+    tiles_w = k * triton.cdiv(c_in, block_i) * triton.cdiv(c_out, block_o)
+    tiles_out = triton.cdiv(c_out // 2, block_i) * triton.cdiv(c_in, block_o)
+    n_chunks = _n_chunks(t, tiles_w, x.device)
+    rows_per_chunk = triton.cdiv(triton.cdiv(t, n_chunks), block_t) * block_t
+    n_chunks = triton.cdiv(t, rows_per_chunk)
+    f32 = torch.float32
+    dw_part = _empty(n_chunks, k, c_in, c_out, like=x, dtype=f32) if want_w else None
+    db_part = _empty(n_chunks, c_out, like=x, dtype=f32) if want_w else None
+    dwo_part = _empty(n_chunks, 1, c_out // 2, c_in, like=x, dtype=f32) if want_out else None
+    dbo_part = _empty(n_chunks, c_in, like=x, dtype=f32) if want_out else None
+    n_dw = n_chunks * tiles_w if want_w else 0
+    n_out = n_chunks * tiles_out if want_out else 0
+    _grads_kernel[(n_dx + n_dw + n_out,)](
+        x, start, wt, da, dx, x if dw_part is None else dw_part, x if db_part is None else db_part,
+        x if h is None else h, dy, x if dwo_part is None else dwo_part, x if dbo_part is None else dbo_part,
+        t, c_in, c_out, dilation, rows_per_chunk, n_dx, n_dw,
+        K=k, ACCUMULATE=mode != "conv", BLOCK_T=block_t, BLOCK_I=block_i, BLOCK_O=block_o,
     )
-    if needs["weight"] or needs["bias"]:
-        dw32, db32 = _tn_sums(x, start, da, k, dilation)
-        dw = dw32.permute(2, 1, 0).to(wt.dtype)  # (K, C_in, C_out) -> (C_out, C_in, K)
-        db = db32.to(x.dtype) if bias is not None else None
-    if mode == MODE_GATED and (needs["out_weight"] or needs["out_bias"]):
-        dwo32, dbo32 = _tn_sums(h, start, dy, 1, 0)  # h^T dy: (H, C); dy's column sums give d(out_bias)
-        dwo, dbo = dwo32[0].T.to(x.dtype), dbo32.to(x.dtype)
+    # Deterministic reductions over the chunk axis (no atomics anywhere).
+    dw = dw_part.sum(0).permute(2, 1, 0).to(wt.dtype) if want_w else None  # (K, C_in, C_out) -> (C_out, C_in, K)
+    db = db_part.sum(0).to(x.dtype) if want_w and bias is not None else None
+    dwo = dwo_part.sum(0)[0].T.to(x.dtype) if want_out else None  # h^T dy is (H, C); out_weight is (C, H)
+    dbo = dbo_part.sum(0).to(x.dtype) if want_out else None
     return dx, dw, db, dwo, dbo
 
 
@@ -411,12 +443,11 @@ class _TCNFunction(torch.autograd.Function):
 def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
     """Triton ``causal_conv1d`` (arguments already validated by ``hiertcn_kernels.conv``)."""
     _check_dtype(x)
-    return _TCNFunction.apply(x, weight, bias, None, None, cu_seqlens, dilation, MODE_CONV)
+    return _TCNFunction.apply(x, weight, bias, None, None, cu_seqlens, dilation, "conv")
 
 
 def tcn_block(x, conv_weight, conv_bias=None, *, dilation=1, activation="relu", out_weight=None, out_bias=None,
               cu_seqlens=None):
     """Triton ``tcn_block`` (arguments already validated by ``hiertcn_kernels.conv``)."""
     _check_dtype(x)
-    mode = MODE_RELU if activation == "relu" else MODE_GATED
-    return _TCNFunction.apply(x, conv_weight, conv_bias, out_weight, out_bias, cu_seqlens, dilation, mode)
+    return _TCNFunction.apply(x, conv_weight, conv_bias, out_weight, out_bias, cu_seqlens, dilation, activation)
