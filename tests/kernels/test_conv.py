@@ -331,3 +331,53 @@ def test_cuda_million_tokens(triton_backend):
     off = _sessions(t, 20, "cuda")
     args = make_args("relu", (t,), 128, 5, dtype=torch.bfloat16, device="cuda")
     assert_matches_reference("relu", args, 8, off, 1e-2)
+
+
+# --------------------------------------------------------------------------------------- GPU compile
+
+_COMPILE_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import hiertcn_kernels.triton.conv as C
+
+def compile_for(fn, dtype, arch, consts, **options):
+    sig, constexprs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name], constexprs[(i,)] = "constexpr", consts[name]
+        elif name.endswith("_ptr"):
+            sig[name] = "*i32" if name == "start_ptr" else "*fp32" if "part" in name else f"*{dtype}"
+        else:
+            sig[name] = "i32"
+    kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+                            target=GPUTarget("cuda", arch, 32), options=options)
+    assert kernel.metadata.shared <= 160 * 1024, (fn.__name__, consts, kernel.metadata.shared)
+
+for dtype, arch in [("fp32", 90), ("bf16", 90), ("fp16", 80)]:
+    for c in (128, 256):
+        for gated in (False, True):
+            opts = C._block_opts(gated, c, 2 * c if gated else c)
+            flags = dict(K=5, HAS_BIAS=True, BLOCK_C=64, **{k: v for k, v in opts.items() if k.startswith("BLOCK")})
+            launch = {k: v for k, v in opts.items() if not k.startswith("BLOCK")}
+            compile_for(C._fwd_kernel, dtype, arch, dict(flags, RELU=not gated, GATED=gated, HAS_OUT_BIAS=True), **launch)
+            compile_for(C._act_bwd_kernel, dtype, arch, dict(flags, GATED=gated), **launch)
+    compile_for(C._grads_kernel, dtype, arch, dict(K=5, ACCUMULATE=True, BLOCK_T=64, BLOCK_I=64, BLOCK_O=64))
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_gpu(tmp_path):
+    """The interpreter accepts code the GPU compiler rejects: compile the real GPU configurations
+    (PTX for sm_90/sm_80, no GPU needed) in a process without TRITON_INTERPRET."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "HIERTCN_BACKEND")}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
