@@ -37,24 +37,23 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def seconds(fn, device, rounds):
-    """Fastest of ``rounds`` calls: robust to other load on a shared machine."""
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
     fn()
-    best = float("inf")
-    for _ in range(rounds):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    sync(device)
+    return time.perf_counter() - start
 
 
 def race(benchmark, candidate, baseline, device, rounds):
-    """Benchmark ``candidate``; time both (fastest round each); record and print the speed ratio."""
+    """Benchmark ``candidate``, then time candidate and baseline in alternation (fastest round of
+    each: robust to other load on a shared machine); record and print the speed ratio."""
     benchmark.pedantic(candidate, setup=lambda: sync(device), rounds=rounds, warmup_rounds=1)
-    base = seconds(baseline, device, rounds)
-    mine = seconds(candidate, device, rounds)
+    baseline()
+    mine = base = float("inf")
+    for _ in range(rounds):
+        mine = min(mine, timed(candidate, device))
+        base = min(base, timed(baseline, device))
     benchmark.extra_info.update(candidate_ms=mine * 1e3, baseline_ms=base * 1e3, speedup=base / mine)
     print(f"\n{benchmark.name}: candidate {mine * 1e3:.2f} ms, baseline {base * 1e3:.2f} ms, "
           f"baseline/candidate {base / mine:.2f}x")
@@ -74,6 +73,9 @@ def fwd_bwd(fn, inputs):
 
 @pytest.fixture(scope="module")
 def cpu_batch():
+    # One thread: the CPU numbers are ratios, and one thread keeps them stable on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     off, lengths = sessions(2**15, 20, "cpu")
     t, c = int(off[-1]), 128
@@ -84,7 +86,8 @@ def cpu_batch():
     valid = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
     padded = x.new_zeros(len(lengths), int(lengths.max()), c)
     padded[valid] = x.detach()
-    return x, w, b, off, padded.transpose(1, 2).contiguous().requires_grad_()
+    yield x, w, b, off, padded.transpose(1, 2).contiguous().requires_grad_()
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dilation", [1, 8])
@@ -102,7 +105,7 @@ def test_cpu_reference_vs_padded_conv1d(benchmark, cpu_batch, dilation, backward
     if backward:
         ours, plain = fwd_bwd(ours, [x, w, b]), fwd_bwd(plain, [padded_ncl, w, b])
     with torch.inference_mode(not backward):
-        race(benchmark, ours, plain, "cpu", rounds=5)
+        race(benchmark, ours, plain, "cpu", rounds=7)
 
 
 # --------------------------------------------------------------------------------------- CUDA
