@@ -53,12 +53,22 @@ class _Tiling:
     target_programs: int  # chunk = rows / target_programs, clamped to [min_chunk, max_chunk]
     min_chunk: int
     max_chunk: int
-    num_warps: int
+    narrow_warps: int  # 8 for the narrow tile keeps max's value + argmax accumulators under ~100 registers
+    wide_warps: int
+
+    @property
+    def narrow(self) -> tuple[int, int, int]:
+        """(BLOCK_N, BLOCK_T, num_warps) of the narrow tile."""
+        return self.narrow_pieces, 1, self.narrow_warps
+
+    @property
+    def wide(self) -> tuple[int, int, int]:
+        return 1, self.wide_rows, self.wide_warps
 
 
 # GPU: 32 rows x 128 channels per step. Interpreter: tiny tiles so small tests cover every path.
-_GPU_TILING = _Tiling(32, 32, 32, 128, 1024, 128, 4096, 4)
-_INTERPRETER_TILING = _Tiling(4, 4, 4, 16, 4, 8, 64, 1)
+_GPU_TILING = _Tiling(32, 32, 32, 128, 1024, 128, 4096, 8, 4)
+_INTERPRETER_TILING = _Tiling(4, 4, 4, 16, 4, 8, 64, 1, 1)
 
 
 def _tiling() -> _Tiling:
@@ -69,7 +79,7 @@ def _tiling() -> _Tiling:
 def _piece_rows(ptr, piece, in_range):
     start = tl.load(ptr + piece, mask=in_range, other=0).to(tl.int64)
     end = tl.load(ptr + piece + 1, mask=in_range, other=0).to(tl.int64)
-    return start, end - start
+    return start, (end - start).to(tl.int32)  # int32 lengths keep the loop and row indices narrow
 
 
 @triton.jit(do_not_specialize=["n_pieces"])
@@ -80,7 +90,8 @@ def _segment_reduce_kernel(
     count_ptr,  # (n_pieces + 1,) offsets giving the true segment lengths: mean divisor, empty test
     out, out_idx,  # (n_pieces, C) contiguous; out_idx only when STORE_IDX
     n_pieces, n_channels,
-    REDUCE: tl.constexpr, HAS_SRC_IDX: tl.constexpr, STORE_IDX: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    REDUCE: tl.constexpr, HAS_SRC_IDX: tl.constexpr, STORE_IDX: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, IDX_DTYPE: tl.constexpr,  # IDX_DTYPE: argmax rows, int32 below 2**31 rows
     BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     piece = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -92,7 +103,8 @@ def _segment_reduce_kernel(
 
     if REDUCE == 2:
         acc = tl.full((BLOCK_N, BLOCK_C), float("-inf"), ACC_DTYPE)
-        best = tl.full((BLOCK_N, BLOCK_C), -1, tl.int64)
+        best = tl.full((BLOCK_N, BLOCK_C), -1, IDX_DTYPE)
+        first_row = start.to(IDX_DTYPE)
     else:
         acc = tl.zeros((BLOCK_N, BLOCK_C), ACC_DTYPE)
     for j in range(0, tl.max(length), BLOCK_T):
@@ -104,10 +116,12 @@ def _segment_reduce_kernel(
             v = tl.load(src + offs, mask=mask, other=float("-inf")).to(ACC_DTYPE)
             # Ties go left, and the running max only moves on a strict increase: the first max wins.
             tile_max, tile_arg = tl.max(v, axis=1, return_indices=True, return_indices_tie_break_left=True)
-            arg_row = start[:, None] + j + tile_arg
-            take = ((j + tile_arg) < length[:, None]) & ((tile_max > acc) | (best < 0))
+            arg_local = j + tile_arg
+            arg_row = first_row[:, None] + arg_local
+            take = (arg_local < length[:, None]) & ((tile_max > acc) | (best < 0))
             if HAS_SRC_IDX:
-                arg_row = tl.load(src_idx + arg_row * n_channels + chan[None, :], mask=take, other=0).to(tl.int64)
+                arg_offs = arg_row.to(tl.int64) * n_channels + chan[None, :]
+                arg_row = tl.load(src_idx + arg_offs, mask=take, other=0).to(IDX_DTYPE)
             acc = tl.where(take, tile_max, acc)
             best = tl.where(take, arg_row, best)
         else:
@@ -135,7 +149,7 @@ def _segment_broadcast_kernel(
     seg_ptr,  # (segments + 1,) segment offsets: the mean divisor
     out,  # (rows, C) contiguous
     n_pieces, n_channels,
-    MODE: tl.constexpr, HAS_PIECE_SEG: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    MODE: tl.constexpr, HAS_PIECE_SEG: tl.constexpr, ACC_DTYPE: tl.constexpr, IDX_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     piece = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -153,7 +167,8 @@ def _segment_broadcast_kernel(
         _, seg_len = _piece_rows(seg_ptr, seg, in_range)
         rows = (rows.to(ACC_DTYPE) / tl.maximum(seg_len, 1).to(ACC_DTYPE)[:, None]).to(rows.dtype)
     if MODE == 2:
-        first = tl.load(argmax + seg[:, None] * n_channels + chan[None, :], mask=seg_mask, other=-1).to(tl.int64)
+        first = tl.load(argmax + seg[:, None] * n_channels + chan[None, :], mask=seg_mask, other=-1).to(IDX_DTYPE)
+        first_row = start.to(IDX_DTYPE)
     step = tl.arange(0, BLOCK_T)
     for j in range(0, tl.max(length), BLOCK_T):
         local = j + step
@@ -161,7 +176,8 @@ def _segment_broadcast_kernel(
         mask = (local[None, :, None] < length[:, None, None]) & chan_ok[None, None, :]
         tile = tl.broadcast_to(rows[:, None, :], (BLOCK_N, BLOCK_T, BLOCK_C))
         if MODE == 2:
-            tile = tl.where(row == first[:, None, :], tile, 0.0)
+            is_first = (first_row[:, None, None] + local[None, :, None]) == first[:, None, :]
+            tile = tl.where(is_first, tile, 0.0)
         tl.store(out + row * n_channels + chan[None, None, :], tile.to(out.dtype.element_ty), mask=mask)
 
 
@@ -206,7 +222,12 @@ def _acc_dtype(dtype: torch.dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def _launch_reduce(src, src_idx, ptr, count_ptr, out, out_idx, code, block_n, block_t, tiling):
+def _idx_dtype(idx: torch.Tensor | None):
+    return tl.int64 if idx is not None and idx.dtype == torch.int64 else tl.int32
+
+
+def _launch_reduce(src, src_idx, ptr, count_ptr, out, out_idx, code, tile, tiling):
+    block_n, block_t, num_warps = tile
     n, c = out.shape
     block_c = _channel_block(c, tiling)
     grid = (triton.cdiv(n, block_n), triton.cdiv(c, block_c))
@@ -217,8 +238,8 @@ def _launch_reduce(src, src_idx, ptr, count_ptr, out, out_idx, code, block_n, bl
         out, out if out_idx is None else out_idx,
         n, c,
         REDUCE=code, HAS_SRC_IDX=src_idx is not None, STORE_IDX=out_idx is not None,
-        ACC_DTYPE=_acc_dtype(src.dtype)[1],
-        BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=tiling.num_warps,
+        ACC_DTYPE=_acc_dtype(src.dtype)[1], IDX_DTYPE=_idx_dtype(out_idx),
+        BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=num_warps,
     )
 
 
@@ -236,16 +257,15 @@ def _reduce_levels(src, src_idx, ptr, counts, reduce, out_dtype, idx_dtype):
     if longest <= chunk:
         out = torch.empty(n, c, device=src.device, dtype=out_dtype)
         out_idx = None if idx_dtype is None else torch.empty(n, c, device=src.device, dtype=idx_dtype)
-        narrow = longest <= tiling.narrow_max_len
-        block_n, block_t = (tiling.narrow_pieces, 1) if narrow else (1, tiling.wide_rows)
-        _launch_reduce(src, src_idx, ptr, counts, out, out_idx, code, block_n, block_t, tiling)
+        tile = tiling.narrow if longest <= tiling.narrow_max_len else tiling.wide
+        _launch_reduce(src, src_idx, ptr, counts, out, out_idx, code, tile, tiling)
         return out, out_idx
     piece_rows, piece_ptr, _ = _split(ptr, chunk, n_pieces)
     acc_dtype = _acc_dtype(src.dtype)[0]
     partial = torch.empty(n_pieces, c, device=src.device, dtype=acc_dtype)
     partial_idx = None if idx_dtype is None else torch.empty(n_pieces, c, device=src.device, dtype=idx_dtype)
     partial_code = _SUM if code == _MEAN else code
-    _launch_reduce(src, src_idx, piece_rows, piece_rows, partial, partial_idx, partial_code, 1, tiling.wide_rows, tiling)
+    _launch_reduce(src, src_idx, piece_rows, piece_rows, partial, partial_idx, partial_code, tiling.wide, tiling)
     return _reduce_levels(partial, partial_idx, piece_ptr, counts, reduce, out_dtype, idx_dtype)
 
 
@@ -269,12 +289,13 @@ def _broadcast(src, offsets, total, mode, argmax=None):
     chunk = _chunk(total, tiling)
     longest, n_pieces = _survey(offsets, chunk)
     if longest <= tiling.narrow_max_len:
-        ptr, piece_seg, block_n, block_t = offsets, None, tiling.narrow_pieces, 1
+        ptr, piece_seg, tile = offsets, None, tiling.narrow
     elif n_pieces == n:
-        ptr, piece_seg, block_n, block_t = offsets, None, 1, tiling.wide_rows
+        ptr, piece_seg, tile = offsets, None, tiling.wide
     else:
         ptr, _, piece_seg = _split(offsets, chunk, n_pieces)
-        block_n, block_t = 1, tiling.wide_rows
+        tile = tiling.wide
+    block_n, block_t, num_warps = tile
     block_c = _channel_block(c, tiling)
     grid = (triton.cdiv(ptr.numel() - 1, block_n), triton.cdiv(c, block_c))
     _segment_broadcast_kernel[grid](
@@ -282,8 +303,9 @@ def _broadcast(src, offsets, total, mode, argmax=None):
         src if argmax is None else argmax,
         ptr, ptr if piece_seg is None else piece_seg, offsets,
         out, ptr.numel() - 1, c,
-        MODE=mode, HAS_PIECE_SEG=piece_seg is not None, ACC_DTYPE=_acc_dtype(src.dtype)[1],
-        BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=tiling.num_warps,
+        MODE=mode, HAS_PIECE_SEG=piece_seg is not None,
+        ACC_DTYPE=_acc_dtype(src.dtype)[1], IDX_DTYPE=_idx_dtype(argmax),
+        BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=num_warps,
     )
     return out
 
