@@ -93,15 +93,15 @@ def test_gpu_reduce(benchmark, dist, reduce, dtype, backward, impl):
     if impl == "copy":  # the same bytes read + written once: (rows + segments) * C elements, split evenly
         src = torch.empty(moved // 2, dtype=torch.uint8, device="cuda")
         dst = torch.empty_like(src)
-        run = lambda: dst.copy_(src)  # noqa: E731
+        run = lambda: dst.copy_(src)
     else:
         op = _gpu_op(impl, reduce, offsets, lengths)
         if backward:
             values.requires_grad_()
             grad = torch.randn(n, GPU_CHANNELS, device="cuda", dtype=dtype)
-            run = lambda: op(values).backward(grad)  # noqa: E731
+            run = lambda: op(values).backward(grad)
         else:
-            run = lambda: op(values)  # noqa: E731
+            run = lambda: op(values)
 
     def timed():
         run()

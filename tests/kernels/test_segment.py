@@ -1,5 +1,11 @@
 """segment_reduce / segment_expand: Triton kernels against the reference, reference gradchecks, validation."""
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -170,6 +176,43 @@ def test_segment_agg_layer_uses_the_kernel(triton_backend):
     off = offsets_of(LENGTHS["mixed"])
     values = torch.randn(int(off[-1]), 7)
     torch.testing.assert_close(K.SegmentAgg("mean")(values, off), R.segment_reduce(values, off, "mean"))
+
+
+# Compiles (no launch) for an H100 in a subprocess: this process has Triton in interpret mode.
+SM90_COMPILE = textwrap.dedent(
+    """
+    import triton, triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from hiertcn_kernels.triton import segment as S
+
+    POINTERS = {"src": "*bf16", "out": "*bf16", "src_idx": "*i32", "out_idx": "*i32", "argmax": "*i32",
+                "ptr": "*i64", "count_ptr": "*i32", "piece_seg": "*i64", "seg_ptr": "*i64"}
+
+    def compile_sm90(kernel, num_warps, **constexprs):
+        sig = {name: "constexpr" if name in constexprs else POINTERS.get(name, "i32") for name in kernel.arg_names}
+        src = ASTSource(kernel, sig, constexprs)
+        assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm
+
+    common = dict(ACC_DTYPE=tl.float32, IDX_DTYPE=tl.int32, BLOCK_C=128)
+    for (block_n, block_t, warps) in (S._GPU_TILING.narrow, S._GPU_TILING.wide):
+        tile = dict(BLOCK_N=block_n, BLOCK_T=block_t, **common)
+        compile_sm90(S._segment_reduce_kernel, warps, REDUCE=2, HAS_SRC_IDX=True, STORE_IDX=True, **tile)
+        compile_sm90(S._segment_reduce_kernel, warps, REDUCE=1, HAS_SRC_IDX=False, STORE_IDX=False, **tile)
+        compile_sm90(S._segment_broadcast_kernel, warps, MODE=2, HAS_PIECE_SEG=True, **tile)
+        compile_sm90(S._segment_broadcast_kernel, warps, MODE=1, HAS_PIECE_SEG=False, **tile)
+    """
+)
+
+
+def test_kernels_compile_for_sm90():
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- reference spec
