@@ -1,4 +1,4 @@
-"""Segment ops against their baselines, in the same run.
+"""Segment ops against their baselines, in the same run (our outputs checked against the reference first).
 
 Run: ``pytest tests/benchmarks/test_bench_segment.py --benchmark-only``. Tests of one
 ``group`` race against each other; pytest-benchmark prints each one's time relative to
@@ -15,6 +15,7 @@ from hiertcn_kernels import reference as R
 from hiertcn_kernels import segment_reduce
 
 HAS_TORCH_SCATTER = importlib.util.find_spec("torch_scatter") is not None
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
 
 
 def session_lengths(total, generator=None):
@@ -60,7 +61,7 @@ def test_cpu_reduce(benchmark, reduce, impl):
 # ----------------------------------------------------------------------------- CUDA: Triton vs torch (and copy)
 
 GPU_ROWS, GPU_CHANNELS = 2**20, 128
-GPU_IMPLS = ["triton", "torch.segment_reduce", "torch_scatter.segment_csr", "copy"]
+GPU_IMPLS = ["triton", "torch.segment_reduce", "torch_scatter.segment_csr", "cuda_c", "copy"]
 
 
 def _gpu_op(impl, reduce, offsets, lengths):
@@ -74,6 +75,12 @@ def _gpu_op(impl, reduce, offsets, lengths):
         from torch_scatter import segment_csr
 
         return lambda v: segment_csr(v, offsets, reduce=reduce)
+    if impl == "cuda_c":  # csrc_bench: hand-written CUDA C, forward only
+        if not HAS_CUPY:
+            pytest.skip("cupy is not installed")
+        from csrc_bench.segment import segment_reduce_cuda
+
+        return lambda v: segment_reduce_cuda(v, offsets, reduce)
     raise ValueError(impl)
 
 
@@ -95,7 +102,13 @@ def test_gpu_reduce(benchmark, dist, reduce, dtype, backward, impl):
         dst = torch.empty_like(src)
         run = lambda: dst.copy_(src)
     else:
+        if backward and impl == "cuda_c":
+            pytest.skip("the CUDA C baseline is forward only")
         op = _gpu_op(impl, reduce, offsets, lengths)
+        if impl in ("triton", "cuda_c"):  # ours: check before timing (the baselines are trusted)
+            expect = R.segment_reduce(values.float(), offsets, reduce)
+            err = (op(values).float() - expect).norm() / expect.norm()
+            assert err < (1e-5 if dtype == torch.float32 else 1e-2)
         if backward:
             values.requires_grad_()
             grad = torch.randn(n, GPU_CHANNELS, device="cuda", dtype=dtype)
