@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from .._backend import interpreting
 
@@ -320,6 +321,7 @@ class SegmentReduceFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         offsets, argmax = ctx.saved_tensors
         return _broadcast(grad_out, offsets, ctx.total, ctx.code, argmax), None, None
@@ -332,6 +334,7 @@ class SegmentExpandFunction(torch.autograd.Function):
         return _broadcast(rows, offsets, total, _SUM)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         (offsets,) = ctx.saved_tensors
         grad, _ = _reduce_forward(grad_out, offsets, "sum", want_idx=False)
@@ -339,8 +342,10 @@ class SegmentExpandFunction(torch.autograd.Function):
 
 
 def segment_reduce(values, offsets, reduce="mean"):
-    return SegmentReduceFunction.apply(values, offsets, reduce)
+    """Arguments as validated by ``hiertcn_kernels.segment.segment_reduce``."""
+    return SegmentReduceFunction.apply(values, offsets.contiguous(), reduce)
 
 
 def segment_expand(rows, offsets):
-    return SegmentExpandFunction.apply(rows, offsets, int(offsets[-1]))
+    """Arguments as validated by ``hiertcn_kernels.segment.segment_expand``."""
+    return SegmentExpandFunction.apply(rows, offsets.contiguous(), int(offsets[-1]))

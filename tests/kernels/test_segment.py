@@ -135,6 +135,16 @@ def test_non_contiguous_input_and_grad(triton_backend, reduce):
 
 
 @pytest.mark.interpreter
+def test_strided_offsets(triton_backend):
+    off = offsets_of([3, 0, 2, 4, 1])  # short: the kernels read the offsets directly
+    strided = torch.stack([off, off * 100], dim=1)[:, 0]  # a view with stride 2
+    values = torch.randn(int(off[-1]), 5)
+    torch.testing.assert_close(K.segment_reduce(values, strided, "mean"), R.segment_reduce(values, off, "mean"))
+    rows = torch.randn(off.numel() - 1, 5)
+    assert torch.equal(K.segment_expand(rows, strided), R.segment_expand(rows, off))
+
+
+@pytest.mark.interpreter
 def test_float64_follows_reference_closely(triton_backend):
     off = offsets_of(LENGTHS["long_mixed"])
     values = torch.randn(int(off[-1]), 5, dtype=torch.float64)
