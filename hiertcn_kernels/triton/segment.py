@@ -13,7 +13,7 @@ distribution (one ``.tolist()`` sync per level for the max length and the piece 
 - *wide* ``(1, BLOCK_T, C)``: when some segment is long. One piece per program,
   contiguous ``BLOCK_T``-row tiles. Segments longer than ``chunk`` (chosen from
   the row count so there are enough programs to fill the GPU) are cut into
-  pieces; the reduce writes one fp32 partial per piece and the partials are
+  pieces; the reduce writes one fp32 (fp64) partial per piece and the partials are
   reduced again, in piece order, by the same kernel with ``ptr`` = pieces per
   segment (a few 100k-row segments: two or three short levels). No atomics:
   every output element is written by exactly one program, so results are

@@ -87,6 +87,20 @@ def test_max_ties_take_the_first_row(triton_backend, case):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_gpu_tiling_in_the_interpreter(triton_backend, monkeypatch, reduce):
+    """The H100 tile shapes and chunking (narrow 32 x 1, wide 1 x 32, pieces of >= 128 rows)."""
+    from hiertcn_kernels.triton import segment as S
+
+    monkeypatch.setattr(S, "_tiling", lambda: S._GPU_TILING)
+    for lengths in ([1, 20, 0, 7] * 10, [3, 0, 700, 1, 20]):
+        out, ref, grad, grad_ref = _compare_reduce(lengths, reduce, channels=3)
+        assert rel_err(out, ref) < 1e-5 and rel_err(grad, grad_ref) < 1e-5
+        rows = torch.randn(len(lengths), 3)
+        assert torch.equal(K.segment_expand(rows, offsets_of(lengths)), R.segment_expand(rows, offsets_of(lengths)))
+
+
+@pytest.mark.interpreter
 def test_max_of_all_minus_inf_segment(triton_backend):
     values = torch.full((40, 3), float("-inf"), requires_grad=True)
     off = offsets_of([30, 10])
