@@ -335,11 +335,12 @@ def test_cuda_reduce_matches_reference(case, reduce, dtype):
     ref_values = values.detach().float().requires_grad_()
     ref = R.segment_reduce(ref_values, off, reduce)
     assert out.dtype == dtype
-    assert rel_err(out, ref) < TOLERANCE[dtype]
+    # fp32 accumulation, then one rounding to the output dtype (fp16 mean grads of 100k rows are subnormal)
+    assert rel_err(out, ref.to(dtype)) < TOLERANCE[dtype]
     grad = torch.randn_like(ref)
     out.backward(grad.to(dtype))
     ref.backward(grad)
-    assert rel_err(values.grad, ref_values.grad) < TOLERANCE[dtype]
+    assert rel_err(values.grad, ref_values.grad.to(dtype)) < TOLERANCE[dtype]
 
 
 @pytest.mark.cuda
@@ -353,7 +354,7 @@ def test_cuda_expand_matches_reference(case, dtype):
     assert torch.equal(out, R.segment_expand(rows.detach(), off))
     grad = torch.randn_like(out)
     out.backward(grad)
-    assert rel_err(rows.grad, R.segment_reduce(grad.float(), off, "sum")) < TOLERANCE[dtype]
+    assert rel_err(rows.grad, R.segment_reduce(grad.float(), off, "sum").to(dtype)) < TOLERANCE[dtype]
 
 
 @pytest.mark.cuda
