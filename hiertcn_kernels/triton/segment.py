@@ -102,12 +102,14 @@ def _segment_reduce_kernel(
     start, length = _piece_rows(ptr, piece, in_range)
     step = tl.arange(0, BLOCK_T)
 
+    # Accumulate per (piece, row lane, channel) and combine the lanes once at the end:
+    # no cross-thread reduction inside the loop.
     if REDUCE == 2:
-        acc = tl.full((BLOCK_N, BLOCK_C), float("-inf"), ACC_DTYPE)
-        best = tl.full((BLOCK_N, BLOCK_C), -1, IDX_DTYPE)
+        lanes_max = tl.full((BLOCK_N, BLOCK_T, BLOCK_C), float("-inf"), ACC_DTYPE)
+        lanes_row = tl.full((BLOCK_N, BLOCK_T, BLOCK_C), -1, IDX_DTYPE)
         first_row = start.to(IDX_DTYPE)
     else:
-        acc = tl.zeros((BLOCK_N, BLOCK_C), ACC_DTYPE)
+        lanes = tl.zeros((BLOCK_N, BLOCK_T, BLOCK_C), ACC_DTYPE)
     for j in range(0, tl.max(length), BLOCK_T):
         local = j + step  # (BLOCK_T,) row within the piece
         row = start[:, None, None] + local[None, :, None]
@@ -115,19 +117,28 @@ def _segment_reduce_kernel(
         offs = row * stride_src_t + chan[None, None, :] * stride_src_c
         if REDUCE == 2:
             v = tl.load(src + offs, mask=mask, other=float("-inf")).to(ACC_DTYPE)
-            # Ties go left, and the running max only moves on a strict increase: the first max wins.
-            tile_max, tile_arg = tl.max(v, axis=1, return_indices=True, return_indices_tie_break_left=True)
-            arg_local = j + tile_arg
-            arg_row = first_row[:, None] + arg_local
-            take = (arg_local < length[:, None]) & ((tile_max > acc) | (best < 0))
+            # A lane moves only on a strict increase (or its first row): it keeps its first maximum.
+            take = mask & ((v > lanes_max) | (lanes_row < 0))
             if HAS_SRC_IDX:
-                arg_offs = arg_row.to(tl.int64) * n_channels + chan[None, :]
-                arg_row = tl.load(src_idx + arg_offs, mask=take, other=0).to(IDX_DTYPE)
-            acc = tl.where(take, tile_max, acc)
-            best = tl.where(take, arg_row, best)
+                arg_row = tl.load(src_idx + row * n_channels + chan[None, None, :], mask=take, other=0)
+            else:
+                arg_row = first_row[:, None, None] + local[None, :, None]
+            lanes_max = tl.where(take, v, lanes_max)
+            lanes_row = tl.where(take, arg_row.to(IDX_DTYPE), lanes_row)
         else:
-            v = tl.load(src + offs, mask=mask, other=0.0).to(ACC_DTYPE)
-            acc += tl.sum(v, axis=1)
+            lanes += tl.load(src + offs, mask=mask, other=0.0).to(ACC_DTYPE)
+
+    if REDUCE == 2:
+        acc = tl.max(lanes_max, axis=1)
+        # The first maximal row overall: the smallest row among the lanes that reached the maximum.
+        if IDX_DTYPE == tl.int64:
+            no_row = 9223372036854775807
+        else:
+            no_row = 2147483647
+        reached = (lanes_max == acc[:, None, :]) & (lanes_row >= 0)
+        best = tl.min(tl.where(reached, lanes_row, no_row), axis=1)
+    else:
+        acc = tl.sum(lanes, axis=1)
 
     _, count = _piece_rows(count_ptr, piece, in_range)
     if REDUCE == 1:
