@@ -5,7 +5,7 @@ offsets array (``ptr``), at most ``chunk`` rows each. A program owns a 3-D tile
 ``(BLOCK_N pieces, BLOCK_T rows, BLOCK_C channels)`` and walks down its pieces
 ``BLOCK_T`` rows at a time, so a program's trip count is the longest piece it
 owns, not the batch. The host picks one of two tile shapes from the length
-distribution (one ``.tolist()`` sync per level for the max length and the piece count):
+distribution (one host sync for the longest segment; splitting adds one per level):
 
 - *narrow* ``(BLOCK_N, 1, C)``: when every segment is short (real sessions:
   1..20 items, or all length 1). Many segments per program, one row of each per
@@ -206,15 +206,12 @@ def _chunk(rows: int, tiling: _Tiling) -> int:
     return min(max(target, tiling.min_chunk), tiling.max_chunk)
 
 
-def _survey(ptr: torch.Tensor, chunk: int) -> tuple[int, int]:
-    """(longest segment, number of ``chunk``-row pieces) in one host sync."""
-    lengths = ptr[1:] - ptr[:-1]
-    pieces = ((lengths + chunk - 1) // chunk).clamp(min=1)
-    longest, n_pieces = torch.stack([lengths.max(), pieces.sum()]).tolist()
-    return longest, n_pieces
+def _longest(ptr: torch.Tensor) -> int:
+    """The longest segment: the one host sync on the common (short segment) path."""
+    return int((ptr[1:] - ptr[:-1]).max())
 
 
-def _split(ptr: torch.Tensor, chunk: int, n_pieces: int):
+def _split(ptr: torch.Tensor, chunk: int):
     """Cut every segment into ``chunk``-row pieces (an empty segment keeps one empty piece).
 
     Returns ``piece_rows`` (P+1,) row offsets, ``piece_ptr`` (N+1,) piece offsets per segment,
@@ -224,6 +221,7 @@ def _split(ptr: torch.Tensor, chunk: int, n_pieces: int):
     n = ptr.numel() - 1
     pieces = ((ptr.diff() + chunk - 1) // chunk).clamp(min=1)
     piece_ptr = torch.nn.functional.pad(pieces.cumsum(0), (1, 0))
+    n_pieces = int(piece_ptr[-1])
     piece_seg = torch.repeat_interleave(torch.arange(n, device=ptr.device), pieces, output_size=n_pieces)
     within = torch.arange(n_pieces, device=ptr.device) - piece_ptr[piece_seg]
     piece_rows = torch.cat([ptr[piece_seg] + within * chunk, ptr[-1:]])
@@ -265,14 +263,15 @@ def _reduce_levels(src, src_idx, ptr, counts, reduce, out_dtype, idx_dtype):
     n, c = ptr.numel() - 1, src.shape[1]
     code = _REDUCE_CODES[reduce]
     chunk = _chunk(src.shape[0], tiling)
-    longest, n_pieces = _survey(ptr, chunk)
+    longest = _longest(ptr)
     if longest <= chunk:
         out = torch.empty(n, c, device=src.device, dtype=out_dtype)
         out_idx = None if idx_dtype is None else torch.empty(n, c, device=src.device, dtype=idx_dtype)
         tile = tiling.narrow if longest <= tiling.narrow_max_len else tiling.wide
         _launch_reduce(src, src_idx, ptr, counts, out, out_idx, code, tile, tiling)
         return out, out_idx
-    piece_rows, piece_ptr, _ = _split(ptr, chunk, n_pieces)
+    piece_rows, piece_ptr, _ = _split(ptr, chunk)
+    n_pieces = piece_rows.numel() - 1
     acc_dtype = _acc_dtype(src.dtype)[0]
     partial = torch.empty(n_pieces, c, device=src.device, dtype=acc_dtype)
     partial_idx = None if idx_dtype is None else torch.empty(n_pieces, c, device=src.device, dtype=idx_dtype)
@@ -299,13 +298,13 @@ def _broadcast(src, offsets, total, mode, argmax=None):
     if n == 0 or c == 0 or total == 0:
         return out.zero_()
     chunk = _chunk(total, tiling)
-    longest, n_pieces = _survey(offsets, chunk)
+    longest = _longest(offsets)
     if longest <= tiling.narrow_max_len:
         ptr, piece_seg, tile = offsets, None, tiling.narrow
-    elif n_pieces == n:
+    elif longest <= chunk:
         ptr, piece_seg, tile = offsets, None, tiling.wide
     else:
-        ptr, _, piece_seg = _split(offsets, chunk, n_pieces)
+        ptr, _, piece_seg = _split(offsets, chunk)
         tile = tiling.wide
     block_n, block_t, num_warps = tile
     block_c = _channel_block(c, tiling)
