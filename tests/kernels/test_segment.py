@@ -327,7 +327,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("reduce", ["mean", "sum", "max"])
 @pytest.mark.parametrize("case", list(CUDA_LENGTHS))
-def test_cuda_reduce_matches_reference(case, reduce, dtype):
+def test_cuda_reduce_matches_reference(poisoned, case, reduce, dtype):
     lengths = CUDA_LENGTHS[case]()
     off = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).cuda()
     values = torch.randn(2**20, 128, device="cuda").to(dtype).requires_grad_()
@@ -346,7 +346,7 @@ def test_cuda_reduce_matches_reference(case, reduce, dtype):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", list(CUDA_LENGTHS))
-def test_cuda_expand_matches_reference(case, dtype):
+def test_cuda_expand_matches_reference(poisoned, case, dtype):
     lengths = CUDA_LENGTHS[case]()
     off = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).cuda()
     rows = torch.randn(lengths.numel(), 128, device="cuda").to(dtype).requires_grad_()
