@@ -362,3 +362,24 @@ def test_cuda_deterministic_to_the_bit():
     off = torch.cat([torch.zeros(1, dtype=torch.int64), CUDA_LENGTHS["few_100k"]().cumsum(0)]).cuda()
     values = torch.randn(2**20, 128, device="cuda")
     assert torch.equal(K.segment_reduce(values, off, "mean"), K.segment_reduce(values, off, "mean"))
+
+
+@pytest.mark.cuda
+def test_cuda_new_batch_sizes_do_not_recompile():
+    from hiertcn_kernels.triton import segment as S
+
+    def n_compiled():
+        kernels = (S._segment_reduce_kernel, S._segment_broadcast_kernel)
+        return sum(len(cache[0]) for k in kernels for cache in k.device_caches.values())
+
+    def step(n_segments):
+        lengths = torch.randint(1, 21, (n_segments,))
+        off = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).cuda()
+        values = torch.randn(int(lengths.sum()), 128, device="cuda", requires_grad=True)
+        K.segment_reduce(values, off, "mean").sum().backward()
+
+    step(1000)
+    compiled = n_compiled()
+    for n_segments in (1001, 1024, 4099, 77):
+        step(n_segments)
+    assert n_compiled() == compiled
