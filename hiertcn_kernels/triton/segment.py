@@ -91,7 +91,7 @@ def _segment_reduce_kernel(
     count_ptr,  # (n_pieces + 1,) offsets giving the true segment lengths: mean divisor, empty test
     out, out_idx,  # (n_pieces, C) contiguous; out_idx only when STORE_IDX
     n_pieces, n_channels,
-    REDUCE: tl.constexpr, HAS_SRC_IDX: tl.constexpr, STORE_IDX: tl.constexpr,
+    REDUCE: tl.constexpr, HAS_SRC_IDX: tl.constexpr, STORE_IDX: tl.constexpr,  # REDUCE: 0 sum, 1 mean, 2 max
     ACC_DTYPE: tl.constexpr, IDX_DTYPE: tl.constexpr,  # IDX_DTYPE: argmax rows, int32 below 2**31 rows
     BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -161,7 +161,8 @@ def _segment_broadcast_kernel(
     seg_ptr,  # (segments + 1,) segment offsets: the mean divisor
     out,  # (rows, C) contiguous
     n_pieces, n_channels,
-    MODE: tl.constexpr, HAS_PIECE_SEG: tl.constexpr, ACC_DTYPE: tl.constexpr, IDX_DTYPE: tl.constexpr,
+    MODE: tl.constexpr, HAS_PIECE_SEG: tl.constexpr,  # MODE: 0 copy, 1 divide by the length, 2 argmax only
+    ACC_DTYPE: tl.constexpr, IDX_DTYPE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     piece = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
