@@ -1,0 +1,1 @@
+"""Data: packed interaction logs, dataset splits and the prepared-dataset cache."""
