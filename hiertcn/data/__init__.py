@@ -1,1 +1,17 @@
 """Data: packed interaction logs, dataset splits and the prepared-dataset cache."""
+
+from hiertcn_kernels.packing import SessionCSR, pack_sessions
+
+from .splits import TEST, TRAIN, VALID, Dataset, split_by_time, split_by_user, split_last_session
+
+__all__ = [
+    "SessionCSR",
+    "pack_sessions",
+    "Dataset",
+    "TRAIN",
+    "VALID",
+    "TEST",
+    "split_by_user",
+    "split_last_session",
+    "split_by_time",
+]
