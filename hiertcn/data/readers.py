@@ -17,6 +17,7 @@ numbers in ``InteractionLog.skipped_lines``.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -95,9 +96,8 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
             time_unit="s",
         )
     if fmt == "movielens":
-        if path.name.endswith(
-            ".dat"
-        ):  # ratings.dat: "user::item::rating::time"; '::' read as ':' with empty fields between
+        # ratings.dat: "user::item::rating::time", read with ':' as the delimiter and empty fields between
+        if path.name.endswith(".dat"):
             names = ["user_id", "_1", "item_id", "_2", "rating", "_3", "timestamp"]
             return _Layout(
                 sep=":",
@@ -118,9 +118,9 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
             columns["session"] = "session_id"
         return _Layout(sep="\t", columns=columns, column_names=names, skip_rows=1)
     if fmt in ("csv", "parquet"):
-        if sep is None:
+        if sep is None and fmt == "csv":
             sep = "\t" if path.suffix in (".tsv", ".tab") or "\t" in _first_line(path) else ","
-        return _Layout(sep=sep, columns={"user": "user_id", "item": "item_id", "time": "timestamp"})
+        return _Layout(sep=sep or ",", columns={"user": "user_id", "item": "item_id", "time": "timestamp"})
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
@@ -129,7 +129,7 @@ def _file_columns(path: Path, fmt: str, layout: _Layout) -> list[str]:
         return pq.ParquetFile(path).schema_arrow.names
     if layout.column_names is not None:
         return layout.column_names
-    return _first_line(path).split(layout.sep)
+    return next(csv.reader([_first_line(path)], delimiter=layout.sep))  # honours quoted names
 
 
 def _read_table(
@@ -139,7 +139,9 @@ def _read_table(
     progress = tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, disable=None, leave=False)
     batches = []
     if fmt == "parquet":
-        reader = pq.ParquetFile(path).iter_batches(batch_size=1 << 20, columns=names)
+        parquet = pq.ParquetFile(path)
+        schema = pa.schema([parquet.schema_arrow.field(name) for name in names])
+        reader = parquet.iter_batches(batch_size=1 << 20, columns=names)
     else:
 
         def on_invalid(row):
@@ -166,13 +168,11 @@ def _read_table(
                 include_columns=names, column_types=types, strings_can_be_null=not as_text
             ),
         )
+        schema = reader.schema
     for batch in reader:
         batches.append(batch)
         progress.update(batch.num_rows)
     progress.close()
-    schema = batches[0].schema if batches else None
-    if schema is None:
-        raise ValueError(f"{path} has no data rows")
     return pa.Table.from_batches(batches, schema=schema)
 
 
@@ -333,6 +333,8 @@ def read_log(
     bad_lines: list[int] = []
     try:
         table = _read_table(path, fmt, layout, names, as_text=False, bad_lines=bad_lines)
+        if table.num_rows == 0:
+            raise ValueError(f"{path} has no data rows")
         log, invalid = _convert(table, roles, layout, unit)
         if invalid.any():
             raise _Retry
@@ -340,12 +342,12 @@ def read_log(
         if fmt == "parquet" and not isinstance(exc, _Retry):
             raise ValueError(f"{path}: {exc}") from exc
         bad_lines = []
-        table = (
-            table
-            if fmt == "parquet"
-            else _read_table(path, fmt, layout, names, as_text=True, bad_lines=bad_lines)
-        )
-        log, invalid = _convert(table, roles, layout, unit)
+        if fmt != "parquet":
+            try:
+                table = _read_table(path, fmt, layout, names, as_text=True, bad_lines=bad_lines)
+            except pa.ArrowInvalid as unreadable:  # e.g. an unterminated quote: no row structure left
+                raise ValueError(f"{path}: cannot parse as {fmt} ({unreadable})") from unreadable
+        log, invalid = _convert(table, roles, layout, unit) if table.num_rows else (None, np.zeros(0, bool))
     rows = np.flatnonzero(invalid)
     where = "row" if fmt == "parquet" else "line"
     bad = np.sort(
@@ -362,9 +364,9 @@ def read_log(
             f"{path}: {len(bad)} bad row(s) (wrong field count, unparsable value, empty id, NaN or negative "
             f"timestamp) at {where}(s) {shown}; pass skip_bad_rows=True to drop and count them"
         )
+    if log is None or invalid.all():
+        raise ValueError(f"{path}: every row is bad ({len(bad)} rows)")
     if len(rows):
-        if len(rows) == len(invalid):
-            raise ValueError(f"{path}: every row is bad ({len(rows)} rows)")
         log = log.select(~invalid)
     log = replace(log, skipped_lines=bad)
     if impressions is not None:

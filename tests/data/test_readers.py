@@ -183,3 +183,17 @@ def test_bad_arguments(tmp_path):
         read_log(path, sep="::")
     with pytest.raises(FileNotFoundError, match="path"):
         read_log(tmp_path / "nope.csv")
+
+
+def test_quoted_header_and_values(tmp_path):
+    path = write(tmp_path / "log.csv", '"user_id","item_id","timestamp"\n"u1","i,1",10\n')
+    log = read_log(path)
+    assert list(log.user_names) == ["u1"] and list(log.item_names) == ["i,1"]
+
+
+def test_unterminated_quote_is_a_clear_error(tmp_path):
+    path = write(tmp_path / "log.csv", 'user_id,item_id,timestamp\n1,"2,10\n3,4,5\n')
+    with pytest.raises(BadRowsError, match=r"1 bad row\(s\).* line\(s\) 2;"):
+        read_log(path)
+    with pytest.raises(ValueError, match="every row is bad"):
+        read_log(path, skip_bad_rows=True)
