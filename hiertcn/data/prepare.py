@@ -8,6 +8,7 @@ changed file or parameter never returns a stale dataset.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -113,7 +114,9 @@ def prepare_dataset(
     def build(out: Path) -> None:
         log = read_log(path, fmt, **reader_options)
         log, report = apply_preset(log, preset, session_gap=session_gap)
-        csr = pack_sessions(log.user, log.item, log.timestamp, session_gap=session_gap, session=log.session)
+        # hrnn-xing fixed its sessions (log.session) before filtering; a removed row must not split one.
+        pack_gap = math.inf if preset == "hrnn-xing" else session_gap
+        csr = pack_sessions(log.user, log.item, log.timestamp, session_gap=pack_gap, session=log.session)
         dataset = _split(csr, split, seed)
         dataset.info.update(
             source=str(path.resolve()),

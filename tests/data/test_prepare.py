@@ -39,6 +39,28 @@ def test_end_to_end_matches_the_steps(xing, tmp_path):
     assert (ds.role == TEST).any() and (ds.role == TRAIN).any()
 
 
+def test_hrnn_preset_keeps_its_sessions(tmp_path):
+    """Dropping the rare item 9 leaves a 2000 s gap inside user 0's first session; it must stay one session."""
+    rows, t = [], 1_446_336_000
+    for user in range(6):
+        for _ in range(5):
+            t += 86400
+            rows += [(user, item, t + 60 * k) for k, item in enumerate((1, 2, 3))]
+    rows += [(0, 1, 1_000_000_000), (0, 9, 1_000_001_000), (0, 2, 1_000_002_000), (0, 3, 1_000_002_100)]
+    path = tmp_path / "interactions.csv"
+    path.write_text(
+        "user_id\titem_id\tinteraction_type\tcreated_at\n"
+        + "".join(f"{u}\t{i}\t1\t{ts}\n" for u, i, ts in rows)
+    )
+    ds, _ = prepare_dataset(path, cache_dir=tmp_path / "cache", preset="hrnn-xing")
+    assert ds.info["preset_report"]["removed"]["items with < 20 interactions"]["interactions"] == 1
+    assert (
+        ds.csr.n_sessions + ds.info["dropped_sessions"] == ds.info["preset_report"]["after"]["sessions"] == 31
+    )
+    first = ds.csr.user_ptr[0]
+    assert ds.csr.session_ptr[first + 1] - ds.csr.session_ptr[first] == 3
+
+
 def test_user_split_uses_the_seed(xing, tmp_path):
     a, _ = prepare_dataset(xing, cache_dir=tmp_path, split="user", seed=3, preset="none")
     log = read_log(xing)
