@@ -57,9 +57,7 @@ class Dataset:
     def validate(self) -> "Dataset":
         self.csr.validate()
         if not isinstance(self.role, np.ndarray) or self.role.dtype != np.int8:
-            raise TypeError(
-                f"Dataset.role must be an int8 numpy array, got {getattr(self.role, 'dtype', type(self.role))}"
-            )
+            raise TypeError(f"Dataset.role must be an int8 numpy array, got {getattr(self.role, 'dtype', type(self.role))}")
         if self.role.shape != (self.csr.n_sessions,):
             raise ValueError(f"Dataset.role must have shape ({self.csr.n_sessions},), got {self.role.shape}")
         if len(self.role) and (self.role.min() < TRAIN or self.role.max() > TEST):
@@ -74,12 +72,8 @@ class Dataset:
             self.csr.save(tmp / "csr")
             role = np.ascontiguousarray(self.role)
             np.save(tmp / "role.npy", role, allow_pickle=False)
-            header = {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "role_crc32": zlib.crc32(role.tobytes()),
-                "info": self.info,
-            }
+            header = {"format": FORMAT, "version": FORMAT_VERSION, "role_crc32": zlib.crc32(role.tobytes()),
+                      "info": self.info}
             (tmp / "dataset.json").write_text(json.dumps(header, indent=1, default=_jsonable))
         return path
 
@@ -92,11 +86,7 @@ class Dataset:
             raise ValueError(f"{path} is not a saved Dataset: dataset.json is missing") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path / 'dataset.json'} is corrupt: {e}") from None
-        if (
-            not isinstance(header, dict)
-            or header.get("format") != FORMAT
-            or header.get("version") != FORMAT_VERSION
-        ):
+        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
             raise ValueError(f"{path / 'dataset.json'} is not a {FORMAT} version {FORMAT_VERSION} header")
         csr = SessionCSR.load(path / "csr", mmap=mmap)
         try:
@@ -104,9 +94,7 @@ class Dataset:
         except (OSError, ValueError, EOFError) as e:
             raise ValueError(f"{path / 'role.npy'} is missing, truncated or corrupt: {e}") from None
         if zlib.crc32(np.ascontiguousarray(role).tobytes()) != header.get("role_crc32"):
-            raise ValueError(
-                f"{path / 'role.npy'} checksum mismatch: the file was modified after it was saved"
-            )
+            raise ValueError(f"{path / 'role.npy'} checksum mismatch: the file was modified after it was saved")
         try:
             return cls(csr, role, header.get("info", {})).validate()
         except (ValueError, TypeError) as e:
@@ -145,9 +133,7 @@ def split_last_session(csr: SessionCSR, n_valid: int = 1, n_test: int = 1, min_t
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     n_sessions = np.diff(csr.user_ptr)
     session_user = np.repeat(np.arange(csr.n_users), n_sessions)
-    from_end = (
-        csr.user_ptr[1:][session_user] - 1 - np.arange(csr.n_sessions)
-    )  # 0 for each user's last session
+    from_end = csr.user_ptr[1:][session_user] - 1 - np.arange(csr.n_sessions)  # 0 for each user's last session
     eligible = n_sessions[session_user] > n_valid + n_test
     role = np.full(csr.n_sessions, TRAIN, np.int8)
     role[eligible & (from_end < n_test + n_valid)] = VALID
@@ -156,9 +142,7 @@ def split_last_session(csr: SessionCSR, n_valid: int = 1, n_test: int = 1, min_t
     return _finish(csr, role, info, min_test_len)
 
 
-def split_by_time(
-    csr: SessionCSR, cutoff: int, valid_cutoff: int | None = None, min_test_len: int = 2
-) -> Dataset:
+def split_by_time(csr: SessionCSR, cutoff: int, valid_cutoff: int | None = None, min_test_len: int = 2) -> Dataset:
     """Sessions starting at/after ``cutoff`` are TEST, those starting in ``[valid_cutoff, cutoff)`` VALID.
 
     A session is assigned whole by its start time (sessions are not cut at the
@@ -172,12 +156,8 @@ def split_by_time(
     if valid_cutoff is not None:
         role[start >= valid_cutoff] = VALID
     role[start >= cutoff] = TEST
-    info = {
-        "split": "time",
-        "cutoff": int(cutoff),
-        "valid_cutoff": None if valid_cutoff is None else int(valid_cutoff),
-        "min_test_len": min_test_len,
-    }
+    info = {"split": "time", "cutoff": int(cutoff), "valid_cutoff": None if valid_cutoff is None else int(valid_cutoff),
+            "min_test_len": min_test_len}
     return _finish(csr, role, info, min_test_len)
 
 

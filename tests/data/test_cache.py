@@ -25,9 +25,7 @@ def test_key_changes_with_every_input(source, tmp_path):
     assert base != cache_key(None, preset="hiertcn-xing", session_gap=1800, split="last_session")
     other = tmp_path / "other.csv"
     other.write_bytes(source.read_bytes())
-    assert base == cache_key(
-        other, preset="hiertcn-xing", session_gap=1800, split="last_session"
-    )  # content, not name
+    assert base == cache_key(other, preset="hiertcn-xing", session_gap=1800, split="last_session")  # content, not name
     source.write_text(source.read_text() + "2\t2\t1\t300\n")
     assert base != cache_key(source, preset="hiertcn-xing", session_gap=1800, split="last_session")
 

@@ -41,9 +41,7 @@ def logs(draw):
         times = sorted(times)  # the common time-ordered log
     user = np.array(users, dtype=np.int64) * id_step + id_base
     item = np.array(items, dtype=np.int64) * id_step - id_base
-    session = (
-        np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))) if draw(st.booleans()) else None
-    )
+    session = np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))) if draw(st.booleans()) else None
     gap = draw(st.sampled_from([1, 3, 1800, 2.5, float("inf")]))
     return user, item, np.array(times, dtype=np.int64), session, gap
 
@@ -94,9 +92,7 @@ def test_session_column_cuts_without_a_gap():
     timestamp = np.array([0, 1, 2, 3])
     session = np.array([5, 5, 6, 6])
     csr = check_against_pandas(user, item, timestamp, session=session)
-    np.testing.assert_array_equal(
-        csr.session_ptr, [0, 2, 3, 4]
-    )  # user change cuts even with the same session id
+    np.testing.assert_array_equal(csr.session_ptr, [0, 2, 3, 4])  # user change cuts even with the same session id
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.uint64, np.int8])
@@ -104,9 +100,7 @@ def test_accepts_any_integer_dtype(dtype):
     rng = np.random.default_rng(1)
     user, item, ts = (rng.integers(0, 100, 50).astype(dtype) for _ in range(3))
     csr = pack_sessions(user, item, ts, session_gap=20)
-    assert_same_csr(
-        csr, pack_sessions(user.astype(np.int64), item.astype(np.int64), ts.astype(np.int64), session_gap=20)
-    )
+    assert_same_csr(csr, pack_sessions(user.astype(np.int64), item.astype(np.int64), ts.astype(np.int64), session_gap=20))
 
 
 def test_bad_inputs_raise_clear_errors():

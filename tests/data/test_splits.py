@@ -24,9 +24,7 @@ def interaction_keys(csr: SessionCSR, sessions: np.ndarray) -> set[tuple[int, in
     for s in sessions:
         lo, hi = csr.session_ptr[s], csr.session_ptr[s + 1]
         u = csr.user_ids[session_user[s]]
-        out.update(
-            (int(u), int(t), int(csr.item_ids[i])) for t, i in zip(csr.timestamp[lo:hi], csr.item[lo:hi])
-        )
+        out.update((int(u), int(t), int(csr.item_ids[i])) for t, i in zip(csr.timestamp[lo:hi], csr.item[lo:hi]))
     return out
 
 
