@@ -34,6 +34,12 @@ FORMATS = ("xing", "csv", "parquet", "movielens", "recbole")
 TIME_UNITS = ("auto", "s", "ms", "iso")
 XING_HEADER = ["user_id", "item_id", "interaction_type", "created_at"]
 XING_IMPRESSIONS_HEADER = ["user_id", "year", "week", "items"]
+# Generic CSV/Parquet without user_col/item_col/time_col: the first of these names the file has.
+COMMON_COLUMNS = {
+    "user": ("user_id", "userId", "user", "uid", "visitorid"),
+    "item": ("item_id", "itemId", "movieId", "item", "iid", "itemid"),
+    "time": ("timestamp", "created_at", "time", "ts", "datetime", "date"),
+}
 _MS_THRESHOLD = 1e11  # unix seconds pass 1e11 only in the year 5138; milliseconds pass it in 1973
 _INT_RE = r"^\s*-?\d+\s*$"
 _NUM_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
@@ -292,7 +298,8 @@ def read_log(
 
     ``format``: ``xing | csv | parquet | movielens | recbole`` (detected when None).
     ``user_col/item_col/time_col/session_col`` override the format's column names
-    (generic CSV/Parquet default to ``user_id``, ``item_id``, ``timestamp``);
+    (generic CSV/Parquet take the first present of ``COMMON_COLUMNS``, e.g. ``user_id``
+    or ``userId``, ``item_id`` or ``movieId``, ``timestamp`` or ``created_at``);
     ``sep`` overrides the delimiter (one character; CSV sniffs tab vs comma).
     ``time_unit``: ``auto`` (numbers above 1e11 are milliseconds, text is ISO
     8601), ``s``, ``ms`` or ``iso``; times become int64 unix seconds.
@@ -313,16 +320,13 @@ def read_log(
     layout = _layout(path, fmt, sep)
     if sep is not None:
         layout = replace(layout, sep=sep)
-    roles = dict(layout.columns)
-    for role, override in (
-        ("user", user_col),
-        ("item", item_col),
-        ("time", time_col),
-        ("session", session_col),
-    ):
-        if override is not None:
-            roles[role] = override
     present = _file_columns(path, fmt, layout)
+    roles = dict(layout.columns)
+    if fmt in ("csv", "parquet"):
+        for role, candidates in COMMON_COLUMNS.items():
+            roles[role] = next((c for c in candidates if c in present), candidates[0])
+    given = {"user": user_col, "item": item_col, "time": time_col, "session": session_col}
+    roles.update({role: name for role, name in given.items() if name is not None})
     missing = [f"{role}_col={name!r}" for role, name in roles.items() if name not in present]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the file has columns {present}")

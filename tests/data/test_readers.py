@@ -159,11 +159,13 @@ def test_every_row_bad(tmp_path):
 
 
 def test_missing_column_names_argument(tmp_path):
-    path = write(tmp_path / "log.csv", "user,item_id,timestamp\n1,2,10\n")
-    with pytest.raises(ValueError, match=r"user_col='user_id'.*columns \['user', 'item_id', 'timestamp'\]"):
+    path = write(tmp_path / "log.csv", "person,item_id,timestamp\n1,2,10\n")
+    with pytest.raises(ValueError, match=r"user_col='user_id'.*columns \['person', 'item_id', 'timestamp'\]"):
         read_log(path)
     with pytest.raises(ValueError, match="time_col='when'"):
-        read_log(path, user_col="user", time_col="when")
+        read_log(path, user_col="person", time_col="when")
+    with pytest.raises(ValueError, match="missing column.*user_col='user_id'"):
+        read_log(write(tmp_path / "interactions.csv", XING.replace("user_id", "uid", 1)), format="xing")
 
 
 def test_empty_file_and_header_only(tmp_path):
@@ -197,3 +199,13 @@ def test_unterminated_quote_is_a_clear_error(tmp_path):
         read_log(path)
     with pytest.raises(ValueError, match="every row is bad"):
         read_log(path, skip_bad_rows=True)
+
+
+def test_common_column_names_are_found(tmp_path):
+    path = write(
+        tmp_path / "ratings.csv",
+        "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n",
+    )
+    log = read_log(path)
+    np.testing.assert_array_equal(log.item, [31, 1029])
+    np.testing.assert_array_equal(log.timestamp, [1260759144, 1260759179])
