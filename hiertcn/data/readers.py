@@ -9,7 +9,7 @@ Bad input. A first pass parses typed columns on all cores. If anything is
 wrong (a row with the wrong number of fields, a value that does not parse, an
 empty id, a NaN or negative timestamp), the file is read again single-threaded
 with the needed columns as text, so every bad row is located by its line
-number (1-based, header included; assumes no blank lines or multi-line quoted
+number (1-based, header and blank lines included; assumes no multi-line quoted
 fields). Then ``skip_bad_rows=False`` raises a ValueError listing the first
 bad lines and ``skip_bad_rows=True`` drops them and records their line
 numbers in ``InteractionLog.skipped_lines``.
@@ -169,7 +169,10 @@ def _read_table(
                 column_names=layout.column_names,
                 skip_rows=layout.skip_rows,
             ),
-            parse_options=pacsv.ParseOptions(delimiter=layout.sep, invalid_row_handler=on_invalid),
+            # The careful pass keeps blank lines as all-empty rows so that row index -> line number is exact.
+            parse_options=pacsv.ParseOptions(
+                delimiter=layout.sep, invalid_row_handler=on_invalid, ignore_empty_lines=not as_text
+            ),
             convert_options=pacsv.ConvertOptions(
                 include_columns=names, column_types=types, strings_can_be_null=not as_text
             ),
@@ -270,6 +273,16 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
     return values, invalid
 
 
+def _blank_rows(table: pa.Table) -> np.ndarray:
+    """Rows whose needed fields are all empty text: blank lines, ignored like the fast pass ignores them."""
+    if table.num_rows == 0 or not all(pa.types.is_string(t) for t in table.schema.types):
+        return np.zeros(table.num_rows, dtype=bool)
+    blank = pc.equal(table.column(0), "")
+    for col in table.columns[1:]:
+        blank = pc.and_(blank, pc.equal(col, ""))
+    return pc.fill_null(blank, False).to_numpy(zero_copy_only=False)
+
+
 def _line_numbers(rows: np.ndarray, first_data_line: int, skipped: list[int]) -> np.ndarray:
     """Map kept-row indices to physical line numbers, given the lines the parser skipped."""
     skipped_arr = np.sort(np.asarray(skipped, dtype=np.int64))
@@ -352,7 +365,8 @@ def read_log(
             except pa.ArrowInvalid as unreadable:  # e.g. an unterminated quote: no row structure left
                 raise ValueError(f"{path}: cannot parse as {fmt} ({unreadable})") from unreadable
         log, invalid = _convert(table, roles, layout, unit) if table.num_rows else (None, np.zeros(0, bool))
-    rows = np.flatnonzero(invalid)
+    blank = _blank_rows(table) if fmt != "parquet" else np.zeros(len(invalid), dtype=bool)
+    rows = np.flatnonzero(invalid & ~blank)
     where = "row" if fmt == "parquet" else "line"
     bad = np.sort(
         np.concatenate(
@@ -370,7 +384,7 @@ def read_log(
         )
     if log is None or invalid.all():
         raise ValueError(f"{path}: every row is bad ({len(bad)} rows)")
-    if len(rows):
+    if invalid.any():
         log = log.select(~invalid)
     log = replace(log, skipped_lines=bad)
     if impressions is not None:

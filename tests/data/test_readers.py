@@ -146,6 +146,15 @@ def test_bad_rows_report_line_numbers(tmp_path):
     np.testing.assert_array_equal(log.timestamp[-1], 1446336200)
 
 
+def test_blank_lines_are_ignored_and_do_not_shift_line_numbers(tmp_path):
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,2,10\n\n1,3,x\n\n1,4,12\n\n")
+    with pytest.raises(BadRowsError, match=r"1 bad row\(s\).* line\(s\) 4;"):
+        read_log(path, time_unit="s")
+    log = read_log(path, time_unit="s", skip_bad_rows=True)
+    np.testing.assert_array_equal(log.item, [2, 4])
+    np.testing.assert_array_equal(log.skipped_lines, [4])
+
+
 def test_nan_timestamp_is_a_bad_row(tmp_path):
     path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,2,10\n1,3,NaN\n")
     with pytest.raises(BadRowsError, match=r"line\(s\) 3"):
