@@ -244,7 +244,8 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(
                 f"time_unit={unit!r} but the time column holds dates/timestamps; use 'auto' or 'iso'"
             )
-        secs = col.cast(pa.timestamp("s", tz=getattr(col.type, "tz", None))).cast(pa.int64())
+        # safe=False floors sub-second precision instead of refusing to lose it
+        secs = col.cast(pa.timestamp("s", tz=getattr(col.type, "tz", None)), safe=False).cast(pa.int64())
     elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         text = pc.utf8_trim_whitespace(col)
         numeric = pc.match_substring_regex(text, _NUM_RE)

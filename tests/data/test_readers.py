@@ -86,6 +86,15 @@ def test_iso_timestamps(tmp_path, unit):
     )
 
 
+def test_iso_timestamps_with_fractions_are_floored(tmp_path):
+    path = write(
+        tmp_path / "log.csv",
+        "user_id,item_id,timestamp\n1,2,2015-11-01T00:00:10.500\n1,3,2015-11-01 00:01:00.250\n",
+    )
+    np.testing.assert_array_equal(read_log(path).timestamp, [1446336010, 1446336060])
+    assert len(read_log(path).skipped_lines) == 0
+
+
 def test_parquet_with_string_ids(tmp_path):
     path = tmp_path / "log.parquet"
     pq.write_table(pa.table({"u": ["b", "a"], "i": [10, 20], "ts": [1446336000, 1446336001]}), path)
