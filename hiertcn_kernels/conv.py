@@ -39,8 +39,8 @@ def tcn_block(
     ``y = x + (tanh(a[:H]) * sigmoid(a[H:])) @ out_weight.T + out_bias``.
     """
     check_tcn_block(x, conv_weight, conv_bias, dilation, activation, out_weight, out_bias, cu_seqlens)
-    kwargs = dict(dilation=dilation, activation=activation, out_weight=out_weight, out_bias=out_bias,
-                  cu_seqlens=cu_seqlens)
+    kwargs = {"dilation": dilation, "activation": activation, "out_weight": out_weight, "out_bias": out_bias,
+                  "cu_seqlens": cu_seqlens}
     if _use_triton(x):
         return triton_ops("conv", x).tcn_block(x, conv_weight, conv_bias, **kwargs)
     return reference.tcn_block(x, conv_weight, conv_bias, **kwargs)

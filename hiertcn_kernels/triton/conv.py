@@ -297,15 +297,15 @@ def _channel_block(c: int) -> int:
 def _block_opts(gated: bool, c_in: int, c_out: int) -> dict:
     """Tiles and launch options of the forward and activation-backward kernels, by channel count."""
     if not gated:
-        return dict(BLOCK_T=_row_block(), BLOCK_I=_channel_block(c_in), BLOCK_O=_channel_block(c_out))
+        return {"BLOCK_T": _row_block(), "BLOCK_I": _channel_block(c_in), "BLOCK_O": _channel_block(c_out)}
     # The whole gate width H stays in registers (two accumulators): fewer rows and input
     # channels per tile when it is wide. Shared memory (H100, fp32) stays under ~100 KB.
     block_h = _pow2(c_out // 2, 1 << 30)
     if interpreting():
-        return dict(BLOCK_T=16, BLOCK_I=_channel_block(c_in), BLOCK_O=block_h)
+        return {"BLOCK_T": 16, "BLOCK_I": _channel_block(c_in), "BLOCK_O": block_h}
     wide = block_h > 128
-    return dict(BLOCK_T=16 if wide else 32, BLOCK_I=_pow2(c_in, 32 if wide else 64), BLOCK_O=block_h,
-                num_warps=8 if block_h > 64 else 4, num_stages=2 if wide else 3)
+    return {"BLOCK_T": 16 if wide else 32, "BLOCK_I": _pow2(c_in, 32 if wide else 64), "BLOCK_O": block_h,
+                "num_warps": 8 if block_h > 64 else 4, "num_stages": 2 if wide else 3}
 
 
 def _as_rows(x: torch.Tensor, cu_seqlens):
@@ -357,6 +357,10 @@ def _n_chunks(t: int, tiles_per_chunk: int, device: torch.device) -> int:
     return max(1, min(target, triton.cdiv(t, _row_block())))
 
 
+def _zeros_or_none(p):
+    return None if p is None else torch.zeros_like(p)
+
+
 def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
     """Gradients ``(dx, d_weight (C_out, C_in, K), d_bias, d_out_weight, d_out_bias)`` (None when not needed)."""
     t, c_in = x.shape
@@ -364,9 +368,8 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
     gated = mode == "gated"
     dx = _empty(t, c_in, like=x)
     if t == 0:
-        zeros = lambda p: None if p is None else torch.zeros_like(p)  # noqa: E731
-        return (dx, zeros(wt).permute(2, 1, 0), zeros(bias), zeros(out_weight),
-                x.new_zeros(c_in) if gated else None)
+        dw = torch.zeros_like(wt).permute(2, 1, 0)
+        return dx, dw, _zeros_or_none(bias), _zeros_or_none(out_weight), x.new_zeros(c_in) if gated else None
     dy = dy.contiguous()
     h = None
     if mode == "conv":

@@ -135,7 +135,7 @@ def test_cuda_triton_vs_reference_tcn_block(benchmark, monkeypatch, dtype, dilat
     w = (torch.randn(c_out, c, K, device="cuda") / (c * K) ** 0.5).to(dtype).requires_grad_()
     b = torch.randn(c_out, device="cuda", dtype=dtype, requires_grad=True)
     params = [x, w, b]
-    kw = dict(dilation=dilation, activation=activation, cu_seqlens=off)
+    kw = {"dilation": dilation, "activation": activation, "cu_seqlens": off}
     if activation == "gated":
         ow = (torch.randn(c, c, device="cuda") / c**0.5).to(dtype).requires_grad_()
         ob = torch.randn(c, device="cuda", dtype=dtype, requires_grad=True)
@@ -144,7 +144,7 @@ def test_cuda_triton_vs_reference_tcn_block(benchmark, monkeypatch, dtype, dilat
     ours = fwd_bwd(lambda: tconv.tcn_block(x, w, b, **kw), params)
     ref = fwd_bwd(lambda: R.tcn_block(x, w, b, **kw), params)
     benchmark.group = f"cuda tcn_block {activation} d={dilation} {dtype}"
-    mine, base = race(benchmark, ours, ref, "cuda", rounds=10)
+    mine, _ = race(benchmark, ours, ref, "cuda", rounds=10)
 
     mem_ours, mem_ref = _peak_extra_bytes(ours), _peak_extra_bytes(ref)
     # Algorithmic work of forward + backward: conv forward, dx and d(weight) (3 convs), plus the
@@ -152,10 +152,10 @@ def test_cuda_triton_vs_reference_tcn_block(benchmark, monkeypatch, dtype, dilat
     flops = 3 * 2 * t * c * c_out * K + (3 * 2 * t * c * (c_out // 2) if activation == "gated" else 0)
     nbytes = 5 * t * c * x.element_size()
     roofline_s = max(flops / (H100_TFLOPS[dtype] * 1e12), nbytes / (H100_GBPS * 1e9))
-    info = dict(
-        peak_extra_mb=mem_ours / 2**20, ref_peak_extra_mb=mem_ref / 2**20, memory_ratio=mem_ours / mem_ref,
-        tflops=flops / mine / 1e12, gbps=nbytes / mine / 1e9, roofline_ms=roofline_s * 1e3,
-        fraction_of_roofline=roofline_s / mine,
-    )
+    info = {
+        "peak_extra_mb": mem_ours / 2**20, "ref_peak_extra_mb": mem_ref / 2**20, "memory_ratio": mem_ours / mem_ref,
+        "tflops": flops / mine / 1e12, "gbps": nbytes / mine / 1e9, "roofline_ms": roofline_s * 1e3,
+        "fraction_of_roofline": roofline_s / mine,
+    }
     benchmark.extra_info.update(info)
     print("  ".join(f"{k}={v:.3g}" for k, v in info.items()))

@@ -131,7 +131,7 @@ def test_without_biases(poisoned, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_int32_offsets_and_noncontiguous_input(triton_backend, mode):
     off = offsets_of(LENGTHS).int()
-    x, *rest = make_args(mode, (int(off[-1]),), 6, 3)
+    _, *rest = make_args(mode, (int(off[-1]),), 6, 3)
     wide = torch.randn(6, int(off[-1]) * 2).requires_grad_()
     x_strided = wide.T[::2]  # (T, C) with strides (2, T*2): not contiguous
     assert not x_strided.is_contiguous()
@@ -271,7 +271,7 @@ def _valid():
 def test_causal_conv1d_bad_input(monkeypatch, backend, mutate, error, match):
     monkeypatch.setenv("HIERTCN_BACKEND", backend)
     x, w, b, off = _valid()
-    a = mutate(dict(x=x, weight=w, bias=b, cu_seqlens=off, dilation=1))
+    a = mutate({"x": x, "weight": w, "bias": b, "cu_seqlens": off, "dilation": 1})
     with pytest.raises(error, match=match):
         hk.causal_conv1d(a["x"], a["weight"], a["bias"], dilation=a["dilation"], cu_seqlens=a["cu_seqlens"])
 
@@ -279,19 +279,19 @@ def test_causal_conv1d_bad_input(monkeypatch, backend, mutate, error, match):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(conv_weight=torch.randn(6, 4, 3)), "conv_weight must be \\(C, C, K\\)"),
-        (dict(conv_weight=torch.randn(5, 4, 3), activation="gated", out_weight=torch.randn(4, 2)), "even C_out"),
-        (dict(conv_weight=torch.randn(6, 4, 3), activation="gated"), "out_weight .* is required"),
-        (dict(conv_weight=torch.randn(6, 4, 3), activation="gated", out_weight=torch.randn(4, 4)),
+        ({"conv_weight": torch.randn(6, 4, 3)}, "conv_weight must be \\(C, C, K\\)"),
+        ({"conv_weight": torch.randn(5, 4, 3), "activation": "gated", "out_weight": torch.randn(4, 2)}, "even C_out"),
+        ({"conv_weight": torch.randn(6, 4, 3), "activation": "gated"}, "out_weight .* is required"),
+        ({"conv_weight": torch.randn(6, 4, 3), "activation": "gated", "out_weight": torch.randn(4, 4)},
          r"out_weight must have shape \(4, 3\)"),
-        (dict(conv_weight=torch.randn(6, 4, 3), activation="gated", out_weight=torch.randn(4, 3),
-              out_bias=torch.randn(3)), r"out_bias must have shape \(4,\)"),
-        (dict(activation="tanh"), "activation must be one of"),
-        (dict(out_weight=torch.randn(4, 4)), "only used with activation='gated'"),
+        ({"conv_weight": torch.randn(6, 4, 3), "activation": "gated", "out_weight": torch.randn(4, 3),
+              "out_bias": torch.randn(3)}, r"out_bias must have shape \(4,\)"),
+        ({"activation": "tanh"}, "activation must be one of"),
+        ({"out_weight": torch.randn(4, 4)}, "only used with activation='gated'"),
     ],
 )
 def test_tcn_block_bad_input(triton_backend, kwargs, match):
-    x, w, b, off = _valid()
+    x, w, _, off = _valid()
     kwargs = {"conv_weight": w, **kwargs}
     with pytest.raises(ValueError, match=match):
         hk.tcn_block(x, kwargs.pop("conv_weight"), cu_seqlens=off, **kwargs)
@@ -385,5 +385,5 @@ def test_kernels_compile_for_gpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "HIERTCN_BACKEND")}
     env.update(TRITON_CACHE_DIR=str(tmp_path), PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, check=False)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
