@@ -139,6 +139,22 @@ def test_int32_offsets_and_noncontiguous_input(triton_backend, mode):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("mode", ["relu", "gated"])
+def test_noncontiguous_weights_and_expanded_output_grad(triton_backend, mode):
+    off = offsets_of(LENGTHS)
+    x, w, b, ow, ob = make_args(mode, (int(off[-1]),), 6, 3, hidden=6)
+    w_t = w.detach().transpose(0, 1).contiguous().requires_grad_()  # (C, C_out, K): transposed back below
+    ow_t = None if ow is None else ow.detach().T.contiguous().requires_grad_()
+    args = (x, w_t.transpose(0, 1), b, None if ow_t is None else ow_t.T, ob)
+    params = [p for p in (x, w_t, b, ow_t, ob) if p is not None]
+    # y.sum() hands the backward an expanded (stride-0) gradient.
+    grads = torch.autograd.grad(run(mode, args, 2, off).sum(), params)
+    expect = torch.autograd.grad(run(mode, args, 2, off, fn_module=R).sum(), params)
+    for g, e in zip(grads, expect):
+        assert rel_err(g, e) < 1e-5
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("mode", MODES)
 def test_empty_inputs(triton_backend, mode):
     for t_shape, off in [((0,), offsets_of([])), ((0,), offsets_of([0, 0])), ((2, 0), None)]:
