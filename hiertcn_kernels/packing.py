@@ -3,7 +3,7 @@
 ``pack_sessions`` (Numba) builds a :class:`SessionCSR` from raw arrays in any
 order, without pandas and without a comparison sort of the whole log:
 
-- users whose raw ids span at most N/4 values (the usual case): a stable
+- users whose raw ids span at most 2N values (the usual case): a stable
   counting sort by user, then each user's rows sorted by time in place;
 - any other ids: a stable LSD radix sort on a (user, time) key.
 
@@ -30,7 +30,7 @@ from numba import njit, prange
 from ._io import atomic_directory
 
 PARALLEL_MIN = 1 << 17
-DENSE_USERS_RATIO = 4  # counting sort by user when raw user ids span at most N / 4 values
+DENSE_USERS_SPAN = 2  # counting sort by user when raw user ids span at most 2N values
 INSERTION_SORT_MAX = 32
 MAX_RADIX_BITS = 12  # 4096 buckets per thread: the histogram stays in L1/L2
 INT64_MAX = np.iinfo(np.int64).max
@@ -193,7 +193,7 @@ def pack_sessions(user, item, timestamp, *, session_gap=1800, session=None) -> S
     with _threads_for(n):
         user_lo = int(user.min())
         user_span = int(user.max()) - user_lo + 1
-        pack = _pack_dense_users if user_span <= max(n // DENSE_USERS_RATIO, 1) else _pack_radix
+        pack = _pack_dense_users if user_span <= DENSE_USERS_SPAN * n else _pack_radix
         item_out, ts_out, flags, user_ids = pack(user, item, timestamp, session, has_session, gap, user_lo, user_span)
         user_ptr, session_ptr = _build_ptrs(flags)
         del flags
@@ -262,7 +262,7 @@ def _threads_for(n: int):
 
 
 def _pack_dense_users(user, item, timestamp, session, has_session, gap, user_lo, user_span):
-    """Raw user ids span at most N / DENSE_USERS_RATIO values (the usual case): one counting sort by user.
+    """Raw user ids span at most DENSE_USERS_SPAN * N values (the usual case): counting sort by user.
 
     A stable counting sort by user, then each user's few rows sorted by time in
     place (usually already sorted). Less memory traffic than radix passes over
@@ -273,11 +273,10 @@ def _pack_dense_users(user, item, timestamp, session, has_session, gap, user_lo,
     ts_out = np.empty(n, np.int64)
     user_start = _counting_sort_by_user(user, user_lo, user_span, timestamp, numba.get_num_threads(), perm, ts_out)
     _sort_segments_by_time(user_start, ts_out, perm)
-    item_out = np.empty(n, np.int64)
     flags = np.empty(n, np.uint8)
-    _gather_and_mark_segments(user_start, perm, item, ts_out, session, has_session, gap, item_out, flags)
+    _gather_and_mark_segments(user_start, perm, item, ts_out, session, has_session, gap, flags)
     user_ids = user_lo + np.flatnonzero(np.diff(user_start))
-    return item_out, ts_out, flags, user_ids
+    return perm, ts_out, flags, user_ids  # perm now holds the items
 
 
 def _pack_radix(user, item, timestamp, session, has_session, gap, user_lo, user_span):
@@ -295,30 +294,67 @@ def _pack_radix(user, item, timestamp, session, has_session, gap, user_lo, user_
 
 @njit(parallel=True, cache=True)
 def _counting_sort_by_user(user, user_lo, user_span, timestamp, n_threads, perm, ts_out):
-    """Stable counting sort of rows by user (chunked per thread, like ``_radix_pass``); returns user offsets."""
+    """Stable sort of rows by user; returns each user's offset (``user_span + 1``,).
+
+    Two counting passes that stay in cache: rows to ~1024 buckets by the high
+    bits of the user offset (chunked per thread like ``_radix_pass``), then
+    each bucket, in parallel, by the low bits through a small scratch copy.
+    """
     n = user.shape[0]
+    user_bits = 0
+    while (user_span - 1) >> user_bits:
+        user_bits += 1
+    low_bits = min(16, max(0, user_bits - 10))
+    low_mask = (1 << low_bits) - 1
+    n_high = ((user_span - 1) >> low_bits) + 1
     nchunks = max(1, min(n_threads, n // 65536))
     chunk = (n + nchunks - 1) // nchunks
-    counts = np.zeros((nchunks, user_span), np.int64)
+    counts = np.zeros((nchunks, n_high), np.int64)
     for c in prange(nchunks):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            counts[c, user[i] - user_lo] += 1
-    user_start = np.empty(user_span + 1, np.int64)
+            counts[c, (user[i] - user_lo) >> low_bits] += 1
+    high_start = np.empty(n_high + 1, np.int64)
     total = 0
-    for d in range(user_span):
-        user_start[d] = total
+    for d in range(n_high):
+        high_start[d] = total
         for c in range(nchunks):
             cnt = counts[c, d]
             counts[c, d] = total
             total += cnt
-    user_start[user_span] = n
+    high_start[n_high] = n
+    low = np.empty(n, np.uint16)
     for c in prange(nchunks):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            d = user[i] - user_lo
-            pos = counts[c, d]
-            counts[c, d] = pos + 1
+            offset = user[i] - user_lo
+            pos = counts[c, offset >> low_bits]
+            counts[c, offset >> low_bits] = pos + 1
             perm[pos] = i
             ts_out[pos] = timestamp[i]
+            low[pos] = offset & low_mask
+    user_start = np.empty(user_span + 1, np.int64)
+    user_start[user_span] = n
+    for b in prange(n_high):
+        a = high_start[b]
+        e = high_start[b + 1]
+        cursor = np.zeros(1 << low_bits, np.int64)
+        for i in range(a, e):
+            cursor[low[i]] += 1
+        total = a
+        for d in range(1 << low_bits):
+            cnt = cursor[d]
+            cursor[d] = total
+            u = (b << low_bits) + d
+            if u < user_span:
+                user_start[u] = total
+            total += cnt
+        perm_scratch = perm[a:e].copy()
+        ts_scratch = ts_out[a:e].copy()
+        for k in range(e - a):
+            d = low[a + k]
+            pos = cursor[d]
+            cursor[d] = pos + 1
+            perm[pos] = perm_scratch[k]
+            ts_out[pos] = ts_scratch[k]
     return user_start
 
 
@@ -346,10 +382,9 @@ def _sort_segments_by_time(user_start, ts, perm):
 
 
 @njit(parallel=True, cache=True)
-def _gather_and_mark_segments(user_start, perm, item, ts, session, has_session, gap, item_out, flags):
-    """Gather items; flags as in ``_gather_and_mark``, user starts taken from ``user_start``."""
+def _gather_and_mark_segments(user_start, perm, item, ts, session, has_session, gap, flags):
+    """Flags as in ``_gather_and_mark`` (user starts from ``user_start``); then ``perm`` becomes the items in place."""
     for i in prange(perm.shape[0]):
-        item_out[i] = item[perm[i]]
         if i > 0 and ((has_session and session[perm[i]] != session[perm[i - 1]]) or ts[i] - ts[i - 1] >= gap):
             flags[i] = 1
         else:
@@ -357,6 +392,8 @@ def _gather_and_mark_segments(user_start, perm, item, ts, session, has_session, 
     for u in range(user_start.shape[0] - 1):
         if user_start[u] < user_start[u + 1]:
             flags[user_start[u]] = 3
+    for i in prange(perm.shape[0]):
+        perm[i] = item[perm[i]]
 
 
 def _sort_by_user_then_time(user: np.ndarray, timestamp: np.ndarray):
