@@ -21,11 +21,15 @@ import time
 import numpy as np
 
 
-def synthetic_log(n: int, seed: int = 0, time_order: str = "shuffled"):
-    """XING-like: ~20 events per user, Zipf-ish item popularity, 80 days of timestamps."""
+def synthetic_log(n: int, seed: int = 0, time_order: str = "shuffled", id_step: int = 7):
+    """XING-like: ~20 events per user, Zipf-ish item popularity, 80 days of timestamps.
+
+    Raw ids are multiples of ``id_step``; a huge step (sparse, hashed-looking
+    ids) sends pack_sessions down its radix path.
+    """
     rng = np.random.default_rng(seed)
-    user = rng.integers(0, max(1, n // 20), n) * 7 + 1000
-    item = (rng.zipf(1.3, n) % 1_000_000) * 3
+    user = rng.integers(0, max(1, n // 20), n) * id_step + 1000
+    item = (rng.zipf(1.3, n) % 1_000_000) * id_step
     timestamp = rng.integers(1_600_000_000, 1_600_000_000 + 80 * 86400, n)
     if time_order == "sorted":
         timestamp.sort()
@@ -40,7 +44,7 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def run_one(impl: str, n: int, time_order: str) -> dict:
+def run_one(impl: str, n: int, time_order: str, id_step: int) -> dict:
     if impl.startswith("numba"):
         from hiertcn_kernels import pack_sessions as pack
     else:
@@ -48,7 +52,7 @@ def run_one(impl: str, n: int, time_order: str) -> dict:
     small = synthetic_log(1000)
     pack(*small)  # compile / load the Numba cache, import pandas
     rss_before_inputs = _status_kib("VmRSS")
-    user, item, timestamp = synthetic_log(n, time_order=time_order)
+    user, item, timestamp = synthetic_log(n, time_order=time_order, id_step=id_step)
     rss_inputs = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
@@ -77,16 +81,18 @@ def main():
     parser.add_argument("--time-order", choices=["shuffled", "sorted"], nargs="+", default=["shuffled", "sorted"])
     parser.add_argument("--impl", choices=["pandas", "numba-1thread", "numba"], nargs="+",
                         default=["pandas", "numba-1thread", "numba"], help="numba uses every core")
+    parser.add_argument("--id-step", type=int, default=7, help="2**40 makes ids sparse (radix path)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.impl[0], args.n, args.time_order[0])))
+        print(json.dumps(run_one(args.impl[0], args.n, args.time_order[0], args.id_step)))
         return
     rows = []
     n_cores = os.cpu_count()
     for order in args.time_order:
         for impl in args.impl:
-            cmd = [sys.executable, __file__, "--child", "--n", str(args.n), "--impl", impl, "--time-order", order]
+            cmd = [sys.executable, __file__, "--child", "--n", str(args.n), "--impl", impl, "--time-order", order,
+                   "--id-step", str(args.id_step)]
             env = {**os.environ, "NUMBA_NUM_THREADS": "1"} if impl == "numba-1thread" else None
             rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout))
     print(f"{n_cores} cores, load average before: {os.getloadavg()[0]:.1f}")
