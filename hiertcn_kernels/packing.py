@@ -74,7 +74,7 @@ class SessionCSR:
     def n_items(self) -> int:
         return len(self.item_ids)
 
-    def validate(self) -> "SessionCSR":
+    def validate(self) -> SessionCSR:
         """Check every invariant of the layout; raise ValueError/TypeError naming the field. Returns self."""
         for f in fields(self):
             a = getattr(self, f.name)
@@ -124,7 +124,7 @@ class SessionCSR:
         return path
 
     @classmethod
-    def load(cls, path, mmap: bool = True, verify: bool = True) -> "SessionCSR":
+    def load(cls, path, mmap: bool = True, verify: bool = True) -> SessionCSR:
         """Read what ``save`` wrote, memory-mapped read-only when ``mmap``.
 
         Shapes and dtypes are checked against the header and the layout is

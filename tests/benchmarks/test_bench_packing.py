@@ -16,7 +16,7 @@ from hiertcn.data.pandas_packer import pack_sessions_pandas
 from hiertcn_kernels import pack_sessions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from bench_packing import synthetic_log  # noqa: E402
+from bench_packing import synthetic_log
 
 N = 1_000_000
 
