@@ -272,7 +272,6 @@ def _pack_dense_users(user, item, timestamp, session, has_session, gap, user_lo,
     perm = np.empty(n, np.int64)
     ts_out = np.empty(n, np.int64)
     user_start = _counting_sort_by_user(user, user_lo, user_span, timestamp, numba.get_num_threads(), perm, ts_out)
-    _sort_segments_by_time(user_start, ts_out, perm)
     flags = np.empty(n, np.uint8)
     _gather_and_mark_segments(user_start, perm, item, ts_out, session, has_session, gap, flags)
     user_ids = user_lo + np.flatnonzero(np.diff(user_start))
@@ -294,11 +293,12 @@ def _pack_radix(user, item, timestamp, session, has_session, gap, user_lo, user_
 
 @njit(parallel=True, cache=True)
 def _counting_sort_by_user(user, user_lo, user_span, timestamp, n_threads, perm, ts_out):
-    """Stable sort of rows by user; returns each user's offset (``user_span + 1``,).
+    """Stable sort of rows by user, then time; returns each user's offset (``user_span + 1``,).
 
     Two counting passes that stay in cache: rows to ~1024 buckets by the high
     bits of the user offset (chunked per thread like ``_radix_pass``), then
-    each bucket, in parallel, by the low bits through a small scratch copy.
+    each bucket, in parallel, by the low bits through a small scratch copy,
+    and each user's rows by time while they are still in cache.
     """
     n = user.shape[0]
     user_bits = 0
@@ -355,30 +355,32 @@ def _counting_sort_by_user(user, user_lo, user_span, timestamp, n_threads, perm,
             cursor[d] = pos + 1
             perm[pos] = perm_scratch[k]
             ts_out[pos] = ts_scratch[k]
+        # Each user's rows are in cache now: sort them by time here.
+        for d in range(1 << low_bits):
+            u = (b << low_bits) + d
+            if u < user_span:
+                _sort_rows_by_time(ts_out, perm, user_start[u], cursor[d])
     return user_start
 
 
-@njit(parallel=True, cache=True)
-def _sort_segments_by_time(user_start, ts, perm):
-    """Stable sort of each user's rows by time (rows are in input order, so ties stay in input order)."""
-    for u in prange(user_start.shape[0] - 1):
-        a = user_start[u]
-        b = user_start[u + 1]
-        if b - a <= INSERTION_SORT_MAX:
-            for k in range(a + 1, b):
-                t = ts[k]
-                p = perm[k]
-                j = k
-                while j > a and ts[j - 1] > t:
-                    ts[j] = ts[j - 1]
-                    perm[j] = perm[j - 1]
-                    j -= 1
-                ts[j] = t
-                perm[j] = p
-        elif _first_not_increasing(ts[a:b], False) >= 0:
-            order = np.argsort(ts[a:b], kind="mergesort")
-            ts[a:b] = ts[a:b][order]
-            perm[a:b] = perm[a:b][order]
+@njit(cache=True)
+def _sort_rows_by_time(ts, perm, a, b):
+    """Stable sort of rows ``a:b`` by time (they are in input order, so ties stay in input order)."""
+    if b - a <= INSERTION_SORT_MAX:
+        for k in range(a + 1, b):
+            t = ts[k]
+            p = perm[k]
+            j = k
+            while j > a and ts[j - 1] > t:
+                ts[j] = ts[j - 1]
+                perm[j] = perm[j - 1]
+                j -= 1
+            ts[j] = t
+            perm[j] = p
+    elif _first_not_increasing(ts[a:b], False) >= 0:
+        order = np.argsort(ts[a:b], kind="mergesort")
+        ts[a:b] = ts[a:b][order]
+        perm[a:b] = perm[a:b][order]
 
 
 @njit(parallel=True, cache=True)
