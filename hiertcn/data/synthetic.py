@@ -77,6 +77,28 @@ def _sample_rows(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
     return (cum < (u * cum[:, -1])[:, None]).sum(axis=1)
 
 
+def _distinct_topics(
+    topic_pop: np.ndarray, n_users: int, n_pick: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n_pick`` distinct topics per user, by popularity: draw with replacement and redraw rows with repeats
+    (memory O(users), unlike a users x topics Gumbel top-k); rows still stuck get the exact Gumbel top-k."""
+    cum = np.cumsum(topic_pop)
+
+    def draw(rows: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(cum, rng.random((rows, n_pick))), len(cum) - 1)
+
+    picked = draw(n_users)
+    for _ in range(20):
+        ordered = np.sort(picked, axis=1)
+        repeats = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+        if len(repeats) == 0:
+            return picked
+        picked[repeats] = draw(len(repeats))
+    keys = np.log(topic_pop)[None, :] + rng.gumbel(size=(len(repeats), len(topic_pop)))
+    picked[repeats] = np.argsort(-keys, axis=1)[:, :n_pick]
+    return picked
+
+
 def _iso_year_week(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     days = ts // 86400
     thursday = (
@@ -126,6 +148,8 @@ def generate_xing(
     for name, value in (("n_users", n_users), ("n_items", n_items), ("n_topics", n_topics)):
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if n_topics < 2:
+        raise ValueError(f"n_topics must be >= 2 (a stable and an emerging topic), got {n_topics}")
     if n_items < n_topics:
         raise ValueError(f"n_items ({n_items}) must be >= n_topics ({n_topics})")
     for name, p in (
@@ -136,6 +160,18 @@ def generate_xing(
     ):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {p}")
+    for name, value in (
+        ("n_neighbours", n_neighbours),
+        ("n_impressed", n_impressed),
+        ("sessions_median", sessions_median),
+        ("session_len_median", session_len_median),
+        ("click_gap_mean", click_gap_mean),
+        ("session_gap_mean", session_gap_mean),
+    ):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if not 0.0 <= drift <= 1.0:
+        raise ValueError(f"drift must be in [0, 1], got {drift}")
     if p_noise + p_delete + p_repeat > 1.0:
         raise ValueError("p_noise + p_delete + p_repeat must be <= 1")
     rng = np.random.default_rng(seed)
@@ -168,10 +204,9 @@ def generate_xing(
     def popular_items(n: int) -> np.ndarray:
         return np.minimum(np.searchsorted(np.cumsum(item_pop), rng.random(n)), n_items - 1)
 
-    # Users: stable topics (Gumbel top-k = sampling by popularity without replacement) and an emerging one.
-    keys = np.log(topic_pop)[None, :] + rng.gumbel(size=(n_users, n_topics))
+    # Users: 2..4 stable topics and an emerging one, distinct, drawn by popularity.
     n_pick = min(_STABLE_SLOTS + 1, n_topics)
-    picked = np.argsort(-keys, axis=1)[:, :n_pick]
+    picked = _distinct_topics(topic_pop, n_users, n_pick, rng)
     user_topics = np.full((n_users, _STABLE_SLOTS + 1), -1, dtype=np.int64)
     user_topics[:, : n_pick - 1] = picked[:, : n_pick - 1]
     user_topics[:, _STABLE_SLOTS] = picked[:, n_pick - 1]
