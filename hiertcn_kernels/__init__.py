@@ -6,6 +6,7 @@ on CPU tensors; ``HIERTCN_BACKEND=reference|triton`` forces one at run time.
 
 from .conv import causal_conv1d, tcn_block
 from .layers import CausalConv1d, SegmentAgg, TCNBlock, TemporalConvNet
+from .packing import SessionCSR, pack_sessions
 from .segment import segment_expand, segment_reduce
 
 __all__ = [
@@ -17,5 +18,7 @@ __all__ = [
     "TCNBlock",
     "TemporalConvNet",
     "SegmentAgg",
+    "pack_sessions",
+    "SessionCSR",
 ]
 __version__ = "0.1.0"

@@ -1,16 +1,38 @@
 """Interaction logs as CSR: users -> sessions -> interactions.
 
-``pack_sessions`` (Numba) builds a :class:`SessionCSR` from raw arrays.
+``pack_sessions`` (Numba) builds a :class:`SessionCSR` from raw arrays in any
+order. The order is a stable LSD radix sort (by time, then by user), so ties in
+time keep input order and no comparison sort or pandas copy of the log is
+needed. Peak memory, inputs included, stays under 4x the int64 input arrays:
+the sort holds two keys and two permutation buffers (4N int64), the outputs
+2N int64, the item factorisation at most 4N int64 after the sort buffers are
+freed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import json
+import math
+import zlib
+from dataclasses import dataclass, fields
+from pathlib import Path
 
+import numba
 import numpy as np
+from numba import njit, prange
+
+from ._io import atomic_directory
+
+PARALLEL_MIN = 1 << 17
+MAX_RADIX_BITS = 12  # 4096 buckets per thread: the histogram stays in L1/L2
+INT64_MAX = np.iinfo(np.int64).max
+FORMAT = "hiertcn.SessionCSR"
+FORMAT_VERSION = 1
+HEADER = "header.json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SessionCSR:
     """Packed interaction log. All arrays are int64 numpy arrays.
 
@@ -18,7 +40,8 @@ class SessionCSR:
     interactions, ``item (N,)`` dense item index ``0..I-1``, ``timestamp (N,)``,
     ``user_ids (U,)`` raw id of each user row (ascending), ``item_ids (I,)`` raw id
     of each item index (ascending). Users ascend by raw id; sessions and
-    interactions by time.
+    interactions by time. ``pack_sessions`` never makes an empty session or user;
+    ``validate`` allows them (filters may leave them).
     """
 
     user_ptr: np.ndarray
@@ -43,3 +66,455 @@ class SessionCSR:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    def validate(self) -> "SessionCSR":
+        """Check every invariant of the layout; raise ValueError/TypeError naming the field. Returns self."""
+        for f in fields(self):
+            a = getattr(self, f.name)
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"SessionCSR.{f.name} must be a numpy array, got {type(a).__name__}")
+            if a.dtype != np.int64:
+                raise TypeError(f"SessionCSR.{f.name} must be int64, got {a.dtype}")
+            if a.ndim != 1:
+                raise ValueError(f"SessionCSR.{f.name} must be 1-D, got shape {a.shape}")
+        _check_ptr(self.user_ptr, "user_ptr", self.n_sessions, "the number of sessions")
+        _check_ptr(self.session_ptr, "session_ptr", self.n_interactions, "the number of interactions")
+        if len(self.timestamp) != len(self.item):
+            raise ValueError(f"SessionCSR.timestamp has {len(self.timestamp)} entries but item has {len(self.item)}")
+        if len(self.user_ids) != self.n_users:
+            raise ValueError(f"SessionCSR.user_ids has {len(self.user_ids)} entries for {self.n_users} users")
+        for name in ("user_ids", "item_ids"):
+            bad = _first_not_increasing(getattr(self, name), True)
+            if bad >= 0:
+                raise ValueError(f"SessionCSR.{name} must be strictly ascending (violated at index {bad})")
+        bad = _first_out_of_range(self.item, self.n_items)
+        if bad >= 0:
+            raise ValueError(
+                f"SessionCSR.item[{bad}] = {self.item[bad]} is outside the item range [0, {self.n_items})"
+            )
+        bad = _first_time_violation(self.timestamp, self.session_ptr, self.user_ptr)
+        if bad >= 0:
+            raise ValueError(
+                f"SessionCSR.timestamp[{bad}] = {self.timestamp[bad]} is negative or goes back in time within its user"
+            )
+        return self
+
+    def save(self, path) -> Path:
+        """Write a directory of raw ``.npy`` arrays plus ``header.json`` (shapes, dtypes, CRC32).
+
+        Written into a temporary sibling and renamed into place: ``path`` is
+        either absent/old or complete, never half-written. Returns ``path``.
+        """
+        path = Path(path)
+        arrays = {}
+        with atomic_directory(path) as tmp:
+            for f in fields(self):
+                a = np.ascontiguousarray(getattr(self, f.name), dtype=np.int64)
+                np.save(tmp / f"{f.name}.npy", a, allow_pickle=False)
+                arrays[f.name] = {"shape": list(a.shape), "dtype": a.dtype.str, "crc32": _crc32(a)}
+            header = {"format": FORMAT, "version": FORMAT_VERSION, "arrays": arrays}
+            (tmp / HEADER).write_text(json.dumps(header, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path, mmap: bool = True, verify: bool = True) -> "SessionCSR":
+        """Read what ``save`` wrote, memory-mapped read-only when ``mmap``.
+
+        Shapes and dtypes are checked against the header and the layout is
+        validated; with ``verify`` (default) the CRC32 of every array is
+        checked too, so a tampered file is an error even when it still looks
+        like a valid layout. Raises ValueError naming the problem.
+        """
+        path = Path(path)
+        try:
+            header = json.loads((path / HEADER).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path} is not a saved SessionCSR: {HEADER} is missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path / HEADER} is corrupt: {e}") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError(f"{path / HEADER} does not describe a {FORMAT}")
+        if header.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path} has format version {header.get('version')}, expected {FORMAT_VERSION}")
+        meta = header.get("arrays")
+        names = [f.name for f in fields(cls)]
+        if not isinstance(meta, dict) or sorted(meta) != sorted(names):
+            raise ValueError(f"{path / HEADER} must list exactly the arrays {names}")
+        arrays = {}
+        for name in names:
+            file = path / f"{name}.npy"
+            try:
+                a = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise ValueError(f"{file} is missing, truncated or corrupt: {e}") from None
+            m = meta[name]
+            if list(a.shape) != m.get("shape") or a.dtype.str != m.get("dtype"):
+                raise ValueError(
+                    f"{file} holds {a.dtype.str} {list(a.shape)} but the header says {m.get('dtype')} {m.get('shape')}"
+                )
+            if verify and _crc32(a) != m.get("crc32"):
+                raise ValueError(f"{file} checksum mismatch: the file was modified after it was saved")
+            arrays[name] = a
+        csr = cls(**arrays)
+        try:
+            return csr.validate()
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path} holds an invalid SessionCSR: {e}") from None
+
+
+def pack_sessions(user, item, timestamp, *, session_gap=1800, session=None) -> SessionCSR:
+    """Pack an interaction log into a :class:`SessionCSR`.
+
+    ``user``, ``item``, ``timestamp`` (and ``session`` if given) are equal-length
+    integer arrays in any order; raw ids may be any integers. Rows are ordered
+    by user then time, stably (ties in time keep input order). A new session
+    starts where the user changes, where ``session`` changes, or where the gap
+    to the user's previous interaction is ``>= session_gap`` seconds (``inf``
+    disables gap cuts). Users and items are factorised to dense indices in
+    ascending raw-id order.
+    """
+    user = _int64_array(user, "user")
+    n = len(user)
+    if n == 0:
+        raise ValueError("the interaction log is empty (user has length 0)")
+    item = _int64_array(item, "item", n)
+    timestamp = _timestamp_array(timestamp, n)
+    has_session = session is not None
+    session = _int64_array(session, "session", n) if has_session else np.empty(0, np.int64)
+    gap = _gap_threshold(session_gap)
+
+    with _threads_for(n):
+        keys, perm, time_bits = _sort_by_user_then_time(user, timestamp)
+        item_out = np.empty(n, np.int64)
+        ts_out = np.empty(n, np.int64)
+        flags = np.empty(n, np.uint8)
+        _gather_and_mark(keys, perm, time_bits, timestamp.min(), item, timestamp, session, has_session, gap,
+                         item_out, ts_out, flags)
+        del perm
+        user_ptr, session_ptr, user_ids = _build_ptrs(flags, keys, time_bits, user.min())
+        del keys, flags
+        item_ids = _factorise_inplace(item_out)
+    return SessionCSR(user_ptr, session_ptr, item_out, ts_out, user_ids, item_ids)
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def _int64_array(a, name: str, n: int | None = None) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if n is not None and len(a) != n:
+        raise ValueError(f"{name} has length {len(a)} but user has length {n}")
+    if a.dtype == np.uint64 and len(a) and a.max() > INT64_MAX:
+        raise ValueError(f"{name} has ids above the int64 range")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _timestamp_array(ts, n: int) -> np.ndarray:
+    ts = np.asarray(ts)
+    if ts.dtype.kind == "f":
+        if ts.ndim == 1 and np.isnan(ts).any():
+            raise ValueError(f"timestamp contains NaN (first at index {int(np.flatnonzero(np.isnan(ts))[0])})")
+        raise TypeError(f"timestamp must be integer seconds, got dtype {ts.dtype}; convert with astype(np.int64)")
+    if ts.dtype.kind == "M":
+        raise TypeError("timestamp must be integer seconds, got datetime64; convert with "
+                        "astype('datetime64[s]').astype(np.int64)")
+    ts = _int64_array(ts, "timestamp", n)
+    lo = ts.min()
+    if lo < 0:
+        raise ValueError(f"timestamp must be non-negative, got {lo} at index {int(np.argmin(ts))}")
+    return ts
+
+
+def _gap_threshold(session_gap) -> int:
+    """Timestamps are integers, so ``diff >= gap`` is ``diff >= ceil(gap)``; inf maps past any real diff."""
+    if isinstance(session_gap, bool) or not isinstance(session_gap, (int, float, np.integer, np.floating)):
+        raise TypeError(f"session_gap must be a number of seconds, got {type(session_gap).__name__}")
+    if not session_gap > 0:
+        raise ValueError(f"session_gap must be positive, got {session_gap}")
+    if math.isinf(session_gap):
+        return INT64_MAX
+    return min(math.ceil(session_gap), INT64_MAX)
+
+
+# ---------------------------------------------------------------- sorting
+
+
+@contextlib.contextmanager
+def _threads_for(n: int):
+    """One thread below PARALLEL_MIN rows: waking the pool costs more than small inputs save."""
+    if n >= PARALLEL_MIN:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _sort_by_user_then_time(user: np.ndarray, timestamp: np.ndarray):
+    """Stable order of rows by (user, time, input position), by LSD radix sort.
+
+    Returns ``(keys, perm, time_bits)``: ``perm`` the order, ``keys`` the sorted
+    uint64 keys, ``keys >> time_bits`` the user offset from ``user.min()`` and,
+    when ``time_bits > 0``, ``keys & (2**time_bits - 1)`` the time offset from
+    ``timestamp.min()``. One combined key when user and time spans fit in 64
+    bits; otherwise time passes then user passes (each pass is stable). Logs
+    already in time order (the usual case) skip the time digits altogether.
+    """
+    n = len(user)
+    user_bits, time_bits = _span_bits(user), _span_bits(timestamp)
+    keys = np.empty(n, np.uint64)
+    perm = np.arange(n, dtype=np.int64)
+    time_sorted = _first_not_increasing(timestamp, False) < 0
+    if not time_sorted and user_bits + time_bits <= 64:
+        _combined_keys(user, user.min(), timestamp, timestamp.min(), time_bits, keys)
+        keys, perm = _radix_sort(keys, perm, user_bits + time_bits)
+        return keys, perm, time_bits
+    gathered = False
+    if not time_sorted:
+        _offset_keys(timestamp, perm, False, timestamp.min(), keys)
+        keys, perm = _radix_sort(keys, perm, time_bits)
+        gathered = True
+    _offset_keys(user, perm, gathered, user.min(), keys)
+    keys, perm = _radix_sort(keys, perm, user_bits)
+    return keys, perm, 0
+
+
+def _span_bits(a: np.ndarray) -> int:
+    return (int(a.max()) - int(a.min())).bit_length()
+
+
+def _radix_sort(keys, perm, nbits: int):
+    """Stable LSD radix sort of the low ``nbits`` of ``keys``, carrying ``perm``; returns the sorted pair.
+
+    Digits of at most MAX_RADIX_BITS, equal widths (fewest passes); a pass whose
+    digit is the same for every key is skipped.
+    """
+    n_passes = -(-nbits // MAX_RADIX_BITS)
+    if n_passes == 0:
+        return keys, perm
+    width = -(-nbits // n_passes)
+    keys_buf, perm_buf = np.empty_like(keys), np.empty_like(perm)
+    n_threads = numba.get_num_threads()
+    for shift in range(0, nbits, width):
+        if _radix_pass(keys, perm, keys_buf, perm_buf, shift, width, n_threads):
+            keys, keys_buf, perm, perm_buf = keys_buf, keys, perm_buf, perm
+    return keys, perm
+
+
+@njit(parallel=True, cache=True)
+def _combined_keys(user, user_lo, timestamp, time_lo, time_bits, out):
+    """``out[i] = (user[i] - user_lo) << time_bits | (timestamp[i] - time_lo)``; the caller checked it fits."""
+    ulo = np.uint64(user_lo)
+    tlo = np.uint64(time_lo)
+    sh = np.uint64(time_bits)
+    for i in prange(out.shape[0]):
+        out[i] = ((np.uint64(user[i]) - ulo) << sh) | (np.uint64(timestamp[i]) - tlo)
+
+
+@njit(parallel=True, cache=True)
+def _offset_keys(values, perm, gather, lo, out):
+    """``out[i] = values[perm[i]] - lo`` (or ``values[i] - lo``) as uint64: order-preserving for any int64 span."""
+    lo_u = np.uint64(lo)
+    for i in prange(out.shape[0]):
+        j = np.int64(perm[i]) if gather else np.int64(i)
+        out[i] = np.uint64(values[j]) - lo_u
+
+
+@njit(parallel=True, cache=True)
+def _radix_pass(keys, perm, keys_out, perm_out, shift, width, n_threads):
+    """One stable counting-sort pass on ``width`` bits at ``shift``; False (nothing written) if the digit is constant.
+
+    Each thread owns a contiguous chunk; buckets are laid out digit-major then
+    chunk, so chunk c's keys land after chunk c-1's within every bucket: stable.
+    """
+    n = keys.shape[0]
+    n_buckets = 1 << width
+    nchunks = max(1, min(n_threads, n // 65536))
+    chunk = (n + nchunks - 1) // nchunks
+    sh = np.uint64(shift)
+    mask = np.uint64(n_buckets - 1)
+    counts = np.zeros((nchunks, n_buckets), np.int64)
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            counts[c, np.intp((keys[i] >> sh) & mask)] += 1
+    total = 0
+    for d in range(n_buckets):
+        bucket = 0
+        for c in range(nchunks):
+            cnt = counts[c, d]
+            counts[c, d] = total
+            total += cnt
+            bucket += cnt
+        if bucket == n:
+            return False
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            d = np.intp((keys[i] >> sh) & mask)
+            pos = counts[c, d]
+            counts[c, d] = pos + 1
+            keys_out[pos] = keys[i]
+            perm_out[pos] = perm[i]
+    return True
+
+
+# ---------------------------------------------------------------- cutting and factorising
+
+
+@njit(parallel=True, cache=True)
+def _gather_and_mark(keys, perm, time_bits, time_lo, item, timestamp, session, has_session, gap,
+                     item_out, ts_out, flags):
+    """Write items/timestamps in sorted order; flags: 3 = new user (and session), 1 = new session, 0 = continues.
+
+    Users (and times, when ``time_bits`` > 0) are decoded from the sorted keys
+    instead of gathered: fewer random reads.
+    """
+    sh = np.uint64(time_bits)
+    tmask = (np.uint64(1) << sh) - np.uint64(1)
+    tlo = np.uint64(time_lo)
+    for i in prange(keys.shape[0]):
+        j = perm[i]
+        item_out[i] = item[j]
+        if time_bits > 0:
+            ts_out[i] = np.int64((keys[i] & tmask) + tlo)
+        else:
+            ts_out[i] = timestamp[j]
+    for i in prange(keys.shape[0]):
+        if i == 0 or (keys[i] >> sh) != (keys[i - 1] >> sh):
+            flags[i] = 3
+        elif (has_session and session[perm[i]] != session[perm[i - 1]]) or ts_out[i] - ts_out[i - 1] >= gap:
+            flags[i] = 1
+        else:
+            flags[i] = 0
+
+
+@njit(cache=True)
+def _build_ptrs(flags, keys, time_bits, user_lo):
+    n_sessions = 0
+    n_users = 0
+    for f in flags:
+        n_sessions += f != 0
+        n_users += f == 3
+    session_ptr = np.empty(n_sessions + 1, np.int64)
+    user_ptr = np.empty(n_users + 1, np.int64)
+    user_ids = np.empty(n_users, np.int64)
+    sh = np.uint64(time_bits)
+    ulo = np.uint64(user_lo)
+    s = 0
+    u = 0
+    for i in range(flags.shape[0]):
+        if flags[i] == 3:
+            user_ptr[u] = s
+            user_ids[u] = np.int64((keys[i] >> sh) + ulo)
+            u += 1
+        if flags[i] != 0:
+            session_ptr[s] = i
+            s += 1
+    session_ptr[n_sessions] = flags.shape[0]
+    user_ptr[n_users] = n_sessions
+    return user_ptr, session_ptr, user_ids
+
+
+def _factorise_inplace(values: np.ndarray) -> np.ndarray:
+    """Replace raw ids by dense ranks in place; returns the ascending raw ids.
+
+    A lookup table when the id span is at most N (memory <= the array itself),
+    else a radix argsort.
+    """
+    lo = values.min()
+    span = int(values.max()) - int(lo) + 1
+    if span <= len(values):
+        return _factorise_table(values, lo, span)
+    keys = np.empty(len(values), np.uint64)
+    perm = np.arange(len(values), dtype=np.int64)
+    _offset_keys(values, perm, False, lo, keys)
+    keys, perm = _radix_sort(keys, perm, (span - 1).bit_length())
+    return _factorise_sorted(keys, perm, lo, values)
+
+
+@njit(parallel=True, cache=True)
+def _factorise_table(values, lo, span):
+    code = np.full(span, -1, np.int64)
+    for v in values:
+        code[v - lo] = 0
+    k = 0
+    for r in range(span):
+        if code[r] == 0:
+            code[r] = k
+            k += 1
+    ids = np.empty(k, np.int64)
+    for r in range(span):
+        if code[r] >= 0:
+            ids[code[r]] = r + lo
+    for i in prange(values.shape[0]):
+        values[i] = code[values[i] - lo]
+    return ids
+
+
+@njit(cache=True)
+def _factorise_sorted(keys, perm, lo, out):
+    n_unique = 1
+    for i in range(1, keys.shape[0]):
+        n_unique += keys[i] != keys[i - 1]
+    ids = np.empty(n_unique, np.int64)
+    lo_u = np.uint64(lo)
+    k = -1
+    for i in range(keys.shape[0]):
+        if i == 0 or keys[i] != keys[i - 1]:
+            k += 1
+            ids[k] = np.int64(keys[i] + lo_u)
+        out[perm[i]] = k
+    return ids
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _check_ptr(ptr: np.ndarray, name: str, end: int, what: str) -> None:
+    if len(ptr) < 1:
+        raise ValueError(f"SessionCSR.{name} must have at least one entry")
+    if ptr[0] != 0:
+        raise ValueError(f"SessionCSR.{name}[0] must be 0, got {ptr[0]}")
+    if ptr[-1] != end:
+        raise ValueError(f"SessionCSR.{name}[-1] must equal {what} ({end}), got {ptr[-1]}")
+    bad = _first_not_increasing(ptr, False)
+    if bad >= 0:
+        raise ValueError(f"SessionCSR.{name} must be non-decreasing (violated at index {bad})")
+
+
+@njit(cache=True)
+def _first_not_increasing(a, strict):
+    """First index i with a[i] < a[i-1] (or <= when strict), else -1."""
+    for i in range(1, a.shape[0]):
+        if a[i] < a[i - 1] or (strict and a[i] == a[i - 1]):
+            return i
+    return -1
+
+
+@njit(cache=True)
+def _first_out_of_range(a, hi):
+    for i in range(a.shape[0]):
+        if a[i] < 0 or a[i] >= hi:
+            return i
+    return -1
+
+
+@njit(cache=True)
+def _first_time_violation(ts, session_ptr, user_ptr):
+    """First interaction with a negative time or earlier than its user's previous one, else -1."""
+    for u in range(user_ptr.shape[0] - 1):
+        start = session_ptr[user_ptr[u]]
+        for i in range(start, session_ptr[user_ptr[u + 1]]):
+            if ts[i] < 0 or (i > start and ts[i] < ts[i - 1]):
+                return i
+    return -1
+
+
+def _crc32(a: np.ndarray) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))

@@ -1,0 +1,226 @@
+"""Preprocessing presets: the published filters, iterated to a fixed point, with a report.
+
+Filters interact (dropping rare items shrinks users below their minimum, which
+makes more items rare), so every preset repeats its count filters until a full
+round removes nothing.
+
+- ``hiertcn-xing``: the official HierTCN code. Drop ``interaction_type == 4``
+  (deletes); keep items with >= 50 interactions and users with 10..500 events.
+  Sessions come later from the 1800 s gap rule in ``pack_sessions``.
+- ``hrnn-xing``: Quadrana et al. (RecSys 2017). Drop deletes; split sessions at
+  gaps >= 1800 s; keep the first of duplicate (item, session, type); then keep
+  items with >= 20 interactions, sessions with >= 3 interactions and users with
+  5..199 sessions. The session ids are stored in ``log.session`` so that
+  removing an item never splits a session afterwards.
+- ``none``: nothing removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from hiertcn.data.log import InteractionLog
+
+PRESETS = ("hiertcn-xing", "hrnn-xing", "none")
+_DELETE = 4
+
+
+def session_ids(
+    user: np.ndarray, timestamp: np.ndarray, *, session_gap: int = 1800, session: np.ndarray | None = None
+) -> np.ndarray:
+    """Session id of every row (input order), by ``pack_sessions``' rule.
+
+    Rows are ordered by user, then time (ties keep input order); a new session
+    starts where the user changes, where ``session`` (if given) changes, or where
+    the gap to the user's previous interaction is ``>= session_gap``. Ids count
+    up from 0 in that order.
+    """
+    if session_gap <= 0:
+        raise ValueError(f"session_gap must be positive, got {session_gap}")
+    order = np.lexsort((timestamp, user))
+    u, t = user[order], timestamp[order]
+    new = np.ones(len(u), dtype=bool)
+    new[1:] = (u[1:] != u[:-1]) | (np.diff(t) >= session_gap)
+    if session is not None:
+        new[1:] |= session[order][1:] != session[order][:-1]
+    ids = np.empty(len(u), dtype=np.int64)
+    ids[order] = np.cumsum(new) - 1
+    return ids
+
+
+@dataclass(frozen=True)
+class Counts:
+    interactions: int
+    users: int
+    items: int
+    sessions: int
+
+    def minus(self, other: Counts) -> Counts:
+        return Counts(*(a - b for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple[int, int, int, int]:
+        return self.interactions, self.users, self.items, self.sessions
+
+
+@dataclass
+class PresetReport:
+    """What a preset removed: ``steps`` maps each filter to the totals it removed over all rounds."""
+
+    preset: str
+    before: Counts
+    after: Counts | None = None
+    steps: dict[str, Counts] = field(default_factory=dict)
+    rounds: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "preset": self.preset,
+            "rounds": self.rounds,
+            "before": vars(self.before),
+            "after": vars(self.after),
+            "removed": {name: vars(c) for name, c in self.steps.items()},
+        }
+
+    def __str__(self) -> str:
+        head = f"{'preset ' + self.preset:<36}{'interactions':>14}{'users':>10}{'items':>10}{'sessions':>10}"
+        lines = [
+            head,
+            f"{'before':<36}" + "".join(f"{v:>{w}}" for v, w in zip(self.before.astuple(), (14, 10, 10, 10))),
+        ]
+        for name, c in self.steps.items():
+            lines.append(
+                f"{'- ' + name:<36}" + "".join(f"{v:>{w}}" for v, w in zip(c.astuple(), (14, 10, 10, 10)))
+            )
+        lines.append(
+            f"{'after (' + str(self.rounds) + ' rounds)':<36}"
+            + "".join(f"{v:>{w}}" for v, w in zip(self.after.astuple(), (14, 10, 10, 10)))
+        )
+        return "\n".join(lines)
+
+
+class _Filtering:
+    """A keep-mask over the log with O(N) counts: users, items and sessions are dense codes."""
+
+    def __init__(self, log: InteractionLog, session: np.ndarray, preset: str):
+        self.log = log
+        self.preset = preset
+        self.keep = np.ones(len(log), dtype=bool)
+        self.user = np.unique(log.user, return_inverse=True)[1].astype(np.int64)
+        self.item = np.unique(log.item, return_inverse=True)[1].astype(np.int64)
+        self.session = session
+        self.report = PresetReport(preset, before=self.counts())
+
+    def _distinct(self, codes: np.ndarray) -> int:
+        return int(np.count_nonzero(np.bincount(codes[self.keep])))
+
+    def counts(self) -> Counts:
+        return Counts(
+            int(self.keep.sum()),
+            self._distinct(self.user),
+            self._distinct(self.item),
+            self._distinct(self.session),
+        )
+
+    def apply(self, name: str, drop: np.ndarray) -> bool:
+        """Drop rows where ``drop`` (among kept rows); account it under ``name``; True if anything went."""
+        drop &= self.keep
+        if not drop.any():
+            self.report.steps.setdefault(name, Counts(0, 0, 0, 0))
+            return False
+        before = self.counts()
+        self.keep &= ~drop
+        if not self.keep.any():
+            raise ValueError(f"preset {self.preset!r} removed every interaction (at step {name!r})")
+        removed = before.minus(self.counts())
+        total = self.report.steps.get(name, Counts(0, 0, 0, 0))
+        self.report.steps[name] = Counts(*(a + b for a, b in zip(total.astuple(), removed.astuple())))
+        return True
+
+    def per_row_count(self, codes: np.ndarray) -> np.ndarray:
+        """For each row, how many kept rows share its code."""
+        return np.bincount(codes[self.keep], minlength=codes.max() + 1)[codes]
+
+    def sessions_per_user(self) -> np.ndarray:
+        kept_sessions = np.unique(self.session[self.keep], return_index=True)[1]
+        user_of_session = self.user[self.keep][kept_sessions]
+        return np.bincount(user_of_session, minlength=self.user.max() + 1)[self.user]
+
+    def fixed_point(self, filters) -> None:
+        while True:
+            self.report.rounds += 1
+            changed = [self.apply(name, drop_fn()) for name, drop_fn in filters]
+            if not any(changed):
+                return
+
+
+def _drop_deletes(f: _Filtering) -> None:
+    if f.log.interaction_type is None:
+        raise ValueError(
+            f"preset {f.preset!r} needs interaction_type (a XING log); use preset 'none' for this log"
+        )
+    f.apply("interaction_type == 4 (delete)", f.log.interaction_type == _DELETE)
+
+
+def apply_preset(
+    log: InteractionLog, name: str, *, session_gap: int = 1800
+) -> tuple[InteractionLog, PresetReport]:
+    """Filter ``log`` by preset ``name`` (see the module docstring); returns the kept rows and the report."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+    session = session_ids(log.user, log.timestamp, session_gap=session_gap, session=log.session)
+    f = _Filtering(log, session, name)
+    if name == "hiertcn-xing":
+        _drop_deletes(f)
+        f.fixed_point(
+            [
+                ("items with < 50 interactions", lambda: f.per_row_count(f.item) < 50),
+                ("users with < 10 or > 500 events", lambda: _outside(f.per_row_count(f.user), 10, 500)),
+            ]
+        )
+    elif name == "hrnn-xing":
+        _drop_deletes(f)
+        # Sessions are fixed once deletes are gone; later filters remove rows but never re-split.
+        kept = f.keep.copy()
+        f.session = np.zeros(len(log), dtype=np.int64)  # removed rows never count, any id does
+        f.session[kept] = session_ids(
+            log.user[kept],
+            log.timestamp[kept],
+            session_gap=session_gap,
+            session=None if log.session is None else log.session[kept],
+        )
+        f.apply(
+            "duplicate (item, session, type)",
+            _duplicates(f.session, log.item, log.interaction_type, log.timestamp) & f.keep,
+        )
+        f.fixed_point(
+            [
+                ("items with < 20 interactions", lambda: f.per_row_count(f.item) < 20),
+                ("sessions with < 3 interactions", lambda: f.per_row_count(f.session) < 3),
+                ("users with < 5 or > 199 sessions", lambda: _outside(f.sessions_per_user(), 5, 199)),
+            ]
+        )
+        log = replace(log, session=f.session)
+    else:
+        f.report.rounds = 0
+    f.report.after = f.counts()
+    out = log if f.keep.all() else log.select(f.keep)
+    return out, f.report
+
+
+def _outside(count: np.ndarray, low: int, high: int) -> np.ndarray:
+    return (count < low) | (count > high)
+
+
+def _duplicates(
+    session: np.ndarray, item: np.ndarray, itype: np.ndarray, timestamp: np.ndarray
+) -> np.ndarray:
+    """True on every repeat of an (item, session, type) triple except its earliest (ties: input order)."""
+    order = np.lexsort((np.arange(len(item)), timestamp, itype, item, session))
+    s, i, t = session[order], item[order], itype[order]
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = (s[1:] == s[:-1]) & (i[1:] == i[:-1]) & (t[1:] == t[:-1])
+    out = np.empty(len(order), dtype=bool)
+    out[order] = repeat
+    return out

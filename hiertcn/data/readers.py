@@ -1,0 +1,437 @@
+"""Readers: interaction files to :class:`InteractionLog`, streaming through Arrow.
+
+CSV-like files are read with ``pyarrow.csv.open_csv`` block by block and
+Parquet with ``ParquetFile.iter_batches``; only the needed columns are kept,
+as Arrow buffers, then converted to numpy once. No row ever becomes a Python
+object, so multi-GB logs read at Arrow speed.
+
+Bad input. A first pass parses typed columns on all cores. If anything is
+wrong (a row with the wrong number of fields, a value that does not parse, an
+empty id, a NaN or negative timestamp), the file is read again single-threaded
+with the needed columns as text, so every bad row is located by its line
+number (1-based, header included; assumes no blank lines or multi-line quoted
+fields). Then ``skip_bad_rows=False`` raises a ValueError listing the first
+bad lines and ``skip_bad_rows=True`` drops them and records their line
+numbers in ``InteractionLog.skipped_lines``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from hiertcn.data.log import Impressions, InteractionLog
+
+FORMATS = ("xing", "csv", "parquet", "movielens", "recbole")
+TIME_UNITS = ("auto", "s", "ms", "iso")
+XING_HEADER = ["user_id", "item_id", "interaction_type", "created_at"]
+XING_IMPRESSIONS_HEADER = ["user_id", "year", "week", "items"]
+_MS_THRESHOLD = 1e11  # unix seconds pass 1e11 only in the year 5138; milliseconds pass it in 1973
+_INT_RE = r"^\s*-?\d+\s*$"
+_NUM_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+_BLOCK_SIZE = 4 << 20
+_SHOWN_LINES = 10
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one file format is laid out: delimiter, header, and which column is which."""
+
+    sep: str
+    columns: dict[str, str]  # role (user, item, time, session, type) -> column name
+    column_names: list[str] | None = None  # when the file has no usable header line
+    skip_rows: int = 0
+    types: dict[str, pa.DataType] = field(default_factory=dict)  # column -> Arrow type for the fast pass
+    time_unit: str = "auto"
+
+
+class BadRowsError(ValueError):
+    """Raised when rows cannot be parsed and ``skip_bad_rows`` is False."""
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the format from the file name, then from the first line."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return "parquet"
+    if path.suffix == ".inter":
+        return "recbole"
+    if path.name in ("u.data", "ratings.dat"):
+        return "movielens"
+    with open(path, "rb") as f:
+        first = f.readline().decode("utf-8", errors="replace").strip()
+    if first.split("\t") == XING_HEADER:
+        return "xing"
+    if first.split("\t") == XING_IMPRESSIONS_HEADER:
+        raise ValueError(
+            f"{path} is a XING impressions file: read it with read_impressions(), not read_log()"
+        )
+    return "csv"
+
+
+def _first_line(path: Path) -> str:
+    with open(path, "rb") as f:
+        return f.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
+    if fmt == "xing":
+        return _Layout(
+            sep="\t",
+            columns={"user": "user_id", "item": "item_id", "time": "created_at", "type": "interaction_type"},
+            types={
+                "user_id": pa.int64(),
+                "item_id": pa.int64(),
+                "interaction_type": pa.int8(),
+                "created_at": pa.int64(),
+            },
+            time_unit="s",
+        )
+    if fmt == "movielens":
+        if path.name.endswith(
+            ".dat"
+        ):  # ratings.dat: "user::item::rating::time"; '::' read as ':' with empty fields between
+            names = ["user_id", "_1", "item_id", "_2", "rating", "_3", "timestamp"]
+            return _Layout(
+                sep=":",
+                columns={"user": "user_id", "item": "item_id", "time": "timestamp"},
+                column_names=names,
+                time_unit="s",
+            )
+        return _Layout(
+            sep="\t",
+            columns={"user": "user_id", "item": "item_id", "time": "timestamp"},
+            column_names=["user_id", "item_id", "rating", "timestamp"],
+            time_unit="s",
+        )
+    if fmt == "recbole":  # typed header: "user_id:token<TAB>item_id:token<TAB>timestamp:float"
+        names = [c.split(":")[0] for c in _first_line(path).split("\t")]
+        columns = {"user": "user_id", "item": "item_id", "time": "timestamp"}
+        if "session_id" in names:
+            columns["session"] = "session_id"
+        return _Layout(sep="\t", columns=columns, column_names=names, skip_rows=1)
+    if fmt in ("csv", "parquet"):
+        if sep is None:
+            sep = "\t" if path.suffix in (".tsv", ".tab") or "\t" in _first_line(path) else ","
+        return _Layout(sep=sep, columns={"user": "user_id", "item": "item_id", "time": "timestamp"})
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def _file_columns(path: Path, fmt: str, layout: _Layout) -> list[str]:
+    if fmt == "parquet":
+        return pq.ParquetFile(path).schema_arrow.names
+    if layout.column_names is not None:
+        return layout.column_names
+    return _first_line(path).split(layout.sep)
+
+
+def _read_table(
+    path: Path, fmt: str, layout: _Layout, names: list[str], *, as_text: bool, bad_lines: list[int]
+) -> pa.Table:
+    """Read the columns ``names`` in blocks; ``as_text`` reads them as strings, single-threaded, recording bad lines."""
+    progress = tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, disable=None, leave=False)
+    batches = []
+    if fmt == "parquet":
+        reader = pq.ParquetFile(path).iter_batches(batch_size=1 << 20, columns=names)
+    else:
+
+        def on_invalid(row):
+            if not as_text:
+                return "error"  # the threaded pass has no line numbers: the careful pass locates it
+            bad_lines.append(row.number)
+            return "skip"
+
+        types = (
+            {c: pa.string() for c in names}
+            if as_text
+            else {c: t for c, t in layout.types.items() if c in names}
+        )
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(
+                use_threads=not as_text,
+                block_size=_BLOCK_SIZE,
+                column_names=layout.column_names,
+                skip_rows=layout.skip_rows,
+            ),
+            parse_options=pacsv.ParseOptions(delimiter=layout.sep, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=names, column_types=types, strings_can_be_null=not as_text
+            ),
+        )
+    for batch in reader:
+        batches.append(batch)
+        progress.update(batch.num_rows)
+    progress.close()
+    schema = batches[0].schema if batches else None
+    if schema is None:
+        raise ValueError(f"{path} has no data rows")
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+class _Retry(Exception):
+    """The fast pass met something it cannot locate; read again carefully."""
+
+
+def _int_values(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer column to (int64 values, null mask), copying once; nulls become 0."""
+    if col.null_count == 0:
+        return col.cast(pa.int64()).to_numpy(), np.zeros(len(col), dtype=bool)
+    return col.fill_null(0).cast(pa.int64()).to_numpy(), col.is_null().to_numpy(zero_copy_only=False)
+
+
+def _ids(col: pa.ChunkedArray, what: str, integer: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(int64 values or codes, names or None, invalid mask). ``integer``: the format declares integer ids,
+    so text that is not an integer is a bad row (otherwise a column with any non-integer is string ids)."""
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(pa.string())
+    if pa.types.is_integer(col.type):
+        values, invalid = _int_values(col)
+        return values, None, invalid
+    if pa.types.is_floating(col.type):
+        values = col.to_numpy(zero_copy_only=False)
+        invalid = ~np.isfinite(values) | (values != np.round(values))
+        return np.where(invalid, 0, values).astype(np.int64), None, invalid
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        text = pc.utf8_trim_whitespace(col)
+        invalid = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
+        if integer:
+            invalid |= ~pc.fill_null(pc.match_substring_regex(text, _INT_RE), False).to_numpy(
+                zero_copy_only=False
+            )
+        if (
+            integer
+            or pc.all(pc.or_(pc.match_substring_regex(text, _INT_RE), pc.equal(text, ""))).as_py()
+            is not False
+        ):
+            return pc.cast(pc.if_else(invalid, "0", text), pa.int64()).to_numpy(), None, invalid
+        names = pc.unique(text.filter(pa.array(~invalid)))
+        sorted_names = names.take(pc.array_sort_indices(names))
+        codes = pc.index_in(text, value_set=sorted_names).fill_null(0)
+        return codes.cast(pa.int64()).to_numpy(), np.asarray(sorted_names.to_pylist(), dtype=object), invalid
+    raise TypeError(f"{what} column has unsupported type {col.type}")
+
+
+def _iso_seconds(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """ISO 8601 text (``T`` or space, optional fraction, ``Z``/``+00:00``, or a bare date) to int64 seconds, null if bad."""
+    text = pc.replace_substring_regex(text, r"(\.\d+)?(Z|[+-]00:?00)?$", "")
+    text = pc.replace_substring_regex(text, r"^(\d{4}-\d{2}-\d{2})$", r"\1T00:00:00")
+    text = pc.replace_substring_regex(text, r"^(\d{4}-\d{2}-\d{2}) ", r"\1T")
+    parsed = pc.strptime(text, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
+    return parsed.cast(pa.int64())
+
+
+def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 unix seconds, invalid mask): nulls, NaN, unparsable text and negative times are invalid."""
+    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        if unit in ("s", "ms"):
+            raise ValueError(
+                f"time_unit={unit!r} but the time column holds dates/timestamps; use 'auto' or 'iso'"
+            )
+        secs = col.cast(pa.timestamp("s", tz=getattr(col.type, "tz", None))).cast(pa.int64())
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        text = pc.utf8_trim_whitespace(col)
+        numeric = pc.match_substring_regex(text, _NUM_RE)
+        if unit == "iso" or (unit == "auto" and not pc.any(numeric).as_py()):
+            secs = _iso_seconds(text)
+        else:
+            return _times(pc.cast(pc.if_else(numeric, text, None), pa.float64()), unit)
+    elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        if unit == "iso":
+            raise ValueError("time_unit='iso' but the time column is numeric")
+        if pa.types.is_integer(col.type):
+            values, invalid = _int_values(col)
+            invalid |= values < 0
+            is_ms = unit == "ms" or (unit == "auto" and values.max() > _MS_THRESHOLD)
+            return (values // 1000 if is_ms else values), invalid
+        values = col.to_numpy(zero_copy_only=False).astype(np.float64)
+        invalid = ~np.isfinite(values) | (values < 0)
+        ok = values[~invalid]
+        is_ms = unit == "ms" or (unit == "auto" and len(ok) and ok.max() > _MS_THRESHOLD)
+        secs = np.floor(np.where(invalid, 0, values) / (1000 if is_ms else 1)).astype(np.int64)
+        return secs, invalid
+    else:
+        raise TypeError(f"time column has unsupported type {col.type}")
+    values, invalid = _int_values(secs)
+    invalid |= values < 0
+    return values, invalid
+
+
+def _line_numbers(rows: np.ndarray, first_data_line: int, skipped: list[int]) -> np.ndarray:
+    """Map kept-row indices to physical line numbers, given the lines the parser skipped."""
+    skipped_arr = np.sort(np.asarray(skipped, dtype=np.int64))
+    lines = first_data_line + rows
+    while True:  # each skipped line at or before a row's line pushes it down one line
+        moved = first_data_line + rows + np.searchsorted(skipped_arr, lines, side="right")
+        if np.array_equal(moved, lines):
+            return lines
+        lines = moved
+
+
+def read_log(
+    path: str | Path,
+    format: str | None = None,
+    *,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    time_col: str | None = None,
+    session_col: str | None = None,
+    sep: str | None = None,
+    time_unit: str = "auto",
+    skip_bad_rows: bool = False,
+    impressions: str | Path | None = None,
+) -> InteractionLog:
+    """Read an interaction file into an :class:`InteractionLog`.
+
+    ``format``: ``xing | csv | parquet | movielens | recbole`` (detected when None).
+    ``user_col/item_col/time_col/session_col`` override the format's column names
+    (generic CSV/Parquet default to ``user_id``, ``item_id``, ``timestamp``);
+    ``sep`` overrides the delimiter (one character; CSV sniffs tab vs comma).
+    ``time_unit``: ``auto`` (numbers above 1e11 are milliseconds, text is ISO
+    8601), ``s``, ``ms`` or ``iso``; times become int64 unix seconds.
+    ``skip_bad_rows``: drop unparsable rows instead of raising (their line
+    numbers land in ``skipped_lines``). ``impressions``: a XING impressions
+    file to attach.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path {path} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty")
+    if time_unit not in TIME_UNITS:
+        raise ValueError(f"time_unit must be one of {TIME_UNITS}, got {time_unit!r}")
+    if sep is not None and len(sep) != 1:
+        raise ValueError(f"sep must be a single character, got {sep!r}")
+    fmt = format or detect_format(path)
+    layout = _layout(path, fmt, sep)
+    if sep is not None:
+        layout = replace(layout, sep=sep)
+    roles = dict(layout.columns)
+    for role, override in (
+        ("user", user_col),
+        ("item", item_col),
+        ("time", time_col),
+        ("session", session_col),
+    ):
+        if override is not None:
+            roles[role] = override
+    present = _file_columns(path, fmt, layout)
+    missing = [f"{role}_col={name!r}" for role, name in roles.items() if name not in present]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the file has columns {present}")
+    unit = layout.time_unit if time_unit == "auto" else time_unit
+    names = list(dict.fromkeys(roles.values()))
+    first_data_line = 1 + (layout.column_names is None) + layout.skip_rows
+
+    bad_lines: list[int] = []
+    try:
+        table = _read_table(path, fmt, layout, names, as_text=False, bad_lines=bad_lines)
+        log, invalid = _convert(table, roles, layout, unit)
+        if invalid.any():
+            raise _Retry
+    except (_Retry, pa.ArrowInvalid) as exc:
+        if fmt == "parquet" and not isinstance(exc, _Retry):
+            raise ValueError(f"{path}: {exc}") from exc
+        bad_lines = []
+        table = (
+            table
+            if fmt == "parquet"
+            else _read_table(path, fmt, layout, names, as_text=True, bad_lines=bad_lines)
+        )
+        log, invalid = _convert(table, roles, layout, unit)
+    rows = np.flatnonzero(invalid)
+    where = "row" if fmt == "parquet" else "line"
+    bad = np.sort(
+        np.concatenate(
+            [
+                np.asarray(bad_lines, dtype=np.int64),
+                rows + 1 if fmt == "parquet" else _line_numbers(rows, first_data_line, bad_lines),
+            ]
+        )
+    )
+    if len(bad) and not skip_bad_rows:
+        shown = ", ".join(map(str, bad[:_SHOWN_LINES])) + (" ..." if len(bad) > _SHOWN_LINES else "")
+        raise BadRowsError(
+            f"{path}: {len(bad)} bad row(s) (wrong field count, unparsable value, empty id, NaN or negative "
+            f"timestamp) at {where}(s) {shown}; pass skip_bad_rows=True to drop and count them"
+        )
+    if len(rows):
+        if len(rows) == len(invalid):
+            raise ValueError(f"{path}: every row is bad ({len(rows)} rows)")
+        log = log.select(~invalid)
+    log = replace(log, skipped_lines=bad)
+    if impressions is not None:
+        log = replace(log, impressions=read_impressions(impressions))
+    return log
+
+
+def _convert(
+    table: pa.Table, roles: dict[str, str], layout: _Layout, unit: str
+) -> tuple[InteractionLog, np.ndarray]:
+    """Columns to numpy. Invalid rows get placeholder values; the caller drops or reports them."""
+
+    def ids(role):
+        name = roles[role]
+        return _ids(table[name], role, integer=pa.types.is_integer(layout.types.get(name, pa.string())))
+
+    user, user_names, bad_user = ids("user")
+    item, item_names, bad_item = ids("item")
+    timestamp, bad_time = _times(table[roles["time"]], unit)
+    invalid = bad_user | bad_item | bad_time
+    session = itype = None
+    if "session" in roles:
+        session, _, bad_session = ids("session")
+        invalid |= bad_session
+    if "type" in roles:
+        itype, _, bad_type = ids("type")
+        invalid |= bad_type
+        itype = itype.astype(np.int8)
+    if invalid.all():  # keep the log constructible; read_log reports the rows
+        return None, invalid
+    log = InteractionLog(
+        user=user,
+        item=item,
+        timestamp=np.where(invalid, 0, timestamp),
+        session=session,
+        interaction_type=itype,
+        user_names=user_names,
+        item_names=item_names,
+    )
+    return log, invalid
+
+
+def read_impressions(path: str | Path) -> Impressions:
+    """Read a XING ``impressions.csv`` (``user_id year week items``, items comma-separated)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ValueError(f"impressions path {path} is missing or empty")
+    header = _first_line(path).split("\t")
+    if header != XING_IMPRESSIONS_HEADER:
+        raise ValueError(f"{path}: expected header {XING_IMPRESSIONS_HEADER}, got {header}")
+    layout = _Layout(
+        sep="\t",
+        columns={},
+        types={"user_id": pa.int64(), "year": pa.int64(), "week": pa.int64(), "items": pa.string()},
+    )
+    try:
+        table = _read_table(path, "csv", layout, XING_IMPRESSIONS_HEADER, as_text=False, bad_lines=[])
+    except (_Retry, pa.ArrowInvalid) as exc:
+        raise ValueError(f"{path}: unparsable impressions file ({exc})") from exc
+    lists = pc.split_pattern(table["items"].combine_chunks(), ",")
+    items = pc.cast(pc.utf8_trim_whitespace(pc.list_flatten(lists)), pa.int64()).to_numpy()
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    offsets -= offsets[0]
+    return Impressions(
+        user=table["user_id"].to_numpy().astype(np.int64),
+        year=table["year"].to_numpy().astype(np.int64),
+        week=table["week"].to_numpy().astype(np.int64),
+        item_ptr=offsets,
+        items=items,
+    )

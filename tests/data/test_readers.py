@@ -1,0 +1,185 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hiertcn.data.readers import BadRowsError, detect_format, read_impressions, read_log
+
+XING = (
+    "user_id\titem_id\tinteraction_type\tcreated_at\n"
+    "7\t100\t1\t1446336000\n"
+    "3\t200\t4\t1446336060\n"
+    "7\t300\t2\t1446339999\n"
+)
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_xing(tmp_path):
+    path = write(tmp_path / "interactions.csv", XING)
+    assert detect_format(path) == "xing"
+    log = read_log(path)
+    np.testing.assert_array_equal(log.user, [7, 3, 7])
+    np.testing.assert_array_equal(log.item, [100, 200, 300])
+    np.testing.assert_array_equal(log.interaction_type, [1, 4, 2])
+    np.testing.assert_array_equal(log.timestamp, [1446336000, 1446336060, 1446339999])
+    assert log.interaction_type.dtype == np.int8 and log.timestamp.dtype == np.int64
+    assert log.user_names is None and len(log.skipped_lines) == 0
+
+
+def test_xing_impressions(tmp_path):
+    inter = write(tmp_path / "interactions.csv", XING)
+    imp = write(
+        tmp_path / "impressions.csv", "user_id\tyear\tweek\titems\n7\t2015\t45\t100,300,5\n3\t2015\t46\t9\n"
+    )
+    with pytest.raises(ValueError, match="impressions"):
+        read_log(imp)
+    log = read_log(inter, impressions=imp)
+    np.testing.assert_array_equal(log.impressions.user, [7, 3])
+    np.testing.assert_array_equal(log.impressions.week, [45, 46])
+    np.testing.assert_array_equal(log.impressions.item_ptr, [0, 3, 4])
+    np.testing.assert_array_equal(log.impressions.items, [100, 300, 5, 9])
+    assert len(read_impressions(imp)) == 2
+
+
+def test_csv_string_ids_are_factorised_in_name_order(tmp_path):
+    path = write(tmp_path / "log.csv", "uid,iid,t\nbob,x9,5\nalice,x1,6\nbob,x1,7\n")
+    log = read_log(path, user_col="uid", item_col="iid", time_col="t")
+    assert list(log.user_names) == ["alice", "bob"] and list(log.item_names) == ["x1", "x9"]
+    np.testing.assert_array_equal(log.user, [1, 0, 1])
+    np.testing.assert_array_equal(log.item, [1, 0, 0])
+    np.testing.assert_array_equal(log.timestamp, [5, 6, 7])
+
+
+def test_tsv_sniffed_with_session_column(tmp_path):
+    path = write(tmp_path / "log.txt", "user_id\titem_id\ttimestamp\tsid\n1\t2\t10\t5\n1\t3\t11\t6\n")
+    log = read_log(path, session_col="sid")
+    np.testing.assert_array_equal(log.session, [5, 6])
+    np.testing.assert_array_equal(log.item, [2, 3])
+
+
+def test_explicit_sep(tmp_path):
+    path = write(tmp_path / "log.csv", "user_id;item_id;timestamp\n1;2;10\n4;5;20\n")
+    np.testing.assert_array_equal(read_log(path, sep=";").user, [1, 4])
+
+
+@pytest.mark.parametrize("unit", ["auto", "ms"])
+def test_millisecond_timestamps(tmp_path, unit):
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,2,1446336000123\n1,3,1446336005999\n")
+    np.testing.assert_array_equal(read_log(path, time_unit=unit).timestamp, [1446336000, 1446336005])
+
+
+def test_seconds_declared_keeps_small_values(tmp_path):
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,2,12\n1,3,7.9\n")
+    np.testing.assert_array_equal(read_log(path, time_unit="s").timestamp, [12, 7])
+
+
+@pytest.mark.parametrize("unit", ["auto", "iso"])
+def test_iso_timestamps(tmp_path, unit):
+    text = "user_id,item_id,timestamp\n1,2,2015-11-01T00:00:10Z\n1,3,2015-11-01 00:01:00\n2,3,2015-11-02\n"
+    path = write(tmp_path / "log.csv", text)
+    np.testing.assert_array_equal(
+        read_log(path, time_unit=unit).timestamp, [1446336010, 1446336060, 1446422400]
+    )
+
+
+def test_parquet_with_string_ids(tmp_path):
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"u": ["b", "a"], "i": [10, 20], "ts": [1446336000, 1446336001]}), path)
+    log = read_log(path, user_col="u", item_col="i", time_col="ts")
+    np.testing.assert_array_equal(log.user, [1, 0])
+    np.testing.assert_array_equal(log.item, [10, 20])
+
+
+def test_parquet_null_time_reported_by_row(tmp_path):
+    path = tmp_path / "log.parquet"
+    pq.write_table(
+        pa.table({"user_id": [1, 2, 3], "item_id": [1, 2, 3], "timestamp": [5.0, float("nan"), 7.0]}), path
+    )
+    with pytest.raises(BadRowsError, match=r"row\(s\) 2"):
+        read_log(path)
+    np.testing.assert_array_equal(read_log(path, skip_bad_rows=True).timestamp, [5, 7])
+
+
+def test_movielens_u_data(tmp_path):
+    path = write(tmp_path / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    assert detect_format(path) == "movielens"
+    log = read_log(path)
+    np.testing.assert_array_equal(log.user, [196, 186])
+    np.testing.assert_array_equal(log.timestamp, [881250949, 891717742])
+
+
+def test_movielens_ratings_dat(tmp_path):
+    path = write(tmp_path / "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n")
+    log = read_log(path)
+    np.testing.assert_array_equal(log.item, [1193, 661])
+    np.testing.assert_array_equal(log.timestamp, [978300760, 978302109])
+
+
+def test_recbole_inter(tmp_path):
+    text = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n3\t50\t4.0\t881250949.0\n4\t60\t2.0\t881250950.0\n"
+    path = write(tmp_path / "ml.inter", text)
+    assert detect_format(path) == "recbole"
+    log = read_log(path)
+    np.testing.assert_array_equal(log.user, [3, 4])
+    np.testing.assert_array_equal(log.timestamp, [881250949, 881250950])
+
+
+def test_bad_rows_report_line_numbers(tmp_path):
+    text = (
+        XING
+        + "7\t400\n"
+        + "8\tabc\t1\t1446336100\n"
+        + "9\t500\t1\t\n"
+        + "9\t600\t1\t-5\n"
+        + "9\t700\t1\t1446336200\n"
+    )
+    path = write(tmp_path / "interactions.csv", text)
+    with pytest.raises(BadRowsError, match=r"4 bad row\(s\).* line\(s\) 5, 6, 7, 8;"):
+        read_log(path)
+    log = read_log(path, skip_bad_rows=True)
+    np.testing.assert_array_equal(log.skipped_lines, [5, 6, 7, 8])
+    np.testing.assert_array_equal(log.item, [100, 200, 300, 700])
+    np.testing.assert_array_equal(log.timestamp[-1], 1446336200)
+
+
+def test_nan_timestamp_is_a_bad_row(tmp_path):
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,2,10\n1,3,NaN\n")
+    with pytest.raises(BadRowsError, match=r"line\(s\) 3"):
+        read_log(path)
+
+
+def test_every_row_bad(tmp_path):
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,2,x\n1,3,y\n")
+    with pytest.raises(ValueError, match="every row is bad"):
+        read_log(path, skip_bad_rows=True, time_unit="s")
+
+
+def test_missing_column_names_argument(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item_id,timestamp\n1,2,10\n")
+    with pytest.raises(ValueError, match=r"user_col='user_id'.*columns \['user', 'item_id', 'timestamp'\]"):
+        read_log(path)
+    with pytest.raises(ValueError, match="time_col='when'"):
+        read_log(path, user_col="user", time_col="when")
+
+
+def test_empty_file_and_header_only(tmp_path):
+    with pytest.raises(ValueError, match="is empty"):
+        read_log(write(tmp_path / "empty.csv", ""))
+    with pytest.raises(ValueError, match="no data rows"):
+        read_log(write(tmp_path / "interactions.csv", XING.splitlines()[0] + "\n"))
+
+
+def test_bad_arguments(tmp_path):
+    path = write(tmp_path / "interactions.csv", XING)
+    with pytest.raises(ValueError, match="time_unit"):
+        read_log(path, time_unit="hours")
+    with pytest.raises(ValueError, match="format"):
+        read_log(path, format="excel")
+    with pytest.raises(ValueError, match="sep"):
+        read_log(path, sep="::")
+    with pytest.raises(FileNotFoundError, match="path"):
+        read_log(tmp_path / "nope.csv")
