@@ -57,7 +57,10 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
             out.append(target_ranks(model.scores(u), y))
             continue
         slices = [(lo, min(lo + chunk, n_items)) for lo in range(0, n_items, chunk)]
-        score = lambda lo, hi: torch.addmm(bias[lo:hi], u, weight[lo:hi].t())  # noqa: E731
+
+        def score(lo, hi, u=u):
+            return torch.addmm(bias[lo:hi], u, weight[lo:hi].t())
+
         target_logit = u.new_empty(u.shape[0])
         for lo, hi in slices:
             inside = (y >= lo) & (y < hi)

@@ -4,11 +4,11 @@ import importlib.util
 
 import pytest
 import torch
+from tinylogs import make_csr
 
 from hiertcn.batching import user_batches
 from hiertcn.losses import build_loss
 from hiertcn.models import build_model
-from tinylogs import make_csr
 
 pytestmark = pytest.mark.interpreter
 
