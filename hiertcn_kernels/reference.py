@@ -74,6 +74,8 @@ def segment_ids(offsets, total: int):
 def segment_reduce(values, offsets, reduce="mean"):
     """Reduce rows ``offsets[n]:offsets[n+1]`` of ``values`` to row ``n``; empty segments give zeros."""
     lengths = offsets.long().diff()
+    if lengths.numel() == 0:  # torch.segment_reduce rejects zero segments
+        return values[:0].clone()
     if reduce == "sum":
         return torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
     if reduce == "mean":

@@ -9,7 +9,7 @@ Bad input. A first pass parses typed columns on all cores. If anything is
 wrong (a row with the wrong number of fields, a value that does not parse, an
 empty id, a NaN or negative timestamp), the file is read again single-threaded
 with the needed columns as text, so every bad row is located by its line
-number (1-based, header included; assumes no blank lines or multi-line quoted
+number (1-based, header and blank lines included; assumes no multi-line quoted
 fields). Then ``skip_bad_rows=False`` raises a ValueError listing the first
 bad lines and ``skip_bad_rows=True`` drops them and records their line
 numbers in ``InteractionLog.skipped_lines``.
@@ -17,6 +17,7 @@ numbers in ``InteractionLog.skipped_lines``.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +34,12 @@ FORMATS = ("xing", "csv", "parquet", "movielens", "recbole")
 TIME_UNITS = ("auto", "s", "ms", "iso")
 XING_HEADER = ["user_id", "item_id", "interaction_type", "created_at"]
 XING_IMPRESSIONS_HEADER = ["user_id", "year", "week", "items"]
+# Generic CSV/Parquet without user_col/item_col/time_col: the first of these names the file has.
+COMMON_COLUMNS = {
+    "user": ("user_id", "userId", "user", "uid", "visitorid"),
+    "item": ("item_id", "itemId", "movieId", "item", "iid", "itemid"),
+    "time": ("timestamp", "created_at", "time", "ts", "datetime", "date"),
+}
 _MS_THRESHOLD = 1e11  # unix seconds pass 1e11 only in the year 5138; milliseconds pass it in 1973
 _INT_RE = r"^\s*-?\d+\s*$"
 _NUM_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
@@ -95,9 +102,8 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
             time_unit="s",
         )
     if fmt == "movielens":
-        if path.name.endswith(
-            ".dat"
-        ):  # ratings.dat: "user::item::rating::time"; '::' read as ':' with empty fields between
+        # ratings.dat: "user::item::rating::time", read with ':' as the delimiter and empty fields between
+        if path.name.endswith(".dat"):
             names = ["user_id", "_1", "item_id", "_2", "rating", "_3", "timestamp"]
             return _Layout(
                 sep=":",
@@ -118,9 +124,9 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
             columns["session"] = "session_id"
         return _Layout(sep="\t", columns=columns, column_names=names, skip_rows=1)
     if fmt in ("csv", "parquet"):
-        if sep is None:
+        if sep is None and fmt == "csv":
             sep = "\t" if path.suffix in (".tsv", ".tab") or "\t" in _first_line(path) else ","
-        return _Layout(sep=sep, columns={"user": "user_id", "item": "item_id", "time": "timestamp"})
+        return _Layout(sep=sep or ",", columns={"user": "user_id", "item": "item_id", "time": "timestamp"})
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
@@ -129,7 +135,7 @@ def _file_columns(path: Path, fmt: str, layout: _Layout) -> list[str]:
         return pq.ParquetFile(path).schema_arrow.names
     if layout.column_names is not None:
         return layout.column_names
-    return _first_line(path).split(layout.sep)
+    return next(csv.reader([_first_line(path)], delimiter=layout.sep))  # honours quoted names
 
 
 def _read_table(
@@ -139,7 +145,9 @@ def _read_table(
     progress = tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, disable=None, leave=False)
     batches = []
     if fmt == "parquet":
-        reader = pq.ParquetFile(path).iter_batches(batch_size=1 << 20, columns=names)
+        parquet = pq.ParquetFile(path)
+        schema = pa.schema([parquet.schema_arrow.field(name) for name in names])
+        reader = parquet.iter_batches(batch_size=1 << 20, columns=names)
     else:
 
         def on_invalid(row):
@@ -161,18 +169,19 @@ def _read_table(
                 column_names=layout.column_names,
                 skip_rows=layout.skip_rows,
             ),
-            parse_options=pacsv.ParseOptions(delimiter=layout.sep, invalid_row_handler=on_invalid),
+            # The careful pass keeps blank lines as all-empty rows so that row index -> line number is exact.
+            parse_options=pacsv.ParseOptions(
+                delimiter=layout.sep, invalid_row_handler=on_invalid, ignore_empty_lines=not as_text
+            ),
             convert_options=pacsv.ConvertOptions(
                 include_columns=names, column_types=types, strings_can_be_null=not as_text
             ),
         )
+        schema = reader.schema
     for batch in reader:
         batches.append(batch)
         progress.update(batch.num_rows)
     progress.close()
-    schema = batches[0].schema if batches else None
-    if schema is None:
-        raise ValueError(f"{path} has no data rows")
     return pa.Table.from_batches(batches, schema=schema)
 
 
@@ -235,7 +244,8 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(
                 f"time_unit={unit!r} but the time column holds dates/timestamps; use 'auto' or 'iso'"
             )
-        secs = col.cast(pa.timestamp("s", tz=getattr(col.type, "tz", None))).cast(pa.int64())
+        # safe=False floors sub-second precision instead of refusing to lose it
+        secs = col.cast(pa.timestamp("s", tz=getattr(col.type, "tz", None)), safe=False).cast(pa.int64())
     elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         text = pc.utf8_trim_whitespace(col)
         numeric = pc.match_substring_regex(text, _NUM_RE)
@@ -262,6 +272,16 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
     values, invalid = _int_values(secs)
     invalid |= values < 0
     return values, invalid
+
+
+def _blank_rows(table: pa.Table) -> np.ndarray:
+    """Rows whose needed fields are all empty text: blank lines, ignored like the fast pass ignores them."""
+    if table.num_rows == 0 or not all(pa.types.is_string(t) for t in table.schema.types):
+        return np.zeros(table.num_rows, dtype=bool)
+    blank = pc.equal(table.column(0), "")
+    for col in table.columns[1:]:
+        blank = pc.and_(blank, pc.equal(col, ""))
+    return pc.fill_null(blank, False).to_numpy(zero_copy_only=False)
 
 
 def _line_numbers(rows: np.ndarray, first_data_line: int, skipped: list[int]) -> np.ndarray:
@@ -292,7 +312,8 @@ def read_log(
 
     ``format``: ``xing | csv | parquet | movielens | recbole`` (detected when None).
     ``user_col/item_col/time_col/session_col`` override the format's column names
-    (generic CSV/Parquet default to ``user_id``, ``item_id``, ``timestamp``);
+    (generic CSV/Parquet take the first present of ``COMMON_COLUMNS``, e.g. ``user_id``
+    or ``userId``, ``item_id`` or ``movieId``, ``timestamp`` or ``created_at``);
     ``sep`` overrides the delimiter (one character; CSV sniffs tab vs comma).
     ``time_unit``: ``auto`` (numbers above 1e11 are milliseconds, text is ISO
     8601), ``s``, ``ms`` or ``iso``; times become int64 unix seconds.
@@ -313,16 +334,13 @@ def read_log(
     layout = _layout(path, fmt, sep)
     if sep is not None:
         layout = replace(layout, sep=sep)
-    roles = dict(layout.columns)
-    for role, override in (
-        ("user", user_col),
-        ("item", item_col),
-        ("time", time_col),
-        ("session", session_col),
-    ):
-        if override is not None:
-            roles[role] = override
     present = _file_columns(path, fmt, layout)
+    roles = dict(layout.columns)
+    if fmt in ("csv", "parquet"):
+        for role, candidates in COMMON_COLUMNS.items():
+            roles[role] = next((c for c in candidates if c in present), candidates[0])
+    given = {"user": user_col, "item": item_col, "time": time_col, "session": session_col}
+    roles.update({role: name for role, name in given.items() if name is not None})
     missing = [f"{role}_col={name!r}" for role, name in roles.items() if name not in present]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the file has columns {present}")
@@ -333,6 +351,8 @@ def read_log(
     bad_lines: list[int] = []
     try:
         table = _read_table(path, fmt, layout, names, as_text=False, bad_lines=bad_lines)
+        if table.num_rows == 0:
+            raise ValueError(f"{path} has no data rows")
         log, invalid = _convert(table, roles, layout, unit)
         if invalid.any():
             raise _Retry
@@ -340,13 +360,14 @@ def read_log(
         if fmt == "parquet" and not isinstance(exc, _Retry):
             raise ValueError(f"{path}: {exc}") from exc
         bad_lines = []
-        table = (
-            table
-            if fmt == "parquet"
-            else _read_table(path, fmt, layout, names, as_text=True, bad_lines=bad_lines)
-        )
-        log, invalid = _convert(table, roles, layout, unit)
-    rows = np.flatnonzero(invalid)
+        if fmt != "parquet":
+            try:
+                table = _read_table(path, fmt, layout, names, as_text=True, bad_lines=bad_lines)
+            except pa.ArrowInvalid as unreadable:  # e.g. an unterminated quote: no row structure left
+                raise ValueError(f"{path}: cannot parse as {fmt} ({unreadable})") from unreadable
+        log, invalid = _convert(table, roles, layout, unit) if table.num_rows else (None, np.zeros(0, bool))
+    blank = _blank_rows(table) if fmt != "parquet" else np.zeros(len(invalid), dtype=bool)
+    rows = np.flatnonzero(invalid & ~blank)
     where = "row" if fmt == "parquet" else "line"
     bad = np.sort(
         np.concatenate(
@@ -362,9 +383,9 @@ def read_log(
             f"{path}: {len(bad)} bad row(s) (wrong field count, unparsable value, empty id, NaN or negative "
             f"timestamp) at {where}(s) {shown}; pass skip_bad_rows=True to drop and count them"
         )
-    if len(rows):
-        if len(rows) == len(invalid):
-            raise ValueError(f"{path}: every row is bad ({len(rows)} rows)")
+    if log is None or invalid.all():
+        raise ValueError(f"{path}: every row is bad ({len(bad)} rows)")
+    if invalid.any():
         log = log.select(~invalid)
     log = replace(log, skipped_lines=bad)
     if impressions is not None:

@@ -160,6 +160,18 @@ def generate_xing(
     ):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {p}")
+    for name, value in (
+        ("n_neighbours", n_neighbours),
+        ("n_impressed", n_impressed),
+        ("sessions_median", sessions_median),
+        ("session_len_median", session_len_median),
+        ("click_gap_mean", click_gap_mean),
+        ("session_gap_mean", session_gap_mean),
+    ):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if not 0.0 <= drift <= 1.0:
+        raise ValueError(f"drift must be in [0, 1], got {drift}")
     if p_noise + p_delete + p_repeat > 1.0:
         raise ValueError("p_noise + p_delete + p_repeat must be <= 1")
     rng = np.random.default_rng(seed)

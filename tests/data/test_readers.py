@@ -86,6 +86,15 @@ def test_iso_timestamps(tmp_path, unit):
     )
 
 
+def test_iso_timestamps_with_fractions_are_floored(tmp_path):
+    path = write(
+        tmp_path / "log.csv",
+        "user_id,item_id,timestamp\n1,2,2015-11-01T00:00:10.500\n1,3,2015-11-01 00:01:00.250\n",
+    )
+    np.testing.assert_array_equal(read_log(path).timestamp, [1446336010, 1446336060])
+    assert len(read_log(path).skipped_lines) == 0
+
+
 def test_parquet_with_string_ids(tmp_path):
     path = tmp_path / "log.parquet"
     pq.write_table(pa.table({"u": ["b", "a"], "i": [10, 20], "ts": [1446336000, 1446336001]}), path)
@@ -146,6 +155,15 @@ def test_bad_rows_report_line_numbers(tmp_path):
     np.testing.assert_array_equal(log.timestamp[-1], 1446336200)
 
 
+def test_blank_lines_are_ignored_and_do_not_shift_line_numbers(tmp_path):
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,2,10\n\n1,3,x\n\n1,4,12\n\n")
+    with pytest.raises(BadRowsError, match=r"1 bad row\(s\).* line\(s\) 4;"):
+        read_log(path, time_unit="s")
+    log = read_log(path, time_unit="s", skip_bad_rows=True)
+    np.testing.assert_array_equal(log.item, [2, 4])
+    np.testing.assert_array_equal(log.skipped_lines, [4])
+
+
 def test_nan_timestamp_is_a_bad_row(tmp_path):
     path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,2,10\n1,3,NaN\n")
     with pytest.raises(BadRowsError, match=r"line\(s\) 3"):
@@ -159,11 +177,13 @@ def test_every_row_bad(tmp_path):
 
 
 def test_missing_column_names_argument(tmp_path):
-    path = write(tmp_path / "log.csv", "user,item_id,timestamp\n1,2,10\n")
-    with pytest.raises(ValueError, match=r"user_col='user_id'.*columns \['user', 'item_id', 'timestamp'\]"):
+    path = write(tmp_path / "log.csv", "person,item_id,timestamp\n1,2,10\n")
+    with pytest.raises(ValueError, match=r"user_col='user_id'.*columns \['person', 'item_id', 'timestamp'\]"):
         read_log(path)
     with pytest.raises(ValueError, match="time_col='when'"):
-        read_log(path, user_col="user", time_col="when")
+        read_log(path, user_col="person", time_col="when")
+    with pytest.raises(ValueError, match="missing column.*user_col='user_id'"):
+        read_log(write(tmp_path / "interactions.csv", XING.replace("user_id", "uid", 1)), format="xing")
 
 
 def test_empty_file_and_header_only(tmp_path):
@@ -183,3 +203,27 @@ def test_bad_arguments(tmp_path):
         read_log(path, sep="::")
     with pytest.raises(FileNotFoundError, match="path"):
         read_log(tmp_path / "nope.csv")
+
+
+def test_quoted_header_and_values(tmp_path):
+    path = write(tmp_path / "log.csv", '"user_id","item_id","timestamp"\n"u1","i,1",10\n')
+    log = read_log(path)
+    assert list(log.user_names) == ["u1"] and list(log.item_names) == ["i,1"]
+
+
+def test_unterminated_quote_is_a_clear_error(tmp_path):
+    path = write(tmp_path / "log.csv", 'user_id,item_id,timestamp\n1,"2,10\n3,4,5\n')
+    with pytest.raises(BadRowsError, match=r"1 bad row\(s\).* line\(s\) 2;"):
+        read_log(path)
+    with pytest.raises(ValueError, match="every row is bad"):
+        read_log(path, skip_bad_rows=True)
+
+
+def test_common_column_names_are_found(tmp_path):
+    path = write(
+        tmp_path / "ratings.csv",
+        "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n",
+    )
+    log = read_log(path)
+    np.testing.assert_array_equal(log.item, [31, 1029])
+    np.testing.assert_array_equal(log.timestamp, [1260759144, 1260759179])

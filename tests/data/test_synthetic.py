@@ -105,10 +105,21 @@ def test_default_size_survives_the_hiertcn_preset(tmp_path):
     assert len(np.unique(user)) > 2000
 
 
-@pytest.mark.parametrize("arg", ["n_users", "n_items", "n_topics"])
-def test_bad_sizes(tmp_path, arg):
+@pytest.mark.parametrize(
+    ("arg", "value"),
+    [
+        ("n_users", 0),
+        ("n_items", 0),
+        ("n_topics", 1),
+        ("n_neighbours", 0),
+        ("session_gap_mean", -1.0),
+        ("p_noise", 1.5),
+        ("drift", 2.0),
+    ],
+)
+def test_bad_arguments(tmp_path, arg, value):
     with pytest.raises(ValueError, match=arg):
-        generate_xing(tmp_path, **{**SMALL, arg: 0})
+        generate_xing(tmp_path, **{**SMALL, arg: value})
 
 
 def test_neither_long_term_nor_last_item_alone_predicts_well(small):

@@ -1,0 +1,385 @@
+"""segment_reduce / segment_expand: Triton kernels against the reference, reference gradchecks, validation."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import hiertcn_kernels as K
+from hiertcn_kernels import reference as R
+
+
+def offsets_of(lengths, dtype=torch.int64, device="cpu"):
+    return torch.tensor([0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=dtype, device=device)
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30)).item()
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every fresh ``torch.empty`` is filled with NaN (ints: -7), so unwritten output elements show."""
+    empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else -7)
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+
+
+@pytest.fixture
+def triton_backend(monkeypatch, poisoned):
+    monkeypatch.setenv("HIERTCN_BACKEND", "triton")
+
+
+# Interpreter tiling: 4 narrow segments, 4-row wide tiles, pieces of >= 8 rows, 16 channels per block;
+# these cover the narrow and wide tiles, one and several split levels, and several channel blocks.
+LENGTHS = {
+    "mixed": [3, 0, 7, 1, 12, 2],
+    "length_1": [1] * 37,
+    "sessions_1_20": torch.randint(1, 21, (23,), generator=torch.Generator().manual_seed(1)).tolist(),
+    "empty_edges": [0, 0, 5, 0, 3, 0, 0],
+    "long": [150],
+    "long_mixed": [2, 0, 90, 1, 1, 33, 0],
+}
+
+
+def _compare_reduce(lengths, reduce, channels=20, offset_dtype=torch.int64, make_values=torch.randn):
+    off = offsets_of(lengths, offset_dtype)
+    values = make_values(int(off[-1]), channels)
+    v_ref = values.clone().requires_grad_()
+    v_tri = values.clone().requires_grad_()
+    ref = R.segment_reduce(v_ref, off, reduce)
+    out = K.segment_reduce(v_tri, off, reduce)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    out.backward(grad)
+    return out, ref, v_tri.grad, v_ref.grad
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("reduce", ["mean", "sum", "max"])
+@pytest.mark.parametrize("case", list(LENGTHS))
+def test_reduce_matches_reference(triton_backend, case, reduce):
+    out, ref, grad, grad_ref = _compare_reduce(LENGTHS[case], reduce)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert rel_err(out, ref) < 1e-5
+    assert rel_err(grad, grad_ref) < 1e-5
+    if reduce == "max":  # a pure selection: exact
+        assert torch.equal(out, ref) and torch.equal(grad, grad_ref)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", ["mixed", "long_mixed"])
+def test_max_ties_take_the_first_row(triton_backend, case):
+    def few_values(t, c):  # values in {0, 1, 2}: ties everywhere
+        return torch.randint(0, 3, (t, c)).float()
+
+    out, ref, grad, grad_ref = _compare_reduce(LENGTHS[case], "max", make_values=few_values)
+    assert torch.equal(out, ref)
+    assert torch.equal(grad, grad_ref)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_gpu_tiling_in_the_interpreter(triton_backend, monkeypatch, reduce):
+    """The H100 tile shapes and chunking (narrow 32 x 1, wide 1 x 32, pieces of >= 128 rows)."""
+    from hiertcn_kernels.triton import segment as S
+
+    monkeypatch.setattr(S, "_tiling", lambda: S._GPU_TILING)
+    for lengths in ([1, 20, 0, 7] * 10, [3, 0, 700, 1, 20]):
+        out, ref, grad, grad_ref = _compare_reduce(lengths, reduce, channels=3)
+        assert rel_err(out, ref) < 1e-5 and rel_err(grad, grad_ref) < 1e-5
+        rows = torch.randn(len(lengths), 3)
+        assert torch.equal(K.segment_expand(rows, offsets_of(lengths)), R.segment_expand(rows, offsets_of(lengths)))
+
+
+@pytest.mark.interpreter
+def test_max_of_all_minus_inf_segment(triton_backend):
+    values = torch.full((40, 3), float("-inf"), requires_grad=True)
+    off = offsets_of([30, 10])
+    out = K.segment_reduce(values, off, "max")
+    assert torch.equal(out, R.segment_reduce(values, off, "max"))
+    out.backward(torch.ones_like(out))
+    assert values.grad[0].tolist() == [1.0] * 3 and values.grad[30].tolist() == [1.0] * 3
+    assert values.grad.sum().item() == 6
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", ["mixed", "length_1", "empty_edges", "long_mixed"])
+def test_expand_matches_reference(triton_backend, case):
+    off = offsets_of(LENGTHS[case])
+    rows = torch.randn(off.numel() - 1, 20)
+    r_ref, r_tri = rows.clone().requires_grad_(), rows.clone().requires_grad_()
+    ref, out = R.segment_expand(r_ref, off), K.segment_expand(r_tri, off)
+    assert torch.equal(out, ref)
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    out.backward(grad)
+    assert rel_err(r_tri.grad, r_ref.grad) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("reduce", ["mean", "sum", "max"])
+def test_int32_offsets(triton_backend, reduce):
+    out, ref, grad, grad_ref = _compare_reduce(LENGTHS["long_mixed"], reduce, offset_dtype=torch.int32)
+    assert rel_err(out, ref) < 1e-5 and rel_err(grad, grad_ref) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_non_contiguous_input_and_grad(triton_backend, reduce):
+    off = offsets_of(LENGTHS["long_mixed"])
+    base = torch.randn(24, int(off[-1]))
+    values = base[::2].t()  # (T, 12), strides (1, 2T)
+    out = K.segment_reduce(values, off, reduce)
+    torch.testing.assert_close(out, R.segment_reduce(values, off, reduce), rtol=1e-5, atol=1e-6)
+    rows = torch.randn(12, off.numel() - 1).t().requires_grad_()  # non-contiguous rows
+    expanded = K.segment_expand(rows, off)
+    assert torch.equal(expanded, R.segment_expand(rows, off))
+    grad = torch.randn(12, int(off[-1])).t()  # non-contiguous grad_out
+    expanded.backward(grad)
+    torch.testing.assert_close(rows.grad, R.segment_reduce(grad, off, "sum"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.interpreter
+def test_strided_offsets(triton_backend):
+    off = offsets_of([3, 0, 2, 4, 1])  # short: the kernels read the offsets directly
+    strided = torch.stack([off, off * 100], dim=1)[:, 0]  # a view with stride 2
+    values = torch.randn(int(off[-1]), 5)
+    torch.testing.assert_close(K.segment_reduce(values, strided, "mean"), R.segment_reduce(values, off, "mean"))
+    rows = torch.randn(off.numel() - 1, 5)
+    assert torch.equal(K.segment_expand(rows, strided), R.segment_expand(rows, off))
+
+
+@pytest.mark.interpreter
+def test_float64_follows_reference_closely(triton_backend):
+    off = offsets_of(LENGTHS["long_mixed"])
+    values = torch.randn(int(off[-1]), 5, dtype=torch.float64)
+    for reduce in ("mean", "sum", "max"):
+        out = K.segment_reduce(values, off, reduce)
+        assert out.dtype == torch.float64
+        assert rel_err(out, R.segment_reduce(values, off, reduce)) < 1e-12
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("reduce", ["mean", "sum", "max"])
+def test_no_rows_or_no_segments(triton_backend, reduce):
+    values = torch.randn(0, 6, requires_grad=True)
+    out = K.segment_reduce(values, torch.zeros(4, dtype=torch.int64), reduce)
+    assert out.shape == (3, 6) and out.abs().sum().item() == 0
+    out.sum().backward()
+    assert values.grad.shape == (0, 6)
+    assert K.segment_reduce(torch.randn(0, 6), torch.zeros(1, dtype=torch.int32), reduce).shape == (0, 6)
+    assert K.segment_expand(torch.randn(3, 6), torch.zeros(4, dtype=torch.int64)).shape == (0, 6)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_deterministic_to_the_bit(triton_backend, reduce):
+    off = offsets_of(LENGTHS["long_mixed"])
+    values = torch.randn(int(off[-1]), 20)
+    grad = torch.randn(off.numel() - 1, 20)
+    results = []
+    for _ in range(2):
+        v = values.clone().requires_grad_()
+        out = K.segment_reduce(v, off, reduce)
+        out.backward(grad)
+        results.append((out, v.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.interpreter
+def test_segment_agg_layer_uses_the_kernel(triton_backend):
+    off = offsets_of(LENGTHS["mixed"])
+    values = torch.randn(int(off[-1]), 7)
+    torch.testing.assert_close(K.SegmentAgg("mean")(values, off), R.segment_reduce(values, off, "mean"))
+
+
+# Compiles (no launch) for an H100 in a subprocess: this process has Triton in interpret mode.
+SM90_COMPILE = textwrap.dedent(
+    """
+    import triton, triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from hiertcn_kernels.triton import segment as S
+
+    POINTERS = {"src": "*bf16", "out": "*bf16", "src_idx": "*i32", "out_idx": "*i32", "argmax": "*i32",
+                "ptr": "*i64", "count_ptr": "*i32", "piece_seg": "*i64", "seg_ptr": "*i64"}
+
+    def compile_sm90(kernel, num_warps, **constexprs):
+        sig = {name: "constexpr" if name in constexprs else POINTERS.get(name, "i32") for name in kernel.arg_names}
+        src = ASTSource(kernel, sig, constexprs)
+        assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm
+
+    common = dict(ACC_DTYPE=tl.float32, IDX_DTYPE=tl.int32, BLOCK_C=128)
+    for (block_n, block_t, warps) in (S._GPU_TILING.narrow, S._GPU_TILING.wide):
+        tile = dict(BLOCK_N=block_n, BLOCK_T=block_t, **common)
+        compile_sm90(S._segment_reduce_kernel, warps, REDUCE=2, HAS_SRC_IDX=True, STORE_IDX=True, **tile)
+        compile_sm90(S._segment_reduce_kernel, warps, REDUCE=1, HAS_SRC_IDX=False, STORE_IDX=False, **tile)
+        compile_sm90(S._segment_broadcast_kernel, warps, MODE=2, HAS_PIECE_SEG=True, **tile)
+        compile_sm90(S._segment_broadcast_kernel, warps, MODE=1, HAS_PIECE_SEG=False, **tile)
+    """
+)
+
+
+def test_kernels_compile_for_sm90():
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- reference spec
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum", "max"])
+@pytest.mark.parametrize(
+    "lengths", [[0, 4, 0, 1, 0], [1] * 40, [120], [0, 0], []], ids=["empty", "length_1", "huge", "all_empty", "none"]
+)
+def test_reference_gradcheck(lengths, reduce):
+    off = offsets_of(lengths)
+    values = torch.randn(int(off[-1]), 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: R.segment_reduce(v, off, reduce), (values,))
+
+
+def test_reference_max_ties_gradient_goes_to_first_row():
+    values = torch.tensor([[2.0, 1.0], [2.0, 3.0], [1.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    out = R.segment_reduce(values, offsets_of([3]), "max")
+    out.backward(torch.tensor([[5.0, 7.0]], dtype=torch.float64))
+    assert values.grad.tolist() == [[5.0, 0.0], [0.0, 7.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("lengths", [[3, 0, 1], [1] * 30, [90], [0, 0]])
+def test_reference_expand_gradcheck(lengths):
+    off = offsets_of(lengths)
+    rows = torch.randn(len(lengths), 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r: R.segment_expand(r, off), (rows,))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "offsets,match",
+    [
+        (torch.tensor([0, 3, 2, 5]), "non-decreasing"),
+        (torch.tensor([1, 3, 5]), r"offsets\[0\] must be 0"),
+        (torch.tensor([0, 3, 4]), r"offsets\[-1\] must equal"),
+        (torch.tensor([0.0, 5.0]), "offsets must be int32 or int64"),
+        (torch.tensor([[0, 5]]), "offsets must be 1-D"),
+    ],
+)
+def test_bad_offsets(offsets, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        K.segment_reduce(torch.randn(5, 2), offsets)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        K.segment_reduce(torch.randn(5, 2), torch.tensor([0, 5]), "min")
+    with pytest.raises(TypeError, match="values must be a floating tensor"):
+        K.segment_reduce(torch.ones(5, 2, dtype=torch.int64), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="values must have 2 dims"):
+        K.segment_reduce(torch.randn(5), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="offsets must be 1-D of length"):
+        K.segment_expand(torch.randn(3, 2), torch.tensor([0, 5]))
+    with pytest.raises(TypeError, match="rows must be a floating tensor"):
+        K.segment_expand(torch.ones(1, 2, dtype=torch.int32), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="SegmentAgg|reduce must be one of"):
+        K.SegmentAgg("median")
+
+
+@pytest.mark.cuda
+def test_offsets_on_another_device():
+    with pytest.raises(ValueError, match="offsets is on cpu"):
+        K.segment_reduce(torch.randn(5, 2, device="cuda"), torch.tensor([0, 5]))
+
+
+# ----------------------------------------------------------------------------- CUDA, benchmark shapes
+
+CUDA_LENGTHS = {
+    "length_1": lambda: torch.ones(2**20, dtype=torch.int64),
+    "sessions_1_20": lambda: _lengths_1_20(2**20),
+    "few_100k": lambda: torch.tensor([100_000] * 10 + [2**20 - 1_000_000], dtype=torch.int64),
+}
+
+
+def _lengths_1_20(total):
+    lengths = torch.randint(1, 21, (total // 10,))
+    lengths = lengths[: int((lengths.cumsum(0) <= total).sum())]
+    return torch.cat([lengths, torch.tensor([total - int(lengths.sum())])])
+
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduce", ["mean", "sum", "max"])
+@pytest.mark.parametrize("case", list(CUDA_LENGTHS))
+def test_cuda_reduce_matches_reference(poisoned, case, reduce, dtype):
+    lengths = CUDA_LENGTHS[case]()
+    off = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).cuda()
+    values = torch.randn(2**20, 128, device="cuda").to(dtype).requires_grad_()
+    out = K.segment_reduce(values, off, reduce)
+    ref_values = values.detach().float().requires_grad_()
+    ref = R.segment_reduce(ref_values, off, reduce)
+    assert out.dtype == dtype
+    # fp32 accumulation, then one rounding to the output dtype (fp16 mean grads of 100k rows are subnormal)
+    assert rel_err(out, ref.to(dtype)) < TOLERANCE[dtype]
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    assert rel_err(values.grad, ref_values.grad.to(dtype)) < TOLERANCE[dtype]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", list(CUDA_LENGTHS))
+def test_cuda_expand_matches_reference(poisoned, case, dtype):
+    lengths = CUDA_LENGTHS[case]()
+    off = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).cuda()
+    rows = torch.randn(lengths.numel(), 128, device="cuda").to(dtype).requires_grad_()
+    out = K.segment_expand(rows, off)
+    assert torch.equal(out, R.segment_expand(rows.detach(), off))
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    assert rel_err(rows.grad, R.segment_reduce(grad.float(), off, "sum").to(dtype)) < TOLERANCE[dtype]
+
+
+@pytest.mark.cuda
+def test_cuda_deterministic_to_the_bit():
+    off = torch.cat([torch.zeros(1, dtype=torch.int64), CUDA_LENGTHS["few_100k"]().cumsum(0)]).cuda()
+    values = torch.randn(2**20, 128, device="cuda")
+    assert torch.equal(K.segment_reduce(values, off, "mean"), K.segment_reduce(values, off, "mean"))
+
+
+@pytest.mark.cuda
+def test_cuda_new_batch_sizes_do_not_recompile():
+    from hiertcn_kernels.triton import segment as S
+
+    def n_compiled():
+        kernels = (S._segment_reduce_kernel, S._segment_broadcast_kernel)
+        return sum(len(cache[0]) for k in kernels for cache in k.device_caches.values())
+
+    def step(n_segments):
+        lengths = torch.randint(1, 21, (n_segments,))
+        off = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).cuda()
+        values = torch.randn(int(lengths.sum()), 128, device="cuda", requires_grad=True)
+        K.segment_reduce(values, off, "mean").sum().backward()
+
+    step(1000)
+    compiled = n_compiled()
+    for n_segments in (1001, 1024, 4099, 77):
+        step(n_segments)
+    assert n_compiled() == compiled
