@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from hiertcn.batching import user_batches
 from hiertcn.data.readers import read_log
+from hiertcn.data.splits import TEST
 from hiertcn.data.synthetic import generate_xing
-from hiertcn.evaluate import TEST_ROLE, evaluate
+from hiertcn.evaluate import evaluate
 from hiertcn.losses import build_loss
 from hiertcn.models import MODEL_NAMES, build_model
 from hiertcn_kernels import pack_sessions
@@ -46,7 +47,7 @@ def synthetic_split(n_users: int, seed: int):
     log = log.select(log.interaction_type != 4)
     csr = pack_sessions(log.user, log.item, log.timestamp, session_gap=1800)
     role = np.zeros(csr.n_sessions, dtype=np.int64)
-    role[csr.user_ptr[1:] - 1] = TEST_ROLE  # last session out
+    role[csr.user_ptr[1:] - 1] = TEST  # last session out
     return csr, role
 
 
@@ -60,7 +61,7 @@ def train(name, csr, role, epochs, seconds, seed, lr=1e-2):
     with tqdm(desc=name, unit="step") as bar:
         for _ in range(epochs):
             order = rng.permutation(csr.n_users)
-            for batch in user_batches(csr, order, score_sessions=role != TEST_ROLE, batch_users=32):
+            for batch in user_batches(csr, order, score_sessions=role != TEST, batch_users=32):
                 user_emb, _ = model(batch, None)
                 mask = batch.target_mask
                 loss = loss_fn(model, user_emb[mask], batch.items[mask])
