@@ -16,9 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hiertcn.batching import MAX_SESSION_LEN, user_batches
+from hiertcn.data.splits import TEST
 from hiertcn.metrics import MetricAccumulator, target_ranks
-
-TEST_ROLE = 2  # the session role of test sessions (hiertcn.data.splits: TRAIN=0, VALID=1, TEST=2)
 
 
 def _csr_and_role(data):
@@ -57,7 +56,10 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
             out.append(target_ranks(model.scores(u), y))
             continue
         slices = [(lo, min(lo + chunk, n_items)) for lo in range(0, n_items, chunk)]
-        score = lambda lo, hi: torch.addmm(bias[lo:hi], u, weight[lo:hi].t())  # noqa: E731
+
+        def score(lo, hi, u=u):
+            return torch.addmm(bias[lo:hi], u, weight[lo:hi].t())
+
         target_logit = u.new_empty(u.shape[0])
         for lo, hi in slices:
             inside = (y >= lo) & (y < hi)
@@ -102,14 +104,14 @@ def score_events(
 
 
 def evaluate(
-    model, data, *, roles: Sequence[int] = (TEST_ROLE,), batch_users: int = 64, max_tokens: int | None = None,
+    model, data, *, roles: Sequence[int] = (TEST,), batch_users: int = 64, max_tokens: int | None = None,
     chunk_items: int | None = None, max_scores: int = 1 << 24, max_session_len: int = MAX_SESSION_LEN,
     device=None, progress: bool = False,
 ) -> dict[str, float]:
     """Rank every event of the sessions whose role is in ``roles`` against the full catalogue.
 
-    ``data``: a dataset with ``.csr`` and ``.role`` (one role per session) or
-    a ``(csr, role)`` tuple. Returns the per-event means under the plain keys
+    ``data``: a :class:`hiertcn.data.splits.Dataset` (anything with ``.csr`` and
+    ``.role``, one role per session) or a ``(csr, role)`` tuple. Returns the per-event means under the plain keys
     (``recall@1/5/10/20``, ``mrr``, ``mrr@20``, ``mrp``): **per-event is
     primary**. The same metrics averaged per user first are under
     ``user/<key>``; plus ``n_events`` and ``n_users``. Runs in eval mode with

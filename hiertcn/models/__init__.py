@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 from .base import Recommender
-from .baselines import GRU4Rec, FlatTCN, HRNN, MovingAverage
+from .baselines import HRNN, FlatTCN, GRU4Rec, MovingAverage
 from .hiertcn import HierTCN
 
 MODELS: dict[str, type[Recommender]] = {
@@ -30,4 +30,4 @@ def build_model(name: str, n_items: int, **config) -> Recommender:
     return cls(n_items, **config)
 
 
-__all__ = ["Recommender", "HierTCN", "MovingAverage", "GRU4Rec", "FlatTCN", "HRNN", "MODEL_NAMES", "build_model"]
+__all__ = ["HRNN", "MODEL_NAMES", "FlatTCN", "GRU4Rec", "HierTCN", "MovingAverage", "Recommender", "build_model"]

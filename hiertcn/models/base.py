@@ -58,7 +58,7 @@ class Recommender(nn.Module):
 
     def init_state(self, n_lanes: int, device=None):
         """State for ``n_lanes`` fresh lanes (None for models that carry none)."""
-        return None
+        return
 
     @staticmethod
     def detach_state(state):

@@ -14,7 +14,15 @@ from torch import nn
 from hiertcn.batching import SessionBatch
 from hiertcn_kernels import TCNBlock
 
-from .base import Recommender, check_state, lane_slots, pad_segments, shift_right, user_offsets, window_lengths
+from .base import (
+    Recommender,
+    check_state,
+    lane_slots,
+    pad_segments,
+    shift_right,
+    user_offsets,
+    window_lengths,
+)
 
 
 def _item_embedding(n_items: int, dim: int) -> nn.Embedding:

@@ -15,6 +15,7 @@ bandwidth (default one week, the release's 168 hours) or, as in the release,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hiertcn.batching import SessionBatch
@@ -111,5 +112,8 @@ class HierTCN(Recommender):
         cu = batch.cu_seqlens
         summaries = self.agg_dense(segment_reduce(emb, cu, self.agg))
         context, new_state = self.session_context(batch, summaries, state.to(emb.dtype))
-        x = torch.cat([shift_right(emb, cu), segment_expand(context, cu)], dim=1)
-        return self.tcn(self.project(x), cu_seqlens=cu), new_state
+        # project(concat(shifted item, context)) with the context half applied per window before the
+        # expand: the same product, without a (T, D + layers*H) concat held for backward.
+        w_item, w_context = self.project.weight.split([emb.shape[1], context.shape[1]], dim=1)
+        x = F.linear(shift_right(emb, cu), w_item) + segment_expand(F.linear(context, w_context), cu)
+        return self.tcn(x, cu_seqlens=cu), new_state

@@ -1,19 +1,20 @@
 import numpy as np
 import pytest
 import torch
+from tinylogs import TINY, make_csr
 
 from hiertcn.batching import user_batches
-from hiertcn.evaluate import TEST_ROLE, evaluate, rank_targets, score_events
+from hiertcn.data.splits import TEST
+from hiertcn.evaluate import evaluate, rank_targets, score_events
 from hiertcn.metrics import ranking_metrics
 from hiertcn.models import MODEL_NAMES, build_model
-from tinylogs import TINY, make_csr
 
 
 def _log():
     csr = make_csr([[3, 25, 2], [1, 4], [4, 2, 5, 7], [6]], n_items=11, seed=3)
     role = np.zeros(csr.n_sessions, dtype=np.int64)
     last = csr.user_ptr[1:] - 1
-    role[last] = TEST_ROLE  # last-session-out; user 3 has only a test session
+    role[last] = TEST  # last-session-out; user 3 has only a test session
     role[5] = 1  # a validation session before user 2's test session
     return csr, role
 
@@ -24,7 +25,7 @@ def _model(name):
 
 
 def _ranks(model, csr, role, **kw):
-    parts = list(score_events(model, csr, role == TEST_ROLE, **kw))
+    parts = list(score_events(model, csr, role == TEST, **kw))
     ranks, users, index = (torch.cat(p) for p in zip(*parts))
     return ranks, users, index
 
@@ -35,10 +36,13 @@ def test_every_test_event_is_scored_once_and_matches_direct_scoring(name):
     model = _model(name)
     ranks, users, index = _ranks(model, csr, role, batch_users=2)
     test_events = np.concatenate([np.arange(csr.session_ptr[s], csr.session_ptr[s + 1])
-                                  for s in np.flatnonzero(role == TEST_ROLE)])
+                                  for s in np.flatnonzero(role == TEST)])
     assert sorted(index.tolist()) == test_events.tolist()  # first event of each session included
+    first_event_of_user = csr.session_ptr[csr.user_ptr[:-1]]
+    assert users.tolist() == (np.searchsorted(first_event_of_user, index.numpy(), side="right") - 1).tolist()
+    assert ranks.min() >= 1 and ranks.max() <= 11
     # Same ranks as scoring every user's full history at once, by hand.
-    (batch,) = list(user_batches(csr, score_sessions=role == TEST_ROLE))
+    (batch,) = list(user_batches(csr, score_sessions=role == TEST))
     model.eval()
     with torch.no_grad():
         emb, _ = model(batch)
@@ -57,7 +61,7 @@ def test_evaluation_never_sees_the_future(name):
     """Shuffling the events after t (later in the session and later sessions) leaves the ranks up to t alone."""
     csr, role = _log()
     model = _model(name)
-    ranks, users, index = _ranks(model, csr, role)
+    ranks, _, index = _ranks(model, csr, role)
     rng = np.random.default_rng(7)
     # user 0's test session is interactions 28..29; user 2's is 46..52 (after a validation session).
     changed_later = False

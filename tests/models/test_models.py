@@ -3,11 +3,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from tinylogs import TINY, make_csr
 
 from hiertcn.batching import SessionBatch, user_batches
 from hiertcn.models import MODEL_NAMES, HierTCN, build_model
-
-from tinylogs import TINY, make_csr
 
 
 def _model(name, n_items=9, **extra):
@@ -133,7 +132,7 @@ def test_hiertcn_options_build_and_run(options, small_csr):
     extra = dict(channels=16) if options.get("tied") else {}
     model = _model("hiertcn", **options, **extra)
     (b,) = list(user_batches(small_csr))
-    out, state = model(b)
+    out, _ = model(b)
     assert out.shape == (b.n_tokens, 16) and torch.isfinite(model.scores(out)).all()
     if options.get("tied"):
         assert model.output_embeddings()[0] is model.item_emb.weight

@@ -1,0 +1,149 @@
+"""Training throughput and activation memory of HierTCN against the baselines, on the same batches (CPU or GPU).
+
+Run: ``PYTHONPATH=. pytest tests/benchmarks/test_bench_models.py --benchmark-only``.
+Throughput: one optimiser step (forward, full-softmax loss, backward, Adam) per
+round, every model on the same whole-user batch; ``extra_info`` holds tokens/s
+and the speed-up over GRU4Rec measured in the same run. Memory: bytes of the
+tensors autograd saves for backward in the model body (item ids to user
+embeddings; the scoring head costs the same per token for every model and is
+left out), on users with 500-event histories: HierTCN on one queue batch (10
+windows per lane, the official training layout, state carried) and on whole
+histories, against FlatTCN and GRU4Rec, which need whole histories.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from hiertcn.batching import user_batches
+from hiertcn.losses import build_loss
+from hiertcn.models import MODEL_NAMES, build_model
+from hiertcn_kernels.packing import SessionCSR
+
+N_ITEMS = 2000
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synthetic_csr(n_users: int, events_per_user: int, n_items: int = N_ITEMS, seed: int = 0) -> SessionCSR:
+    """Users with exactly ``events_per_user`` events in sessions of 1..20 items (uniform), random items."""
+    rng = np.random.default_rng(seed)
+    user_ptr, session_ptr = [0], [0]
+    for _ in range(n_users):
+        left = events_per_user
+        while left:
+            length = min(left, int(rng.integers(1, 21)))
+            session_ptr.append(session_ptr[-1] + length)
+            left -= length
+        user_ptr.append(len(session_ptr) - 1)
+    n = session_ptr[-1]
+    return SessionCSR(
+        user_ptr=np.array(user_ptr), session_ptr=np.array(session_ptr), item=rng.integers(0, n_items, n),
+        timestamp=np.cumsum(rng.integers(1, 4000, n)), user_ids=np.arange(n_users), item_ids=np.arange(n_items),
+    )
+
+
+def train_step_fn(name: str, batch):
+    torch.manual_seed(0)
+    model = build_model(name, n_items=N_ITEMS).to(DEVICE)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = build_loss("softmax")
+
+    def step():
+        state = model.init_state(batch.n_lanes, DEVICE) if model.carries_state else None
+        user_emb, _ = model(batch, state)
+        loss = loss_fn(model, user_emb, batch.items)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def median_seconds(fn, rounds: int = 5) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+@pytest.fixture(scope="module")
+def train_batch():
+    (batch,) = list(user_batches(synthetic_csr(32, 100), batch_users=32))
+    return batch.to(DEVICE)
+
+
+@pytest.fixture(scope="module")
+def gru4rec_seconds(train_batch):
+    return median_seconds(train_step_fn("gru4rec", train_batch))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_train_step_throughput(benchmark, name, train_batch, gru4rec_seconds):
+    step = train_step_fn(name, train_batch)
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    seconds = benchmark.stats.stats.median
+    benchmark.extra_info["tokens_per_s"] = train_batch.n_tokens / seconds
+    benchmark.extra_info["speedup_vs_gru4rec"] = gru4rec_seconds / seconds
+    print(f"\n{name}: {train_batch.n_tokens / seconds:,.0f} tokens/s, {gru4rec_seconds / seconds:.2f}x GRU4Rec")
+
+
+def saved_activation_bytes(model, batch) -> int:
+    """Bytes of distinct non-parameter tensors autograd keeps for backward during one forward."""
+    params = {p.data_ptr() for p in model.parameters()}
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in params and t.numel():
+            seen[(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        state = model.init_state(batch.n_lanes, DEVICE) if model.carries_state else None
+        model(batch, state)
+    return sum(seen.values())
+
+
+def queue_slice(batch, windows_per_lane: int):
+    """Each lane's first ``windows_per_lane`` windows: one batch of the official queue training (10 per lane)."""
+    cu, ptr = batch.cu_seqlens, batch.lane_ptr
+    keep = torch.cat([torch.arange(int(ptr[q]), min(int(ptr[q]) + windows_per_lane, int(ptr[q + 1])))
+                      for q in range(batch.n_lanes)])
+    lengths = cu.diff()[keep]
+    tokens = torch.cat([torch.arange(int(cu[w]), int(cu[w + 1])) for w in keep.tolist()])
+    per_lane = torch.minimum(ptr.diff(), torch.tensor(windows_per_lane))
+    return type(batch)(
+        items=batch.items[tokens], cu_seqlens=torch.cat([cu.new_zeros(1), lengths.cumsum(0)]),
+        lane_ptr=torch.cat([ptr.new_zeros(1), per_lane.cumsum(0)]), new_user=batch.new_user[keep],
+        gap=batch.gap[keep], target_mask=batch.target_mask[tokens], lane_user=batch.lane_user,
+    )
+
+
+def test_activation_memory_hiertcn_vs_flat_tcn(benchmark):
+    """HierTCN trains on queue batches (10 windows per lane, state carried); a flat model needs whole histories."""
+    (whole,) = list(user_batches(synthetic_csr(8, 500), batch_users=8))
+    queue = queue_slice(whole, 10).to(DEVICE)
+    whole = whole.to(DEVICE)
+    runs = {"hiertcn_queue": ("hiertcn", queue), "hiertcn_whole": ("hiertcn", whole),
+            "flat_tcn_whole": ("flat_tcn", whole), "gru4rec_whole": ("gru4rec", whole)}
+    memory = {}
+    for key, (name, batch) in runs.items():
+        torch.manual_seed(0)
+        memory[key] = saved_activation_bytes(build_model(name, n_items=N_ITEMS).to(DEVICE), batch)
+    torch.manual_seed(0)
+    hier = build_model("hiertcn", n_items=N_ITEMS).to(DEVICE)
+    benchmark.pedantic(lambda: saved_activation_bytes(hier, queue), rounds=1)
+    benchmark.extra_info.update({f"{k}_bytes": v for k, v in memory.items()})
+    for key in ("hiertcn_queue", "hiertcn_whole"):
+        benchmark.extra_info[f"{key}_over_flat_tcn"] = memory[key] / memory["flat_tcn_whole"]
+    print(f"\nsaved activations, 8 users x 500 events ({queue.n_tokens} tokens in the queue batch): "
+          + ", ".join(f"{k} {v / 2**20:.2f} MiB ({v / memory['flat_tcn_whole']:.3f} of FlatTCN)"
+                      for k, v in memory.items()))
