@@ -49,9 +49,10 @@ def main(argv=None) -> int:
         cache_dir=str(out / "cache"),
     )  # fmt: skip
     dataset, _ = load_dataset(config)
-    metrics, histories = run_comparison(dataset, config)
+    results = run_comparison(dataset, config)
+    metrics = {name: r.metrics for name, r in results.items()}
     write_metrics(out, metrics)
-    write_plots(histories, metrics, out)
+    write_plots(results, out)
     print(format_table({name: {k: m[k] for k in PAPER_METRICS} for name, m in metrics.items()}))
     print(f"metrics.json, plots and checkpoints in {out}")
     return 0

@@ -272,33 +272,38 @@ def cmd_compare(args) -> int:
     config = config_from_args(args, out="runs/compare")
     say = _say(args)
     dataset, _ = load_dataset(config, echo=say)
-    metrics, histories = run_comparison(dataset, config, progress=not args.quiet, echo=say)
+    results = run_comparison(dataset, config, progress=not args.quiet, echo=say)
+    metrics = {name: r.metrics for name, r in results.items()}
     say(format_table(metrics))
     write_metrics(config.out, metrics)
-    paths = write_plots(histories, metrics, config.out)
+    paths = write_plots(results, config.out)
     say(f"metrics.json, plots ({', '.join(p.name for p in paths)}) and checkpoints in {config.out}")
     return _finish(args, metrics)
 
 
 def run_comparison(dataset, config: Config, *, progress=True, echo=print):
-    metrics, histories = {}, {}
+    """Train and test every model of ``config.models``; ``{name: TrainResult}`` in that order."""
+    results = {}
     for name in _model_names(config):
         seed_everything(config.seed)
         model, options = build_for(name, dataset, config)
         echo(f"training {name} ({sum(p.numel() for p in model.parameters())} parameters)")
         result = fit(model, dataset, config, run_dir=Path(config.out) / name, progress=progress,
                      model_name=name, model_config=options)  # fmt: skip
-        metrics[name], histories[name] = result.metrics, result.history
+        results[name] = result
         echo(f"  {name}: mrr {result.metrics['mrr']:.4f}, recall@10 {result.metrics['recall@10']:.4f}, "
              f"{result.metrics['interactions_per_s']:.0f} interactions/s, "
              f"{result.metrics['wait_fraction']:.1%} of step time waiting for data")  # fmt: skip
-    return metrics, histories
+    return results
 
 
-def write_plots(histories, metrics, out) -> list[Path]:
+def write_plots(results, out) -> list[Path]:
     from .plots import plot_metric_bars, plot_training_curves
 
-    return [plot_training_curves(histories, Path(out) / "training_curves.png"),
+    histories = {name: r.history for name, r in results.items()}
+    curves = {name: r.curve for name, r in results.items()}
+    metrics = {name: r.metrics for name, r in results.items()}
+    return [plot_training_curves(histories, curves, Path(out) / "training_curves.png"),
             plot_metric_bars(metrics, Path(out) / "metrics.png")]  # fmt: skip
 
 
@@ -363,9 +368,10 @@ def cmd_demo(args) -> int:
     say(f"synthetic XING log: {files.interactions}")
     config.data = str(files.interactions)
     dataset, cache_path = load_dataset(config, echo=say)
-    metrics, histories = run_comparison(dataset, config, progress=not args.quiet, echo=say)
+    results = run_comparison(dataset, config, progress=not args.quiet, echo=say)
+    metrics = {name: r.metrics for name, r in results.items()}
     write_metrics(out, metrics)
-    plots = write_plots(histories, metrics, out)
+    plots = write_plots(results, out)
     say("")
     say(format_table(metrics))
     say("")

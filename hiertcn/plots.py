@@ -12,20 +12,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 BAR_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20")
 
 
-def plot_training_curves(histories: dict[str, list[dict]], path: str | Path) -> Path:
-    """Train loss and validation mrr per epoch, one line per model."""
-    fig, (loss_ax, mrr_ax) = plt.subplots(1, 2, figsize=(10, 4))
+def plot_training_curves(histories: dict[str, list[dict]], curves: dict[str, list], path: str | Path) -> Path:
+    """Training loss per step (smoothed) and validation mrr per epoch, one line per model."""
+    fig, (loss_ax, mrr_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, curve in curves.items():
+        if curve:
+            steps, losses = zip(*curve)
+            loss_ax.plot(steps, _smooth(losses), label=name)
     for name, history in histories.items():
-        epochs = [row["epoch"] for row in history]
-        loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label=name)
         if history and "val_mrr" in history[0]:
-            mrr_ax.plot(epochs, [row["val_mrr"] for row in history], marker="o", label=name)
-    loss_ax.set(xlabel="epoch", ylabel="train loss", title="Training loss")
+            mrr_ax.plot([row["epoch"] for row in history], [row["val_mrr"] for row in history], marker="o", label=name)
+    loss_ax.set(xlabel="step", ylabel="train loss (moving average)", title="Training loss")
     mrr_ax.set(xlabel="epoch", ylabel="validation MRR", title="Validation MRR")
     for ax in (loss_ax, mrr_ax):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     return _save(fig, path)
+
+
+def _smooth(values, window: int = 20) -> list[float]:
+    """Trailing moving average (shorter at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def plot_metric_bars(metrics: dict[str, dict[str, float]], path: str | Path, keys=BAR_METRICS) -> Path:

@@ -44,6 +44,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainResult:
     metrics: dict[str, float]  # test metrics of the best-validation weights, plus throughput
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss) of every step
     run_dir: Path | None = None
 
 
@@ -233,7 +234,7 @@ def fit(
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     run = {
         "epoch": 0, "batch": 0, "step": 0, "train_time": 0.0, "wait_time": 0.0, "tokens": 0,
-        "epoch_loss": 0.0, "epoch_targets": 0, "best_mrr": -math.inf, "bad_epochs": 0, "history": [],
+        "epoch_loss": 0.0, "epoch_targets": 0, "best_mrr": -math.inf, "bad_epochs": 0, "history": [], "curve": [],
     }  # fmt: skip
     lane_state = None
     if resume and last_path.exists():
@@ -305,6 +306,7 @@ def fit(
                 run["epoch_targets"] += n_targets
                 run["batch"] += 1
                 run["step"] += 1
+                run["curve"].append((run["step"], loss.item()))
                 run["tokens"] += batch.n_tokens
                 shown_tokens += batch.n_tokens
                 now = time.perf_counter()
@@ -375,9 +377,9 @@ def fit(
         }
     )
     if writes:
-        (run_dir / "history.json").write_text(json.dumps(run["history"], indent=2))
+        (run_dir / "history.json").write_text(json.dumps({"epochs": run["history"], "steps": run["curve"]}))
         write_metrics(run_dir, metrics)
-    return TrainResult(metrics=metrics, history=run["history"], run_dir=run_dir)
+    return TrainResult(metrics=metrics, history=run["history"], curve=run["curve"], run_dir=run_dir)
 
 
 def evaluate_sharded(evaluate_fn: Callable, model, dataset, roles: tuple[int, ...]) -> dict[str, float]:

@@ -140,7 +140,7 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path):
     assert load_checkpoint(tmp_path / "split" / "last.pt")["run"]["step"] == 6
     resumed_model, resumed = run_fit(tmp_path, "split", config, resume=True)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
-    assert resumed.metrics["mrr"] == whole.metrics["mrr"]
+    assert resumed.metrics["mrr"] == whole.metrics["mrr"] and resumed.curve == whole.curve
     for a, b in zip(whole_model.state_dict().values(), resumed_model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
