@@ -48,6 +48,7 @@ class Config:
     lr_decay: float = 1.0  # multiply the learning rate by this after every epoch
     weight_decay: float = 0.0
     clip_norm: float = 5.0
+    validate: bool = True  # score VALID sessions after each epoch (early stopping, best weights, curves)
     patience: int = 3  # stop after this many epochs without a better validation mrr (0 = never)
     # batching
     n_queues: int = 32

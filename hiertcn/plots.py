@@ -14,7 +14,9 @@ BAR_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20"
 
 def plot_training_curves(histories: dict[str, list[dict]], curves: dict[str, list], path: str | Path) -> Path:
     """Training loss per step (smoothed) and validation mrr per epoch, one line per model."""
-    fig, (loss_ax, mrr_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    validated = any(h and "val_mrr" in h[0] for h in histories.values())
+    fig, axes = plt.subplots(1, 1 + validated, figsize=(11 if validated else 6, 4), squeeze=False)
+    loss_ax, mrr_ax = axes[0, 0], axes[0, -1]
     for name, curve in curves.items():
         if curve:
             steps, losses = zip(*curve)
@@ -23,8 +25,9 @@ def plot_training_curves(histories: dict[str, list[dict]], curves: dict[str, lis
         if history and "val_mrr" in history[0]:
             mrr_ax.plot([row["epoch"] for row in history], [row["val_mrr"] for row in history], marker="o", label=name)
     loss_ax.set(xlabel="step", ylabel="train loss (moving average)", title="Training loss")
-    mrr_ax.set(xlabel="epoch", ylabel="validation MRR", title="Validation MRR")
-    for ax in (loss_ax, mrr_ax):
+    if validated:
+        mrr_ax.set(xlabel="epoch", ylabel="validation MRR", title="Validation MRR")
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()

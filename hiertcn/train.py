@@ -265,7 +265,7 @@ def fit(
             },
         }
 
-    has_valid = bool((np.asarray(dataset.role) == VALID).any())
+    has_valid = config.validate and bool((np.asarray(dataset.role) == VALID).any())
     stop = _patience_spent(run, config)
     while run["epoch"] < config.epochs and not stop:
         epoch = run["epoch"]
@@ -358,7 +358,7 @@ def fit(
         if out_of_time:
             break
 
-    if writes and not best_path.exists():  # no validation sessions: the last weights are the result
+    if writes and not has_valid:  # no validation: the last weights are the result
         save_checkpoint(best_path, _weights_payload(checkpoint_payload()))
     if world > 1:
         dist.barrier()

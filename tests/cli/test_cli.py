@@ -126,3 +126,14 @@ def test_end_to_end_on_a_tiny_synthetic_xing_log(tmp_path, capsys):
     assert first["n_events"] > 0 and 0 < first["mrr"] <= 1
     assert cli.main(argv + ["--seed", "3", "--out", str(tmp_path / "again")]) == 0
     assert last_json(capsys)["mrr"] == first["mrr"]  # --seed repeats a CPU run exactly
+
+
+def test_tiny_demo_runs_the_whole_job(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--tiny", "--quiet", "--models", "hiertcn,moving_average", "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out.strip().splitlines()[-1])
+    assert list(metrics) == ["hiertcn", "moving_average"] and all(m["n_events"] > 0 for m in metrics.values())
+    for name in ("data/interactions.csv", "metrics.json", "training_curves.png", "metrics.png", "hiertcn/best.pt"):
+        assert (out / name).is_file(), name
+    assert str(out / "metrics.json") in captured.err  # it says where everything went
