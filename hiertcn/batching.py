@@ -40,7 +40,7 @@ class SessionBatch:
     def n_tokens(self) -> int:
         return self.items.numel()
 
-    def to(self, device, non_blocking: bool = False) -> "SessionBatch":
+    def to(self, device, non_blocking: bool = False) -> SessionBatch:
         return SessionBatch(
             **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
         )

@@ -43,7 +43,7 @@ def bench_models(dataset, config: Config, names: list[str], *, steps: int = 3) -
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None
         mask = batch.target_mask
 
-        def step():
+        def step(model=model, batch=batch, state=state, mask=mask, optimizer=optimizer):
             user_emb, _ = model(batch, state)
             loss = loss_fn(model, user_emb[mask], batch.items[mask], batch=batch)
             optimizer.zero_grad(set_to_none=True)

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model
-from .config import SPLITS, Config, load_config
+from .config import SPLITS, Config
 from .train import NonFiniteLossError, fit, resolve_device, seed_everything, write_metrics
 
 TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp")
 DATA_KEYS = ("format", "preset", "split", "user_col", "item_col", "time_col", "session_col", "sep", "session_gap",
              "cache_dir")  # fmt: skip
 DEMO = {  # sized to finish in about 3 minutes on 2 CPU cores
-    "full": {"n_users": 1000, "n_items": 500, "epochs": 3, "max_time": 20.0},
-    "tiny": {"n_users": 150, "n_items": 120, "epochs": 1, "max_time": 5.0},
+    "full": {"n_users": 1000, "n_items": 500, "epochs": 4, "max_time": 40.0, "lr": 3e-3},
+    "tiny": {"n_users": 150, "n_items": 120, "epochs": 1, "max_time": 5.0, "lr": 3e-3},
 }
 
 
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args, **defaults) -> Config:
     """``defaults`` (command-specific), then ``--config``, then the flags given."""
-    given = {k: v for k, v in vars(args).items() if k in Config.keys()}
+    config_keys = set(Config.keys())
+    given = {k: v for k, v in vars(args).items() if k in config_keys}
     config = Config.from_dict(defaults, source=f"{args.command} defaults")
     if getattr(args, "config", None):
         from .config import read_config_file
@@ -359,8 +360,8 @@ def cmd_demo(args) -> int:
     size = DEMO["tiny" if args.tiny else "full"]
     out = Path(getattr(args, "out", "hiertcn-demo"))
     config = config_from_args(
-        args, out=str(out), epochs=size["epochs"], max_time=size["max_time"], cache_dir=str(out / "cache"),
-        format="xing", checkpoint_every=0, validate=False,
+        args, out=str(out), epochs=size["epochs"], max_time=size["max_time"], lr=size["lr"],
+        cache_dir=str(out / "cache"), format="xing", checkpoint_every=0, validate=False,
     )  # fmt: skip
     say = _say(args)
     start = time.perf_counter()

@@ -14,10 +14,11 @@ Unknown keys are rejected by name, so a typo never silently falls back to a defa
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 SPLITS = ("last-session", "user", "time")
 
@@ -84,10 +85,10 @@ class Config:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "Config":
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> Config:
         return cls().updated(values, source=source)
 
-    def updated(self, values: dict[str, Any], *, source: str = "config") -> "Config":
+    def updated(self, values: dict[str, Any], *, source: str = "config") -> Config:
         """A copy with ``values`` applied; unknown keys raise ``ValueError`` naming them."""
         unknown = sorted(set(values) - set(self.keys()))
         if unknown:
@@ -120,7 +121,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     else:
         raise ValueError(f"config file {path} must end in .toml, .yaml or .yml")
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path} must hold a table of keys, got {type(values).__name__}")
+        # ValueError, not TypeError: a malformed file is bad input, reported like every other config error.
+        raise ValueError(f"config file {path} must hold a table of keys, got {type(values).__name__}")  # noqa: TRY004
     return values
 
 

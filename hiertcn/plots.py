@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 BAR_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20")
 

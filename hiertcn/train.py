@@ -20,10 +20,11 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from pathlib import Path
-from typing import Any, Callable
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ class Prefetcher:
             for item in iterable:
                 if not self._put(item):
                     return
-        except BaseException as err:  # handed to the consumer, which re-raises it
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
             self._put(_LoaderError(err))
             return
         self._put(self._END)

@@ -117,7 +117,7 @@ def run_fit(tmp_path, name="run", config=None, **kw):
 
 
 def test_fit_learns_and_writes_run_files(tmp_path):
-    model, result = run_fit(tmp_path)
+    _, result = run_fit(tmp_path)
     losses = [row["train_loss"] for row in result.history]
     assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
     assert result.metrics["mrr"] > 0.4  # a random ranking of 12 items scores about 0.26
@@ -186,8 +186,7 @@ def test_prefetcher_yields_in_order_and_reraises_loader_errors():
     loader = Prefetcher(items(), depth=2)
     got = []
     with pytest.raises(OSError, match="disk gone"):
-        for x in loader:
-            got.append(x)
+        got.extend(loader)
     assert got == list(range(5))
     assert loader.wait_s >= 0
 

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from hiertcn import cli
-from hiertcn.checkpoint import save_checkpoint
 from tests.test_train import planted_dataset
 
 SMALL_MODELS = """
