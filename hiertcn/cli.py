@@ -45,6 +45,7 @@ def _common(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _flag(parser, "--seed", type=int, help="seed of every random choice (runs repeat exactly on CPU)")
     _flag(parser, "--device", help="auto | cpu | cuda | cuda:N")
+    _flag(parser, "--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
 def _data_args(parser):
@@ -135,7 +136,10 @@ def config_from_args(args, **defaults) -> Config:
         from .config import read_config_file
 
         config = config.updated(read_config_file(args.config), source=args.config)
-    return config.updated(given, source="command-line flags")
+    config = config.updated(given, source="command-line flags")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return config
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -362,6 +366,7 @@ def cmd_demo(args) -> int:
     config = config_from_args(
         args, out=str(out), epochs=size["epochs"], max_time=size["max_time"], lr=size["lr"],
         cache_dir=str(out / "cache"), format="xing", checkpoint_every=0, validate=False,
+        threads=1,  # torch's OpenMP threads + the loader thread thrash a busy 2-core machine (40x slower seen)
     )  # fmt: skip
     say = _say(args)
     start = time.perf_counter()

@@ -61,6 +61,7 @@ class Config:
     # run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0 = torch's default); 1 avoids thrashing on a busy machine
     checkpoint_every: int = 200  # optimizer steps between mid-epoch checkpoints (0 = epoch ends only)
     out: str = "runs/hiertcn"
 
@@ -70,7 +71,7 @@ class Config:
         for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "batch_users", "prefetch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("patience", "checkpoint_every", "session_gap"):
+        for name in ("patience", "checkpoint_every", "session_gap", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.lr <= 0:
