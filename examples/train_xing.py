@@ -20,6 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from hiertcn.cli import format_table, load_dataset, run_comparison, write_plots
 from hiertcn.config import Config
 from hiertcn.data.synthetic import generate_xing
@@ -36,6 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-time", type=float, default=None, help="seconds of training per model")
     parser.add_argument("--models", default=None, help="comma-separated (default: all)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -45,9 +48,11 @@ def main(argv=None) -> int:
         print(f"no interactions.csv given: using the synthetic XING-format log {path}")
     config = Config(
         data=str(path), format="xing", preset="hiertcn-xing", split="user", epochs=args.epochs,
-        max_time=args.max_time, models=args.models, device=args.device, out=str(out),
+        max_time=args.max_time, models=args.models, device=args.device, threads=args.threads, out=str(out),
         cache_dir=str(out / "cache"),
     )  # fmt: skip
+    if config.threads:
+        torch.set_num_threads(config.threads)
     dataset, _ = load_dataset(config)
     results = run_comparison(dataset, config)
     metrics = {name: r.metrics for name, r in results.items()}
