@@ -2,8 +2,8 @@
 
     PYTHONPATH=. pytest tests/benchmarks/test_bench_csrc.py --benchmark-only -s
 
-Forward of the relu ``tcn_block`` (the CUDA C baseline is forward only) at T = 2^20 packed
-tokens in sessions of length 1..20, C = 128, K = 5. All three are checked against a float64
+Forward of ``tcn_block`` (the CUDA C baseline is forward only; relu at dilation 1/2/4/8, gated
+with H = 128 at 1/8) at T = 2^20 packed tokens in sessions of length 1..20, C = 128, K = 5. All three are checked against a float64
 reference first. Ratios are time ratios against the CUDA C kernel (``cuda_c_ms / triton_ms``
 > 1: Triton is faster), fastest of alternating rounds, stored in ``extra_info`` and printed.
 The segment-reduce CUDA C baseline races in ``test_bench_segment.py`` (impl ``cuda_c``).
@@ -38,8 +38,9 @@ def _seconds(fn):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("dilation", [1, 2, 4, 8])
-def test_cuda_c_vs_triton_vs_cudnn_tcn_block_fwd(benchmark, dtype, dilation):
+@pytest.mark.parametrize(("activation", "dilation"), [("relu", 1), ("relu", 2), ("relu", 4), ("relu", 8),
+                                                     ("gated", 1), ("gated", 8)])
+def test_cuda_c_vs_triton_vs_cudnn_tcn_block_fwd(benchmark, dtype, activation, dilation):
     if not HAS_CUPY:
         pytest.skip("cupy is not installed")
     from csrc_bench.conv import tcn_block_cuda
@@ -48,30 +49,36 @@ def test_cuda_c_vs_triton_vs_cudnn_tcn_block_fwd(benchmark, dtype, dilation):
     off = _sessions(ROWS, 20)
     t = int(off[-1])
     x = torch.randn(t, CHANNELS, device="cuda").to(dtype)
-    w = (torch.randn(CHANNELS, CHANNELS, TAPS, device="cuda") / (CHANNELS * TAPS) ** 0.5).to(dtype)
-    b = torch.randn(CHANNELS, device="cuda").to(dtype)
+    c_out = CHANNELS if activation == "relu" else 2 * CHANNELS  # gated: H = C
+    w = (torch.randn(c_out, CHANNELS, TAPS, device="cuda") / (CHANNELS * TAPS) ** 0.5).to(dtype)
+    b = torch.randn(c_out, device="cuda").to(dtype)
+    kw = {"dilation": dilation, "activation": activation, "cu_seqlens": off}
+    if activation == "gated":
+        kw["out_weight"] = (torch.randn(CHANNELS, CHANNELS, device="cuda") / CHANNELS**0.5).to(dtype)
+        kw["out_bias"] = torch.randn(CHANNELS, device="cuda").to(dtype)
     impls = {
-        "cuda_c": lambda: tcn_block_cuda(x, w, b, dilation=dilation, cu_seqlens=off),
-        "triton": lambda: tconv.tcn_block(x, w, b, dilation=dilation, cu_seqlens=off),
-        "cudnn": lambda: R.tcn_block(x, w, b, dilation=dilation, cu_seqlens=off),
+        "cuda_c": lambda: tcn_block_cuda(x, w, b, **kw),
+        "triton": lambda: tconv.tcn_block(x, w, b, **kw),
+        "cudnn": lambda: R.tcn_block(x, w, b, **kw),
     }
     # fp32 tolerances: CUDA C is exact fp32; Triton's tl.dot and cuDNN use TF32 on the GPU.
     tolerance = {"cuda_c": 1e-5, "triton": 1e-3, "cudnn": 1e-3} if dtype == torch.float32 else dict.fromkeys(impls, 1e-2)
     with torch.inference_mode():
-        expect = R.tcn_block(x.double(), w.double(), b.double(), dilation=dilation, cu_seqlens=off)
+        double = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kw.items()}
+        expect = R.tcn_block(x.double(), w.double(), b.double(), **double)
         for name, fn in impls.items():
             err = float((fn().double() - expect).norm() / expect.norm())
             assert err < tolerance[name], f"{name}: relative error {err:.3g}"
         del expect
 
-        benchmark.group = f"cuda csrc tcn_block relu fwd d={dilation} {dtype}"
-        benchmark.pedantic(impls["cuda_c"], setup=torch.cuda.synchronize, rounds=10, warmup_rounds=2)
+        benchmark.group = f"cuda csrc tcn_block {activation} fwd d={dilation} {dtype}"
+        benchmark.pedantic(_seconds, (impls["cuda_c"],), rounds=10, warmup_rounds=2)  # synchronised calls
         best = dict.fromkeys(impls, float("inf"))
         for _ in range(10):  # alternate, keep each one's fastest round: robust to other load
             for name, fn in impls.items():
                 best[name] = min(best[name], _seconds(fn))
 
-    flops = 2 * t * CHANNELS * CHANNELS * TAPS
+    flops = 2 * t * CHANNELS * c_out * TAPS + (2 * t * CHANNELS * CHANNELS if activation == "gated" else 0)
     info = {f"{name}_ms": s * 1e3 for name, s in best.items()}
     info.update({f"{name}_tflops": flops / s / 1e12 for name, s in best.items()})
     info["cuda_c/triton"] = best["cuda_c"] / best["triton"]

@@ -12,7 +12,7 @@ import torch
 from hiertcn_kernels import reference as R
 
 SOURCE = Path(__file__).resolve().parents[2] / "csrc_bench" / "conv_block.cu"
-ENTRIES = {"tcn_block_relu_f32", "tcn_block_relu_f16", "tcn_block_relu_bf16"}
+ENTRIES = {f"tcn_block_{op}_{dt}" for op in ("relu", "gate", "project_add") for dt in ("f32", "f16", "bf16")}
 needs_cupy = pytest.mark.skipif(importlib.util.find_spec("cupy") is None, reason="needs cupy")
 
 
@@ -45,12 +45,15 @@ def test_cuda_c_rejects_bad_input():
         tcn_block_cuda(x, torch.randn(8, 4, 3), None, dilation=1, cu_seqlens=off)
     with pytest.raises(ValueError, match="cu_seqlens"):
         tcn_block_cuda(x, w, None, dilation=1, cu_seqlens=torch.tensor([0, 4, 2, 6]))
+    with pytest.raises(ValueError, match="out_weight"):
+        tcn_block_cuda(x, torch.randn(8, 4, 3), None, dilation=1, activation="gated", cu_seqlens=off)
 
 
-def _poisoned_cache(numel, dtype):
-    """Fill and free a block of the output's size: the caching allocator hands that block to the
-    kernel's ``torch.empty`` output next, so rows the kernel fails to write stay NaN."""
-    torch.full((numel,), float("nan"), device="cuda", dtype=dtype)
+def _poisoned_cache(*numels, dtype):
+    """Fill and free blocks of the kernel's output sizes: the caching allocator hands them (best fit)
+    to its ``torch.empty`` outputs next, so elements the kernel fails to write stay NaN."""
+    blocks = [torch.full((n,), float("nan"), device="cuda", dtype=dtype) for n in numels]
+    del blocks
 
 
 @pytest.mark.cuda
@@ -58,21 +61,28 @@ def _poisoned_cache(numel, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("taps", "dilation"), [(5, 1), (5, 3), (2, 8), (1, 1)])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_cuda_c_matches_reference_packed(dtype, taps, dilation, bias):
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+def test_cuda_c_matches_reference_packed(activation, dtype, taps, dilation, bias):
     from csrc_bench.conv import tcn_block_cuda
 
     # Empty sessions, sessions shorter and longer than the receptive field, a 64-row tile boundary
-    # inside a session, and C = 130 (not a multiple of the 64/16 channel tiles).
+    # inside a session, and C = 130, H = 70 (not multiples of the 64/16 channel tiles).
     lengths = torch.tensor([3, 0, 70, 1, 20, 0, 2, 33])
     off = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).cuda()
-    t, c = int(off[-1]), 130
+    t, c, hidden = int(off[-1]), 130, 70
+    c_out = c if activation == "relu" else 2 * hidden
     x = torch.randn(t, c, device="cuda").to(dtype)
-    w = (torch.randn(c, c, taps, device="cuda") / (c * taps) ** 0.5).to(dtype)
-    b = torch.randn(c, device="cuda").to(dtype) if bias else None
-    _poisoned_cache(t * c, dtype)
-    out = tcn_block_cuda(x, w, b, dilation=dilation, cu_seqlens=off)
+    w = (torch.randn(c_out, c, taps, device="cuda") / (c * taps) ** 0.5).to(dtype)
+    b = torch.randn(c_out, device="cuda").to(dtype) if bias else None
+    kw = {"dilation": dilation, "activation": activation, "cu_seqlens": off}
+    if activation == "gated":
+        kw["out_weight"] = (torch.randn(c, hidden, device="cuda") / hidden**0.5).to(dtype)
+        kw["out_bias"] = torch.randn(c, device="cuda").to(dtype) if bias else None
+    _poisoned_cache(t * c, t * hidden, dtype=dtype)
+    out = tcn_block_cuda(x, w, b, **kw)
     # The reference in float64 (no TF32 in cuDNN), on the same rounded inputs.
-    expect = R.tcn_block(x.double(), w.double(), None if b is None else b.double(), dilation=dilation, cu_seqlens=off)
+    double = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in kw.items()}
+    expect = R.tcn_block(x.double(), w.double(), None if b is None else b.double(), **double)
     err = (out.double() - expect).norm() / expect.norm()
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert err < (1e-5 if dtype == torch.float32 else 1e-2)
@@ -86,7 +96,7 @@ def test_cuda_c_matches_reference_padded():
     x = torch.randn(3, 45, 64, device="cuda")
     w = torch.randn(64, 64, 5, device="cuda") / (64 * 5) ** 0.5
     b = torch.randn(64, device="cuda")
-    _poisoned_cache(x.numel(), x.dtype)
+    _poisoned_cache(x.numel(), dtype=x.dtype)
     out = tcn_block_cuda(x, w, b, dilation=4)
     expect = R.tcn_block(x.double(), w.double(), b.double(), dilation=4)
     assert out.shape == x.shape
