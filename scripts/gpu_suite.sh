@@ -8,7 +8,8 @@
 # Turn the returned folder into benchmarks/results/ with scripts/record_gpu_results.py.
 # The commit comes from git when the checkout has .git, else from $HIERTCN_COMMIT.
 # Budgets (seconds) can be changed: SUITE_BUDGET (the whole suite, default 540: no step starts or
-# runs past it), BUDGET_TESTS, BUDGET_BENCH_SEGMENT, BUDGET_BENCH_CONV, BUDGET_BENCH_OTHER (each other file).
+# runs past it), BUDGET_TESTS, BUDGET_BENCH_SEGMENT, BUDGET_BENCH_CONV, BUDGET_BENCH_CSRC, BUDGET_BENCH_OTHER
+# (each other file).
 set -u
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
@@ -79,7 +80,8 @@ for path in tests/benchmarks/test_*.py; do
   case $file in
     segment) budget=${BUDGET_BENCH_SEGMENT:-180} ;;
     conv) budget=${BUDGET_BENCH_CONV:-90} ;;
-    *) budget=${BUDGET_BENCH_OTHER:-60} ;;
+    csrc) budget=${BUDGET_BENCH_CSRC:-90} ;;
+    *) budget=${BUDGET_BENCH_OTHER:-30} ;;
   esac
   step "bench-$file" "$budget" python3 -m pytest "$path" --benchmark-only -k "$BENCH_SELECT" -q -s \
     -p no:cacheprovider --benchmark-json="$OUT/bench-$file.json"
