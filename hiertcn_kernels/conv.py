@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import torch
+
 from . import reference
-from ._backend import triton_ops, use_triton
+from ._backend import backend_name, triton_ops, use_triton
 from ._checks import check_conv, check_tcn_block
+
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _use_triton(x) -> bool:
+    # float64 has no Triton kernel: auto dispatch keeps it on the reference; a forced
+    # HIERTCN_BACKEND=triton reaches the kernel module, which rejects it with a TypeError.
+    return use_triton(x) and (x.dtype in _TRITON_DTYPES or backend_name() == "triton")
 
 
 def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
@@ -14,7 +24,7 @@ def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
     position before the start of ``t``'s own sequence reads as zero. ``weight``: ``(C_out, C_in, K)``.
     """
     check_conv(x, weight, bias, dilation, cu_seqlens)
-    if use_triton(x):
+    if _use_triton(x):
         return triton_ops("conv", x).causal_conv1d(x, weight, bias, dilation=dilation, cu_seqlens=cu_seqlens)
     return reference.causal_conv1d(x, weight, bias, dilation=dilation, cu_seqlens=cu_seqlens)
 
@@ -29,8 +39,8 @@ def tcn_block(
     ``y = x + (tanh(a[:H]) * sigmoid(a[H:])) @ out_weight.T + out_bias``.
     """
     check_tcn_block(x, conv_weight, conv_bias, dilation, activation, out_weight, out_bias, cu_seqlens)
-    kwargs = dict(dilation=dilation, activation=activation, out_weight=out_weight, out_bias=out_bias,
-                  cu_seqlens=cu_seqlens)
-    if use_triton(x):
+    kwargs = {"dilation": dilation, "activation": activation, "out_weight": out_weight, "out_bias": out_bias,
+                  "cu_seqlens": cu_seqlens}
+    if _use_triton(x):
         return triton_ops("conv", x).tcn_block(x, conv_weight, conv_bias, **kwargs)
     return reference.tcn_block(x, conv_weight, conv_bias, **kwargs)

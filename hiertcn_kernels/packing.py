@@ -1,12 +1,17 @@
 """Interaction logs as CSR: users -> sessions -> interactions.
 
 ``pack_sessions`` (Numba) builds a :class:`SessionCSR` from raw arrays in any
-order. The order is a stable LSD radix sort (by time, then by user), so ties in
-time keep input order and no comparison sort or pandas copy of the log is
-needed. Peak memory, inputs included, stays under 4x the int64 input arrays:
-the sort holds two keys and two permutation buffers (4N int64), the outputs
-2N int64, the item factorisation at most 4N int64 after the sort buffers are
-freed.
+order, without pandas and without a comparison sort of the whole log:
+
+- users whose raw ids span at most 2N values (the usual case): a stable
+  counting sort by user, then each user's rows sorted by time in place;
+- any other ids: a stable LSD radix sort on a (user, time) key.
+
+Both keep ties in time in input order. Peak memory, inputs included, stays
+under 4x the int64 input arrays (measured in benchmarks/README.md): the radix
+path holds keys and permutation plus their buffers (4N int64) and the outputs
+(2N int64); the item factorisation runs after the sort buffers are freed.
+Large inputs use all Numba threads, small ones one thread.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from numba import njit, prange
 from ._io import atomic_directory
 
 PARALLEL_MIN = 1 << 17
+DENSE_USERS_SPAN = 2  # counting sort by user when raw user ids span at most 2N values
+INSERTION_SORT_MAX = 32
 MAX_RADIX_BITS = 12  # 4096 buckets per thread: the histogram stays in L1/L2
 INT64_MAX = np.iinfo(np.int64).max
 FORMAT = "hiertcn.SessionCSR"
@@ -67,7 +74,7 @@ class SessionCSR:
     def n_items(self) -> int:
         return len(self.item_ids)
 
-    def validate(self) -> "SessionCSR":
+    def validate(self) -> SessionCSR:
         """Check every invariant of the layout; raise ValueError/TypeError naming the field. Returns self."""
         for f in fields(self):
             a = getattr(self, f.name)
@@ -117,7 +124,7 @@ class SessionCSR:
         return path
 
     @classmethod
-    def load(cls, path, mmap: bool = True, verify: bool = True) -> "SessionCSR":
+    def load(cls, path, mmap: bool = True, verify: bool = True) -> SessionCSR:
         """Read what ``save`` wrote, memory-mapped read-only when ``mmap``.
 
         Shapes and dtypes are checked against the header and the layout is
@@ -184,15 +191,12 @@ def pack_sessions(user, item, timestamp, *, session_gap=1800, session=None) -> S
     gap = _gap_threshold(session_gap)
 
     with _threads_for(n):
-        keys, perm, time_bits = _sort_by_user_then_time(user, timestamp)
-        item_out = np.empty(n, np.int64)
-        ts_out = np.empty(n, np.int64)
-        flags = np.empty(n, np.uint8)
-        _gather_and_mark(keys, perm, time_bits, timestamp.min(), item, timestamp, session, has_session, gap,
-                         item_out, ts_out, flags)
-        del perm
-        user_ptr, session_ptr, user_ids = _build_ptrs(flags, keys, time_bits, user.min())
-        del keys, flags
+        user_lo = int(user.min())
+        user_span = int(user.max()) - user_lo + 1
+        pack = _pack_dense_users if user_span <= DENSE_USERS_SPAN * n else _pack_radix
+        item_out, ts_out, flags, user_ids = pack(user, item, timestamp, session, has_session, gap, user_lo, user_span)
+        user_ptr, session_ptr = _build_ptrs(flags)
+        del flags
         item_ids = _factorise_inplace(item_out)
     return SessionCSR(user_ptr, session_ptr, item_out, ts_out, user_ids, item_ids)
 
@@ -255,6 +259,143 @@ def _threads_for(n: int):
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+def _pack_dense_users(user, item, timestamp, session, has_session, gap, user_lo, user_span):
+    """Raw user ids span at most DENSE_USERS_SPAN * N values (the usual case): counting sort by user.
+
+    A stable counting sort by user, then each user's few rows sorted by time in
+    place (usually already sorted). Less memory traffic than radix passes over
+    a (user, time) key.
+    """
+    n = len(user)
+    perm = np.empty(n, np.int64)
+    ts_out = np.empty(n, np.int64)
+    user_start = _counting_sort_by_user(user, user_lo, user_span, timestamp, numba.get_num_threads(), perm, ts_out)
+    flags = np.empty(n, np.uint8)
+    _gather_and_mark_segments(user_start, perm, item, ts_out, session, has_session, gap, flags)
+    user_ids = user_lo + np.flatnonzero(np.diff(user_start))
+    return perm, ts_out, flags, user_ids  # perm now holds the items
+
+
+def _pack_radix(user, item, timestamp, session, has_session, gap, user_lo, user_span):
+    """Any raw ids: LSD radix sort on (user, time) keys."""
+    n = len(user)
+    keys, perm, time_bits = _sort_by_user_then_time(user, timestamp)
+    item_out = np.empty(n, np.int64)
+    ts_out = np.empty(n, np.int64)
+    flags = np.empty(n, np.uint8)
+    _gather_and_mark(keys, perm, time_bits, timestamp.min(), item, timestamp, session, has_session, gap,
+                     item_out, ts_out, flags)
+    del perm
+    return item_out, ts_out, flags, _user_ids_from_keys(flags, keys, time_bits, user_lo)
+
+
+@njit(parallel=True, cache=True)
+def _counting_sort_by_user(user, user_lo, user_span, timestamp, n_threads, perm, ts_out):
+    """Stable sort of rows by user, then time; returns each user's offset (``user_span + 1``,).
+
+    Two counting passes that stay in cache: rows to ~1024 buckets by the high
+    bits of the user offset (chunked per thread like ``_radix_pass``), then
+    each bucket, in parallel, by the low bits through a small scratch copy,
+    and each user's rows by time while they are still in cache.
+    """
+    n = user.shape[0]
+    user_bits = 0
+    while (user_span - 1) >> user_bits:
+        user_bits += 1
+    low_bits = min(16, max(0, user_bits - 10))
+    low_mask = (1 << low_bits) - 1
+    n_high = ((user_span - 1) >> low_bits) + 1
+    nchunks = max(1, min(n_threads, n // 65536))
+    chunk = (n + nchunks - 1) // nchunks
+    counts = np.zeros((nchunks, n_high), np.int64)
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            counts[c, (user[i] - user_lo) >> low_bits] += 1
+    high_start = np.empty(n_high + 1, np.int64)
+    total = 0
+    for d in range(n_high):
+        high_start[d] = total
+        for c in range(nchunks):
+            cnt = counts[c, d]
+            counts[c, d] = total
+            total += cnt
+    high_start[n_high] = n
+    low = np.empty(n, np.uint16)
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            offset = user[i] - user_lo
+            pos = counts[c, offset >> low_bits]
+            counts[c, offset >> low_bits] = pos + 1
+            perm[pos] = i
+            ts_out[pos] = timestamp[i]
+            low[pos] = offset & low_mask
+    user_start = np.empty(user_span + 1, np.int64)
+    user_start[user_span] = n
+    for b in prange(n_high):
+        a = high_start[b]
+        e = high_start[b + 1]
+        cursor = np.zeros(1 << low_bits, np.int64)
+        for i in range(a, e):
+            cursor[low[i]] += 1
+        total = a
+        for d in range(1 << low_bits):
+            cnt = cursor[d]
+            cursor[d] = total
+            u = (b << low_bits) + d
+            if u < user_span:
+                user_start[u] = total
+            total += cnt
+        perm_scratch = perm[a:e].copy()
+        ts_scratch = ts_out[a:e].copy()
+        for k in range(e - a):
+            d = low[a + k]
+            pos = cursor[d]
+            cursor[d] = pos + 1
+            perm[pos] = perm_scratch[k]
+            ts_out[pos] = ts_scratch[k]
+        # Each user's rows are in cache now: sort them by time here.
+        for d in range(1 << low_bits):
+            u = (b << low_bits) + d
+            if u < user_span:
+                _sort_rows_by_time(ts_out, perm, user_start[u], cursor[d])
+    return user_start
+
+
+@njit(cache=True)
+def _sort_rows_by_time(ts, perm, a, b):
+    """Stable sort of rows ``a:b`` by time (they are in input order, so ties stay in input order)."""
+    if b - a <= INSERTION_SORT_MAX:
+        for k in range(a + 1, b):
+            t = ts[k]
+            p = perm[k]
+            j = k
+            while j > a and ts[j - 1] > t:
+                ts[j] = ts[j - 1]
+                perm[j] = perm[j - 1]
+                j -= 1
+            ts[j] = t
+            perm[j] = p
+    elif _first_not_increasing(ts[a:b], False) >= 0:
+        order = np.argsort(ts[a:b], kind="mergesort")
+        ts[a:b] = ts[a:b][order]
+        perm[a:b] = perm[a:b][order]
+
+
+@njit(parallel=True, cache=True)
+def _gather_and_mark_segments(user_start, perm, item, ts, session, has_session, gap, flags):
+    """Flags as in ``_gather_and_mark`` (user starts from ``user_start``); then ``perm`` becomes the items in place."""
+    for i in prange(perm.shape[0]):
+        if i > 0 and ((has_session and session[perm[i]] != session[perm[i - 1]]) or ts[i] - ts[i - 1] >= gap):
+            flags[i] = 1
+        else:
+            flags[i] = 0
+    for u in range(user_start.shape[0] - 1):
+        if user_start[u] < user_start[u + 1]:
+            flags[user_start[u]] = 3
+    for i in prange(perm.shape[0]):
+        perm[i] = item[perm[i]]
 
 
 def _sort_by_user_then_time(user: np.ndarray, timestamp: np.ndarray):
@@ -395,7 +536,7 @@ def _gather_and_mark(keys, perm, time_bits, time_lo, item, timestamp, session, h
 
 
 @njit(cache=True)
-def _build_ptrs(flags, keys, time_bits, user_lo):
+def _build_ptrs(flags):
     n_sessions = 0
     n_users = 0
     for f in flags:
@@ -403,33 +544,45 @@ def _build_ptrs(flags, keys, time_bits, user_lo):
         n_users += f == 3
     session_ptr = np.empty(n_sessions + 1, np.int64)
     user_ptr = np.empty(n_users + 1, np.int64)
-    user_ids = np.empty(n_users, np.int64)
-    sh = np.uint64(time_bits)
-    ulo = np.uint64(user_lo)
     s = 0
     u = 0
     for i in range(flags.shape[0]):
         if flags[i] == 3:
             user_ptr[u] = s
-            user_ids[u] = np.int64((keys[i] >> sh) + ulo)
             u += 1
         if flags[i] != 0:
             session_ptr[s] = i
             s += 1
     session_ptr[n_sessions] = flags.shape[0]
     user_ptr[n_users] = n_sessions
-    return user_ptr, session_ptr, user_ids
+    return user_ptr, session_ptr
+
+
+@njit(cache=True)
+def _user_ids_from_keys(flags, keys, time_bits, user_lo):
+    n_users = 0
+    for f in flags:
+        n_users += f == 3
+    user_ids = np.empty(n_users, np.int64)
+    sh = np.uint64(time_bits)
+    ulo = np.uint64(user_lo)
+    u = 0
+    for i in range(flags.shape[0]):
+        if flags[i] == 3:
+            user_ids[u] = np.int64((keys[i] >> sh) + ulo)
+            u += 1
+    return user_ids
 
 
 def _factorise_inplace(values: np.ndarray) -> np.ndarray:
     """Replace raw ids by dense ranks in place; returns the ascending raw ids.
 
-    A lookup table when the id span is at most N (memory <= the array itself),
-    else a radix argsort.
+    A lookup table (int32 codes) when the id span is at most 4N, so the table
+    is at most twice the array; else a radix argsort.
     """
     lo = values.min()
     span = int(values.max()) - int(lo) + 1
-    if span <= len(values):
+    if span <= 4 * len(values) and len(values) < 2**31:
         return _factorise_table(values, lo, span)
     keys = np.empty(len(values), np.uint64)
     perm = np.arange(len(values), dtype=np.int64)
@@ -440,7 +593,7 @@ def _factorise_inplace(values: np.ndarray) -> np.ndarray:
 
 @njit(parallel=True, cache=True)
 def _factorise_table(values, lo, span):
-    code = np.full(span, -1, np.int64)
+    code = np.full(span, -1, np.int32)
     for v in values:
         code[v - lo] = 0
     k = 0

@@ -54,7 +54,7 @@ class Dataset:
             out[f"{name}_interactions"] = int(lengths[mask].sum())
         return out
 
-    def validate(self) -> "Dataset":
+    def validate(self) -> Dataset:
         self.csr.validate()
         if not isinstance(self.role, np.ndarray) or self.role.dtype != np.int8:
             raise TypeError(f"Dataset.role must be an int8 numpy array, got {getattr(self.role, 'dtype', type(self.role))}")
@@ -78,7 +78,7 @@ class Dataset:
         return path
 
     @classmethod
-    def load(cls, path, mmap: bool = True) -> "Dataset":
+    def load(cls, path, mmap: bool = True) -> Dataset:
         path = Path(path)
         try:
             header = json.loads((path / "dataset.json").read_text())

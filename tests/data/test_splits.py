@@ -66,7 +66,7 @@ def test_split_by_user_gives_every_session_its_users_role(csr):
 
 def test_split_last_session_holds_out_each_users_last_sessions(csr):
     ds = split_last_session(csr, n_valid=1, n_test=1, min_test_len=2)
-    _, _, test = check_split(csr, ds, filtered=True)
+    check_split(csr, ds, filtered=True)
     new = ds.csr
     for u in range(new.n_users):
         roles = ds.role[new.user_ptr[u] : new.user_ptr[u + 1]]

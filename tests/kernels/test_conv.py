@@ -1,0 +1,419 @@
+"""Triton causal conv / TCN block against the reference, forward and every gradient.
+
+Interpreter tests run the real kernels on CPU (TRITON_INTERPRET=1) at small shapes,
+with tiles of 16 rows, so the lengths below straddle tile boundaries. CUDA tests
+use realistic shapes and skip without a GPU.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hiertcn_kernels as hk
+from hiertcn_kernels import reference as R
+
+MODES = ("conv", "relu", "gated")
+# Tiles are 16 rows in the interpreter: 17 and 40 straddle tiles, 0 and 1 are the edge cases.
+LENGTHS = [3, 0, 17, 1, 40, 2, 0, 9]
+
+
+def offsets_of(lengths, device="cpu"):
+    return torch.tensor([0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], device=device)
+
+
+def rel_err(out, ref):
+    return ((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
+
+
+def make_args(mode, t_shape, c, k, *, hidden=None, bias=True, out_bias=True, dtype=torch.float32, device="cpu"):
+    """Random (x, weight, bias, out_weight, out_bias), all requiring grad (None where absent)."""
+    c_out = c if mode != "gated" else 2 * (hidden or c)
+    scale = 1 / math.sqrt(c * k)
+
+    def rand(*shape, s=1.0):
+        return (torch.randn(*shape, device=device) * s).to(dtype).requires_grad_()
+
+    x = rand(*t_shape, c)
+    w = rand(c_out, c, k, s=scale)
+    b = rand(c_out, s=0.5) if bias else None
+    ow = rand(c, c_out // 2, s=1 / math.sqrt(c_out // 2)) if mode == "gated" else None
+    ob = rand(c, s=0.5) if mode == "gated" and out_bias else None
+    return x, w, b, ow, ob
+
+
+def run(mode, args, dilation, cu_seqlens, fn_module=hk):
+    x, w, b, ow, ob = args
+    if mode == "conv":
+        return fn_module.causal_conv1d(x, w, b, dilation=dilation, cu_seqlens=cu_seqlens)
+    return fn_module.tcn_block(x, w, b, dilation=dilation, activation=mode, out_weight=ow, out_bias=ob,
+                               cu_seqlens=cu_seqlens)
+
+
+def outputs_and_grads(mode, args, dilation, cu_seqlens, fn_module=hk, seed=1):
+    y = run(mode, args, dilation, cu_seqlens, fn_module)
+    params = [a for a in args if a is not None]
+    gen = torch.Generator(device=y.device).manual_seed(seed)
+    dy = torch.randn(y.shape, generator=gen, device=y.device).to(y.dtype)
+    return [y.detach(), *torch.autograd.grad(y, params, dy)]
+
+
+def assert_matches_reference(mode, args, dilation, cu_seqlens, tol, *, nonzero=True):
+    out = outputs_and_grads(mode, args, dilation, cu_seqlens)  # public ops, backend from the environment
+    ref = outputs_and_grads(mode, args, dilation, cu_seqlens, fn_module=R)
+    names = ["y", "dx", "d_weight", "d_bias", "d_out_weight", "d_out_bias"]
+    present = ["y", "dx", "d_weight"] + [n for n, a in zip(names[3:], args[2:]) if a is not None]
+    for name, o, r in zip(present, out, ref):
+        assert o.shape == r.shape, name
+        assert torch.isfinite(o).all(), f"{name} has non-finite values (unwritten elements?)"
+        assert not nonzero or r.abs().max() > 0, f"{name}: reference is all zeros, the test would be vacuous"
+        err = rel_err(o, r)
+        assert err < tol, f"{name}: relative error {err:.3g} >= {tol}"
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("HIERTCN_BACKEND", "triton")
+
+
+@pytest.fixture
+def poisoned(monkeypatch, triton_backend):
+    """Every kernel output buffer starts as NaN, so an element a kernel fails to write shows."""
+    from hiertcn_kernels.triton import conv as tconv
+
+    def nan_empty(*shape, like, dtype=None):
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
+
+    monkeypatch.setattr(tconv, "_empty", nan_empty)
+
+
+# --------------------------------------------------------------------------------------- interpreter
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("k,dilation", [(1, 1), (2, 3), (3, 1), (5, 2), (7, 1)])
+def test_packed_matches_reference(poisoned, mode, k, dilation):
+    off = offsets_of(LENGTHS)
+    args = make_args(mode, (int(off[-1]),), 6, k, hidden=5)
+    assert_matches_reference(mode, args, dilation, off, 1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("c", [20, 40])  # non-powers of two; 40 spans two channel tiles of 32
+def test_packed_wide_channels(poisoned, mode, c):
+    off = offsets_of([5, 30, 0, 1, 14])
+    args = make_args(mode, (int(off[-1]),), c, 5, hidden=c // 2 + 1)
+    assert_matches_reference(mode, args, 4, off, 1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("b,length", [(3, 21), (2, 1), (1, 40)])
+def test_padded_matches_reference(poisoned, mode, b, length):
+    args = make_args(mode, (b, length), 6, 3, hidden=3)
+    assert_matches_reference(mode, args, 2, None, 1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", ["relu", "gated"])
+def test_without_biases(poisoned, mode):
+    off = offsets_of(LENGTHS)
+    args = make_args(mode, (int(off[-1]),), 6, 3, bias=False, out_bias=False)
+    assert_matches_reference(mode, args, 2, off, 1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+def test_int32_offsets_and_noncontiguous_input(triton_backend, mode):
+    off = offsets_of(LENGTHS).int()
+    _, *rest = make_args(mode, (int(off[-1]),), 6, 3)
+    wide = torch.randn(6, int(off[-1]) * 2).requires_grad_()
+    x_strided = wide.T[::2]  # (T, C) with strides (2, T*2): not contiguous
+    assert not x_strided.is_contiguous()
+    assert_matches_reference(mode, [x_strided, *rest], 3, off, 1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", ["relu", "gated"])
+def test_noncontiguous_weights_and_expanded_output_grad(triton_backend, mode):
+    off = offsets_of(LENGTHS)
+    x, w, b, ow, ob = make_args(mode, (int(off[-1]),), 6, 3, hidden=6)
+    w_t = w.detach().transpose(0, 1).contiguous().requires_grad_()  # (C, C_out, K): transposed back below
+    ow_t = None if ow is None else ow.detach().T.contiguous().requires_grad_()
+    args = (x, w_t.transpose(0, 1), b, None if ow_t is None else ow_t.T, ob)
+    params = [p for p in (x, w_t, b, ow_t, ob) if p is not None]
+    # y.sum() hands the backward an expanded (stride-0) gradient.
+    grads = torch.autograd.grad(run(mode, args, 2, off).sum(), params)
+    expect = torch.autograd.grad(run(mode, args, 2, off, fn_module=R).sum(), params)
+    for g, e in zip(grads, expect):
+        assert rel_err(g, e) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_inputs(triton_backend, mode):
+    for t_shape, off in [((0,), offsets_of([])), ((0,), offsets_of([0, 0])), ((2, 0), None)]:
+        x, w, b, ow, ob = make_args(mode, t_shape, 4, 3)
+        y = run(mode, (x, w, b, ow, ob), 1, off)
+        assert y.shape == (*t_shape, 4)
+        y.sum().backward()
+        assert x.grad.shape == x.shape and not w.grad.any()
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+def test_deterministic(triton_backend, mode):
+    off = offsets_of(LENGTHS * 2)
+    args = make_args(mode, (int(off[-1]),), 6, 5)
+    first = outputs_and_grads(mode, args, 2, off)
+    second = outputs_and_grads(mode, args, 2, off)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.interpreter
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lengths=st.lists(st.integers(0, 24), min_size=1, max_size=5),
+    padded=st.booleans(),
+    c=st.integers(1, 9),
+    k=st.integers(1, 7),
+    dilation=st.integers(1, 5),
+    mode=st.sampled_from(MODES),
+)
+def test_random_varlen_batches(triton_backend, lengths, padded, c, k, dilation, mode):
+    if max(lengths) == 0:  # all-empty batches are test_empty_inputs' job
+        lengths = lengths + [1]
+    if padded:  # (B, L, C) with B = number of lengths drawn, L = the longest
+        t_shape, off = (len(lengths), max(lengths)), None
+    else:
+        off = offsets_of(lengths)
+        t_shape = (int(off[-1]),)
+    args = make_args(mode, t_shape, c, k, hidden=max(1, c - 1))
+    # Tiny or empty draws can have an all-zero output or gradient: no non-zero requirement here.
+    assert_matches_reference(mode, args, dilation, off, 1e-5, nonzero=False)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+def test_temporal_conv_net_layer(monkeypatch, activation):
+    net = hk.TemporalConvNet(8, levels=3, kernel_size=3, activation=activation, hidden=4)
+    off = offsets_of([7, 1, 0, 20])
+    x = torch.randn(int(off[-1]), 8, requires_grad=True)
+    monkeypatch.setenv("HIERTCN_BACKEND", "reference")
+    y_ref = net(x, cu_seqlens=off)
+    g_ref = torch.autograd.grad(y_ref.square().sum(), [x, *net.parameters()])
+    monkeypatch.setenv("HIERTCN_BACKEND", "triton")
+    y = net(x, cu_seqlens=off)
+    g = torch.autograd.grad(y.square().sum(), [x, *net.parameters()])
+    assert rel_err(y, y_ref) < 1e-5
+    for a, b in zip(g, g_ref):
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_unsupported_dtype_is_rejected_by_forced_triton(triton_backend, dtype):
+    # float64 has no kernel; bf16/fp16 kernels need a GPU (the interpreter has no bf16 math).
+    x, w, b, _, _ = make_args("relu", (5,), 4, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=f"x has dtype {dtype}"):
+        hk.tcn_block(x, w, b, cu_seqlens=offsets_of([5]))
+
+
+def test_float64_auto_dispatch_uses_reference(monkeypatch):
+    monkeypatch.setenv("HIERTCN_BACKEND", "auto")
+    x, w, b, _, _ = make_args("relu", (5,), 4, 3, dtype=torch.float64)
+    torch.testing.assert_close(hk.tcn_block(x, w, b, cu_seqlens=offsets_of([5])),
+                               R.tcn_block(x, w, b, cu_seqlens=offsets_of([5])))
+
+
+# --------------------------------------------------------------------------------------- reference
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+@pytest.mark.parametrize("k,dilation", [(1, 1), (2, 2), (4, 1), (7, 2)])
+@pytest.mark.parametrize("packed", [True, False])
+def test_reference_gradcheck(activation, k, dilation, packed):
+    c, h = 3, 2
+    t_shape = (1 + 0 + 15 + 2,) if packed else (2, 15)
+    args = [a.double().detach().requires_grad_() for a in make_args(activation, t_shape, c, k, hidden=h) if
+            a is not None]
+    # Lengths 0, 1 and 15, longer than the largest receptive field here (1 + 6 * 2 = 13).
+    off = offsets_of([1, 0, 15, 2]) if packed else None
+
+    def fn(x, w, b, ow=None, ob=None):
+        return R.tcn_block(x, w, b, dilation=dilation, activation=activation, out_weight=ow, out_bias=ob,
+                           cu_seqlens=off)
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_reference_padded_row_equals_f_conv1d():
+    x, w, b = torch.randn(2, 11, 4), torch.randn(5, 4, 3), torch.randn(5)
+    y = R.causal_conv1d(x, w, b, dilation=3)
+    expect = F.conv1d(F.pad(x.transpose(1, 2), (6, 0)), w, b, dilation=3).transpose(1, 2)
+    torch.testing.assert_close(y, expect)
+
+
+# --------------------------------------------------------------------------------------- validation
+
+
+def _valid():
+    x = torch.randn(6, 4)
+    return x, torch.randn(4, 4, 3), torch.randn(4), offsets_of([2, 4])
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize(
+    "mutate,error,match",
+    [
+        (lambda a: {**a, "weight": torch.randn(4, 4)}, ValueError, "weight must have 3 dims"),
+        (lambda a: {**a, "weight": torch.randn(4, 5, 3)}, ValueError, "x has 4 channels"),
+        (lambda a: {**a, "bias": torch.randn(3)}, ValueError, "bias must have shape"),
+        (lambda a: {**a, "dilation": 0}, ValueError, "dilation"),
+        (lambda a: {**a, "cu_seqlens": torch.tensor([0, 4, 2, 6])}, ValueError, "non-decreasing"),
+        (lambda a: {**a, "cu_seqlens": torch.tensor([0, 2, 5])}, ValueError, r"cu_seqlens\[-1\]"),
+        (lambda a: {**a, "cu_seqlens": torch.tensor([1, 2, 6])}, ValueError, r"cu_seqlens\[0\]"),
+        (lambda a: {**a, "cu_seqlens": torch.tensor([0.0, 2.0, 6.0])}, TypeError, "cu_seqlens must be int32"),
+        (lambda a: {**a, "cu_seqlens": torch.tensor([0, 2, 6], device="meta")}, ValueError, "cu_seqlens is on"),
+        (lambda a: {**a, "x": torch.randn(2, 3, 4)}, ValueError, "x must be packed"),
+        (lambda a: {**a, "x": torch.randint(0, 3, (6, 4))}, TypeError, "x must be a floating"),
+        (lambda a: {**a, "bias": torch.randn(4, dtype=torch.float64)}, TypeError, "bias has dtype"),
+    ],
+)
+def test_causal_conv1d_bad_input(monkeypatch, backend, mutate, error, match):
+    monkeypatch.setenv("HIERTCN_BACKEND", backend)
+    x, w, b, off = _valid()
+    a = mutate({"x": x, "weight": w, "bias": b, "cu_seqlens": off, "dilation": 1})
+    with pytest.raises(error, match=match):
+        hk.causal_conv1d(a["x"], a["weight"], a["bias"], dilation=a["dilation"], cu_seqlens=a["cu_seqlens"])
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"conv_weight": torch.randn(6, 4, 3)}, "conv_weight must be \\(C, C, K\\)"),
+        ({"conv_weight": torch.randn(5, 4, 3), "activation": "gated", "out_weight": torch.randn(4, 2)}, "even C_out"),
+        ({"conv_weight": torch.randn(6, 4, 3), "activation": "gated"}, "out_weight .* is required"),
+        ({"conv_weight": torch.randn(6, 4, 3), "activation": "gated", "out_weight": torch.randn(4, 4)},
+         r"out_weight must have shape \(4, 3\)"),
+        ({"conv_weight": torch.randn(6, 4, 3), "activation": "gated", "out_weight": torch.randn(4, 3),
+              "out_bias": torch.randn(3)}, r"out_bias must have shape \(4,\)"),
+        ({"activation": "tanh"}, "activation must be one of"),
+        ({"out_weight": torch.randn(4, 4)}, "only used with activation='gated'"),
+    ],
+)
+def test_tcn_block_bad_input(triton_backend, kwargs, match):
+    x, w, _, off = _valid()
+    kwargs = {"conv_weight": w, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        hk.tcn_block(x, kwargs.pop("conv_weight"), cu_seqlens=off, **kwargs)
+
+
+# --------------------------------------------------------------------------------------- CUDA
+
+
+def _sessions(total, max_len, device, seed=0):
+    """Lengths 1..max_len summing to exactly ``total``: the HierTCN batch shape."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (total // max(1, (max_len + 1) // 2) + 1,), generator=gen)
+    ends = lengths.cumsum(0)
+    lengths = lengths[ends < total]
+    lengths = torch.cat([lengths, torch.tensor([total - int(lengths.sum())])])
+    return offsets_of(lengths.tolist(), device)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("t,c", [(2**16, 64), (2**18, 128), (2**16, 256), (2**16, 100)])
+def test_cuda_matches_reference(triton_backend, mode, dtype, tol, t, c):
+    off = _sessions(t, 20, "cuda")
+    args = make_args(mode, (t,), c, 5, dtype=dtype, device="cuda")
+    assert_matches_reference(mode, args, 4, off, tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["relu", "gated"])
+def test_cuda_large_padded_and_deterministic(triton_backend, mode):
+    args = make_args(mode, (64, 1024), 128, 5, device="cuda")
+    assert_matches_reference(mode, args, 8, None, 1e-3)
+    first = outputs_and_grads(mode, args, 8, None)
+    second = outputs_and_grads(mode, args, 8, None)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_cuda_million_tokens(triton_backend):
+    t = 2**20
+    off = _sessions(t, 20, "cuda")
+    args = make_args("relu", (t,), 128, 5, dtype=torch.bfloat16, device="cuda")
+    assert_matches_reference("relu", args, 8, off, 1e-2)
+
+
+# --------------------------------------------------------------------------------------- GPU compile
+
+_COMPILE_SCRIPT = r"""
+import os, re, subprocess, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import hiertcn_kernels.triton.conv as C
+
+# ptxas reports register spills; the bundled one that reads Triton's PTX version, when present.
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
+
+def compile_for(fn, dtype, arch, consts, **options):
+    sig, constexprs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name], constexprs[(i,)] = "constexpr", consts[name]
+        elif name.endswith("_ptr"):
+            sig[name] = "*i32" if name == "start_ptr" else "*fp32" if "part" in name else f"*{dtype}"
+        else:
+            sig[name] = "i32"
+    kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+                            target=GPUTarget("cuda", arch, 32), options=options)
+    where = (fn.__name__, dtype, consts)
+    assert kernel.metadata.shared <= 160 * 1024, (where, kernel.metadata.shared)
+    if arch == 90 and os.path.exists(PTXAS):
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(kernel.asm["ptx"])
+        report = subprocess.run([PTXAS, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
+                                capture_output=True, text=True, check=True).stderr
+        assert re.search(r"(?<![0-9])0 bytes spill stores", report), (where, report)
+
+for dtype, arch in [("fp32", 90), ("bf16", 90), ("fp16", 80)]:
+    for c in (128, 256):
+        for gated in (False, True):
+            opts = C._block_opts(gated, c, 2 * c if gated else c)
+            flags = dict(K=5, HAS_BIAS=True, BLOCK_C=64, **{k: v for k, v in opts.items() if k.startswith("BLOCK")})
+            launch = {k: v for k, v in opts.items() if not k.startswith("BLOCK")}
+            compile_for(C._fwd_kernel, dtype, arch, dict(flags, RELU=not gated, GATED=gated, HAS_OUT_BIAS=True), **launch)
+            compile_for(C._act_bwd_kernel, dtype, arch, dict(flags, GATED=gated), **launch)
+    compile_for(C._grads_kernel, dtype, arch, dict(K=5, ACCUMULATE=True, BLOCK_T=64, BLOCK_I=64, BLOCK_O=64),
+                **C._grads_opts())
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_gpu(tmp_path):
+    """The interpreter accepts code the GPU compiler rejects: compile the real GPU configurations
+    (sm_90/sm_80, no GPU needed) in a process without TRITON_INTERPRET; no register spills on sm_90."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "HIERTCN_BACKEND")}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
