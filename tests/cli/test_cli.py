@@ -136,3 +136,15 @@ def test_tiny_demo_runs_the_whole_job(tmp_path, capsys):
     for name in ("data/interactions.csv", "metrics.json", "training_curves.png", "metrics.png", "hiertcn/best.pt"):
         assert (out / name).is_file(), name
     assert str(out / "metrics.json") in captured.err  # it says where everything went
+
+
+def test_bench_times_models_and_kernel_ops(tiny, tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--config", str(tiny), "--models", "hiertcn,moving_average", "--steps", "1", "--tokens", "64",
+            "--channels", "8", "--out", str(out), "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    result = last_json(capsys)
+    assert result == json.loads((out / "bench.json").read_text())
+    assert set(result["models"]) == {"hiertcn", "moving_average"}
+    assert all(row["step_ms"] > 0 and row["interactions_per_s"] > 0 for row in result["models"].values())
+    assert {row["op"].split("(")[0] for row in result["kernels"]} == {"tcn_block", "segment_reduce"}
