@@ -290,10 +290,12 @@ def fit(
             for batch in loader:
                 batch = batch.to(device, non_blocking=True)
                 loss, lane_state = step_fn(batch, lane_state)
-                if not torch.isfinite(loss):
+                if _any_rank(not torch.isfinite(loss).item(), world, device):  # all ranks stop together
                     kept = f"; the last good checkpoint is {last_path}" if last_path.exists() else ""
+                    here = loss.item()
+                    what = f"loss is {here}" if not math.isfinite(here) else "loss is not finite on another rank"
                     raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, batch {run['batch'] + 1} (step {run['step'] + 1})"
+                        f"{what} at epoch {epoch + 1}, batch {run['batch'] + 1} (step {run['step'] + 1})"
                         f"{kept}. Try a lower --lr or a smaller clip_norm."
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -317,8 +319,8 @@ def fit(
                     inter_s=f"{shown_tokens / max(now - shown_start, 1e-9):.0f}",
                     wait=f"{loader.wait_s / max(now - shown_start, 1e-9):.0%}",
                 )
-                if config.max_time is not None and run["train_time"] + now - epoch_start >= config.max_time:
-                    out_of_time = True
+                if config.max_time is not None:
+                    out_of_time = _any_rank(run["train_time"] + now - epoch_start >= config.max_time, world, device)
                 if writes and config.checkpoint_every and run["step"] % config.checkpoint_every == 0:
                     _account(run, epoch_start, loader, epoch_wait0)
                     epoch_start, epoch_wait0 = time.perf_counter(), loader.wait_s
@@ -416,6 +418,15 @@ def write_metrics(out_dir: str | Path, metrics: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2))
     return path
+
+
+def _any_rank(flag: bool, world: int, device) -> bool:
+    """``flag`` OR-ed over the ranks, so that no rank leaves the DDP step sequence alone."""
+    if world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _patience_spent(run: dict, config: Config) -> bool:

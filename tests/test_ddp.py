@@ -12,12 +12,12 @@ from tests.test_train import TinyLaneGRU, ce_loss, lane_evaluate, planted_datase
 CONFIG = {"epochs": 4, "lr": 0.05, "n_queues": 2, "checkpoint_every": 0}
 
 
-def _rank(rank, world, init_file, run_dir):
+def _rank(rank, world, init_file, run_dir, overrides=None):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         model = TinyLaneGRU()
-        result = fit(model, planted_dataset(n_users=32), small_config(**CONFIG), run_dir=run_dir, progress=False,
+        result = fit(model, planted_dataset(n_users=32), small_config(**{**CONFIG, **(overrides or {})}), run_dir=run_dir, progress=False,
                      loss_fn=ce_loss, evaluate_fn=lane_evaluate)  # fmt: skip
         torch.save({"metrics": result.metrics, "weights": model.state_dict()}, f"{run_dir}/rank{rank}.pt")
     finally:
@@ -46,3 +46,11 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     # Each rank trains half the users in 2 lanes; one process trains all of them in 4: same data, same lanes in all.
     assert abs(ranks[0]["metrics"]["mrr"] - single.metrics["mrr"]) < 0.1
     assert single.metrics["mrr"] > 0.4
+
+
+def test_ranks_stop_together_on_the_time_limit(tmp_path):
+    # Each rank's clock alone would stop it at a different step; they must agree or DDP hangs.
+    overrides = {"epochs": 50, "max_time": 1e-6}
+    mp.spawn(_rank, args=(2, tmp_path / "init", tmp_path / "ddp", overrides), nprocs=2, join=True)
+    steps = [torch.load(tmp_path / "ddp" / f"rank{r}.pt")["metrics"]["steps"] for r in range(2)]
+    assert steps == [1, 1]
