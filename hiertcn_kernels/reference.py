@@ -30,8 +30,10 @@ def _causal_conv1d_padded(x, weight, bias, dilation):
 def _causal_conv1d_packed(x, weight, bias, dilation, cu_seqlens):
     """Gather sequences into padded buckets, convolve each bucket, scatter back.
 
-    Sequences are bucketed by length rounded up to a power of two, so padding
-    never more than doubles the work, whatever the length distribution.
+    One bucket when padding everything to the longest sequence at most doubles
+    the rows (short sessions: one conv call per level); otherwise sequences are
+    bucketed by length rounded up to a power of two, which bounds padding to 2x
+    whatever the length distribution.
     """
     offsets = cu_seqlens.long()
     starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
@@ -39,7 +41,10 @@ def _causal_conv1d_packed(x, weight, bias, dilation, cu_seqlens):
     nonempty = lengths > 0
     if not bool(nonempty.any()):
         return y if bias is None else y + bias
-    bucket = torch.ceil(torch.log2(lengths.clamp(min=1).double())).long()
+    if int(nonempty.sum()) * int(lengths.max()) <= 2 * x.shape[0]:
+        bucket = torch.zeros_like(lengths)
+    else:
+        bucket = torch.ceil(torch.log2(lengths.clamp(min=1).double())).long()
     for b in torch.unique(bucket[nonempty]).tolist():
         seq = torch.nonzero(nonempty & (bucket == b)).squeeze(1)
         width = int(lengths[seq].max())
