@@ -46,6 +46,13 @@ def synthetic_log(n: int, seed: int = 0, time_order: str = "shuffled", id_step: 
     return user, item, timestamp
 
 
+def warmup_logs():
+    """Small logs that take each of pack_sessions' paths (dense ids: fused; sparse items; sparse users: radix)."""
+    rng = np.random.default_rng(1)
+    dense = (rng.integers(0, 50, 1000), rng.integers(0, 100, 1000), rng.integers(0, 10_000, 1000))
+    return [dense, synthetic_log(1000), synthetic_log(1000, id_step=2**40)]
+
+
 def write_xing_arrays(n: int, out_dir: Path, seed: int = 0) -> Path:
     """Generate a generate_xing log of at least ``n`` interactions; store its first ``n`` rows as .npy files."""
     import pandas as pd
@@ -88,8 +95,8 @@ def run_one(impl: str, n: int, time_order: str, id_step: int, source: str = "ran
         from hiertcn_kernels import pack_sessions as pack
     else:
         from hiertcn.data.pandas_packer import pack_sessions_pandas as pack
-    small = synthetic_log(1000)
-    pack(*small)  # compile / load the Numba cache, import pandas
+    for small in warmup_logs():
+        pack(*small)  # compile / load the Numba cache of every path, import pandas
     rss_before_inputs = _status_kib("VmRSS")
     user, item, timestamp = load_log(source, n, time_order, id_step, data_dir)
     rss_inputs = _status_kib("VmRSS")

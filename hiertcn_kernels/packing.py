@@ -191,8 +191,9 @@ def pack_sessions(user, item, timestamp, *, session_gap=1800, session=None) -> S
     gap = _gap_threshold(session_gap)
 
     with _threads_for(n):
-        user_lo = int(user.min())
-        user_span = int(user.max()) - user_lo + 1
+        user_lo, user_hi, _, _ = _min_max2(user, user, numba.get_num_threads())
+        user_lo = int(user_lo)
+        user_span = int(user_hi) - user_lo + 1
         if not has_session and user_span <= DENSE_USERS_SPAN * n and n < 2**31:
             csr = _pack_fused(user, item, timestamp, gap, user_lo, user_span)
             if csr is not None:
@@ -296,12 +297,11 @@ def _pack_fused(user, item, timestamp, gap, user_lo, user_span):
     Returns None when the packed row does not fit 64 bits or item ids are sparse.
     """
     n = len(user)
-    item_lo = int(item.min())
-    item_span = int(item.max()) - item_lo + 1
+    item_lo, item_hi, time_lo, time_hi = _min_max2(item, timestamp, numba.get_num_threads())
+    item_span = item_hi - item_lo + 1
     if item_span > 4 * n:
         return None
-    time_lo = int(timestamp.min())
-    time_bits = _span_bits(timestamp)
+    time_bits = (time_hi - time_lo).bit_length()
     user_bits = (user_span - 1).bit_length()
     low_bits = min(16, max(0, user_bits - 10))
     n_threads = numba.get_num_threads()
@@ -310,14 +310,68 @@ def _pack_fused(user, item, timestamp, gap, user_lo, user_span):
     code_bits = max(0, (n_items - 1).bit_length())
     if time_bits + code_bits + low_bits > 63:
         return None
-    ts_out = np.empty(n, np.int64)
+    ts_out = _prefaulted(n)
     _fused_scatter(user, user_lo, low_bits, item, item_lo, code, code_bits, timestamp, time_lo,
                    counts, ts_out.view(np.uint64))
     del code
-    item_out = np.empty(n, np.int64)
+    item_out = _prefaulted(n)
     user_ptr, session_ptr, user_ids = _fused_buckets(counts, user_span, user_lo, low_bits, code_bits, time_lo,
                                                      gap, ts_out, item_out)
     return SessionCSR(user_ptr, session_ptr, item_out, ts_out, user_ids, item_ids)
+
+
+def _prefaulted(n: int) -> np.ndarray:
+    """``np.empty(n, int64)`` with its pages touched in order first.
+
+    The passes below write in random order; faulting a fresh mapping in random
+    order costs ~10x more than a sequential touch here (the transparent huge
+    pages that numpy asks for are only found for in-order faults).
+    """
+    a = np.empty(n, np.int64)
+    a.fill(0)
+    return a
+
+
+@njit(parallel=True, cache=True)
+def _fill_zero(a):
+    for i in prange(a.shape[0]):
+        a[i] = 0
+
+
+@njit(parallel=True, cache=True)
+def _min_max2(a, b, n_threads):
+    """``(a.min(), a.max(), b.min(), b.max())`` in one parallel pass."""
+    n = a.shape[0]
+    nchunks = max(1, min(n_threads, n // 65536))
+    chunk = (n + nchunks - 1) // nchunks
+    out = np.empty((nchunks, 4), np.int64)
+    for c in prange(nchunks):
+        i0 = c * chunk
+        a_lo = a[i0]
+        a_hi = a[i0]
+        b_lo = b[i0]
+        b_hi = b[i0]
+        for i in range(i0, min(n, i0 + chunk)):
+            x = a[i]
+            y = b[i]
+            a_lo = min(a_lo, x)
+            a_hi = max(a_hi, x)
+            b_lo = min(b_lo, y)
+            b_hi = max(b_hi, y)
+        out[c, 0] = a_lo
+        out[c, 1] = a_hi
+        out[c, 2] = b_lo
+        out[c, 3] = b_hi
+    a_lo = out[0, 0]
+    a_hi = out[0, 1]
+    b_lo = out[0, 2]
+    b_hi = out[0, 3]
+    for c in range(1, nchunks):
+        a_lo = min(a_lo, out[c, 0])
+        a_hi = max(a_hi, out[c, 1])
+        b_lo = min(b_lo, out[c, 2])
+        b_hi = max(b_hi, out[c, 3])
+    return a_lo, a_hi, b_lo, b_hi
 
 
 @njit(parallel=True, cache=True)
@@ -417,10 +471,9 @@ def _fused_buckets(counts, user_span, user_lo, low_bits, code_bits, time_lo, gap
             nu += cnt > 0
             cursor[d] = total
             total += cnt
-        scratch = packed[a:e].copy()
         key = np.empty(e - a, np.uint64)
         for k in range(e - a):
-            v = scratch[k]
+            v = packed[a + k]
             d = np.intp(v & low_mask)
             pos = cursor[d]
             cursor[d] = pos + 1
@@ -491,10 +544,45 @@ def _sort_keys_by_time(key, a, b, sh_t):
         return
     for k in range(a + 1, b):
         if (key[k] >> sh_t) < (key[k - 1] >> sh_t):
-            times = key[a:b] >> sh_t
-            order = np.argsort(times, kind="mergesort")
-            key[a:b] = key[a:b][order]
-            return
+            break
+    else:
+        return
+    # Stable bottom-up merge sort: insertion-sorted runs, then merges through a buffer.
+    run = INSERTION_SORT_MAX
+    for lo in range(a, b, run):
+        _sort_keys_by_time(key, lo, min(b, lo + run), sh_t)
+    src = key[a:b]
+    dst = np.empty(b - a, np.uint64)
+    m = b - a
+    in_key = True
+    while run < m:
+        for lo in range(0, m, 2 * run):
+            mid = min(m, lo + run)
+            hi = min(m, lo + 2 * run)
+            i = lo
+            j = mid
+            k = lo
+            while i < mid and j < hi:
+                if (src[j] >> sh_t) < (src[i] >> sh_t):
+                    dst[k] = src[j]
+                    j += 1
+                else:
+                    dst[k] = src[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                dst[k] = src[i]
+                i += 1
+                k += 1
+            while j < hi:
+                dst[k] = src[j]
+                j += 1
+                k += 1
+        src, dst = dst, src
+        in_key = not in_key
+        run *= 2
+    if not in_key:
+        key[a:b] = src
 
 
 def _pack_radix(user, item, timestamp, session, has_session, gap, user_lo, user_span):
