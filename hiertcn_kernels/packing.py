@@ -325,17 +325,23 @@ def _prefaulted(n: int) -> np.ndarray:
 
     The passes below write in random order; faulting a fresh mapping in random
     order costs ~10x more than a sequential touch here (the transparent huge
-    pages that numpy asks for are only found for in-order faults).
+    pages that numpy asks for are only found for in-order faults; when the
+    kernel has none to give, the 4 KiB faults at least run on every thread).
     """
     a = np.empty(n, np.int64)
-    a.fill(0)
+    _fill_zero(a, numba.get_num_threads())
     return a
 
 
 @njit(parallel=True, cache=True)
-def _fill_zero(a):
-    for i in prange(a.shape[0]):
-        a[i] = 0
+def _fill_zero(a, n_threads):
+    """Sequential zero fill, one contiguous chunk per thread (faults proceed in parallel)."""
+    n = a.shape[0]
+    nchunks = max(1, min(n_threads, n // 65536))
+    chunk = (n + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            a[i] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -386,7 +392,9 @@ def _fused_histogram(user, user_lo, user_span, low_bits, item, item_lo, item_spa
     for c in prange(nchunks):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
             counts[c, (user[i] - user_lo) >> low_bits] += 1
-            code[item[i] - item_lo] = 1
+            r = item[i] - item_lo
+            if code[r] == 0:  # read first: popular items' lines stay shared between threads
+                code[r] = 1
     return counts, code
 
 
