@@ -315,8 +315,14 @@ def _pack_fused(user, item, timestamp, gap, user_lo, user_span):
                    counts, ts_out.view(np.uint64))
     del code
     item_out = _prefaulted(n)
-    user_ptr, session_ptr, user_ids = _fused_buckets(counts, user_span, user_lo, low_bits, code_bits, time_lo,
-                                                     gap, ts_out, item_out)
+    starts, ucount, bucket_users, bucket_sessions = _fused_buckets(counts, low_bits, code_bits, time_lo, gap,
+                                                                   ts_out, item_out)
+    n_users, n_sessions = _exclusive_sums(bucket_users, bucket_sessions)
+    user_ptr = np.empty(n_users + 1, np.int64)
+    session_ptr = _prefaulted(n_sessions + 1)  # up to N entries: numpy's huge pages, faulted on every thread
+    user_ids = np.empty(n_users, np.int64)
+    _fused_ptrs(starts, ucount, bucket_users, bucket_sessions, user_lo, low_bits, gap, ts_out,
+                user_ptr, session_ptr, user_ids)
     return SessionCSR(user_ptr, session_ptr, item_out, ts_out, user_ids, item_ids)
 
 
@@ -445,8 +451,8 @@ def _fused_scatter(user, user_lo, low_bits, item, item_lo, code, code_bits, time
 
 
 @njit(parallel=True, cache=True)
-def _fused_buckets(counts, user_span, user_lo, low_bits, code_bits, time_lo, gap, ts_out, item_out):
-    """Per bucket of users: sort by low user bits then time, decode, cut sessions; then fill the pointers."""
+def _fused_buckets(counts, low_bits, code_bits, time_lo, gap, ts_out, item_out):
+    """Per bucket of users: sort by low user bits then time, decode; count users and sessions per bucket."""
     n = ts_out.shape[0]
     nchunks = counts.shape[0] - 1
     n_high = counts.shape[1]
@@ -504,6 +510,12 @@ def _fused_buckets(counts, user_span, user_lo, low_bits, code_bits, time_lo, gap
             r += cnt
         bucket_users[b] = nu
         bucket_sessions[b] = ns
+    return starts, ucount, bucket_users, bucket_sessions
+
+
+@njit(cache=True)
+def _exclusive_sums(bucket_users, bucket_sessions):
+    n_high = bucket_users.shape[0] - 1
     n_users = 0
     n_sessions = 0
     for b in range(n_high):
@@ -513,9 +525,18 @@ def _fused_buckets(counts, user_span, user_lo, low_bits, code_bits, time_lo, gap
         bucket_sessions[b] = n_sessions
         n_users += nu
         n_sessions += ns
-    user_ptr = np.empty(n_users + 1, np.int64)
-    session_ptr = np.empty(n_sessions + 1, np.int64)
-    user_ids = np.empty(n_users, np.int64)
+    return n_users, n_sessions
+
+
+@njit(parallel=True, cache=True)
+def _fused_ptrs(starts, ucount, bucket_users, bucket_sessions, user_lo, low_bits, gap, ts_out,
+                user_ptr, session_ptr, user_ids):
+    """Fill the pointers and user ids, each bucket from its offsets (``_exclusive_sums``)."""
+    n = ts_out.shape[0]
+    n_high = starts.shape[0] - 1
+    n_low = 1 << low_bits
+    n_users = user_ids.shape[0]
+    n_sessions = session_ptr.shape[0] - 1
     user_ptr[n_users] = n_sessions
     session_ptr[n_sessions] = n
     for b in prange(n_high):
@@ -534,7 +555,6 @@ def _fused_buckets(counts, user_span, user_lo, low_bits, code_bits, time_lo, gap
                     session_ptr[s] = i
                     s += 1
             r += cnt
-    return user_ptr, session_ptr, user_ids
 
 
 @njit(cache=True)
