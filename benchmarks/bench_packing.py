@@ -3,15 +3,16 @@
     PYTHONPATH=. python benchmarks/bench_packing.py --n 10000000                 # generate_xing log
     PYTHONPATH=. python benchmarks/bench_packing.py --n 10000000 --source random # synthetic_log below
 
-``--source xing`` (default): the project's synthetic XING log
+By default both sources run. ``--source xing``: the project's synthetic XING log
 (``hiertcn.data.synthetic.generate_xing``, real multi-event sessions, rows in
 time order), generated once into a temporary directory, its CSV read once with
 pandas and stored as ``.npy`` files that every child loads (the first ``--n``
 rows). ``--source random``: ``synthetic_log`` (uniform random users and times:
 nearly every event is its own session).
 
-Each implementation runs in its own subprocess so peak RSS is its own: the
-child builds the synthetic log, warms up (Numba cache / pandas import), resets
+Each implementation runs in its own subprocess (``--repeats`` of them per
+row, implementations alternating round by round; the median run by wall time
+is reported) so peak RSS is its own: the child builds or loads the log, warms up (Numba cache / pandas import), resets
 the kernel's peak-RSS counter (``/proc/self/clear_refs``), packs once and reads
 ``VmHWM``. ``peak/inputs`` is (RSS of the inputs + packing peak over them) /
 bytes of the int64 input arrays: the 4x memory budget.
@@ -131,6 +132,8 @@ def main():
     parser.add_argument("--source", choices=["xing", "random"], nargs="+", default=["xing", "random"],
                         help="xing: generate_xing log; random: synthetic_log (one event per session, mostly)")
     parser.add_argument("--id-step", type=int, default=7, help="random source: 2**40 makes ids sparse (radix path)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="fresh processes per row, implementations alternating round by round; median reported")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -147,21 +150,29 @@ def main():
             print(f"generate_xing log of {args.n} interactions written in {time.perf_counter() - start:.1f} s")
         for source in args.source:
             for order in args.time_order:
-                for impl in args.impl:
-                    cmd = [sys.executable, __file__, "--child", "--n", str(args.n), "--impl", impl,
-                           "--time-order", order, "--id-step", str(args.id_step), "--source", source,
-                           "--data-dir", tmp]
-                    env = {**os.environ, "NUMBA_NUM_THREADS": "1"} if impl == "numba-1thread" else None
-                    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-                    rows.append(json.loads(out))
+                runs = {impl: [] for impl in args.impl}
+                for _ in range(args.repeats):
+                    for impl in args.impl:
+                        cmd = [sys.executable, __file__, "--child", "--n", str(args.n), "--impl", impl,
+                               "--time-order", order, "--id-step", str(args.id_step), "--source", source,
+                               "--data-dir", tmp]
+                        env = {**os.environ, "NUMBA_NUM_THREADS": "1"} if impl == "numba-1thread" else None
+                        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+                        runs[impl].append(json.loads(out))
+                for impl, results in runs.items():
+                    results.sort(key=lambda r: r["seconds"])
+                    row = dict(results[len(results) // 2])  # the median run by wall time
+                    row["all_seconds"] = [r["seconds"] for r in results]
+                    rows.append(row)
     print(f"{n_cores} cores, load average after: {os.getloadavg()[0]:.1f}")
-    print(f"{'source':>6} {'time order':>10} {'impl':>13} {'seconds':>8} {'cpu s':>6} {'Minter/s':>9} {'peak RSS MiB':>13} {'peak/inputs':>12} {'speedup':>8}")
+    print(f"{'source':>6} {'time order':>10} {'impl':>13} {'seconds':>8} {'cpu s':>6} {'Minter/s':>9} {'peak RSS MiB':>13} {'peak/inputs':>12} {'speedup':>8}  [all runs, s]")
     for row in rows:
         base = next(r for r in rows if r["source"] == row["source"] and r["time_order"] == row["time_order"]
                     and r["impl"] == "pandas")
         print(f"{row['source']:>6} {row['time_order']:>10} {row['impl']:>13} {row['seconds']:8.2f} {row['cpu_seconds']:6.2f} "
               f"{row['interactions_per_s'] / 1e6:9.2f} "
-              f"{row['peak_rss_mib']:13.0f} {row['peak_per_input_bytes']:12.2f} {base['seconds'] / row['seconds']:8.1f}x")
+              f"{row['peak_rss_mib']:13.0f} {row['peak_per_input_bytes']:12.2f} {base['seconds'] / row['seconds']:8.1f}x"
+              f"  [{' '.join(f'{t:.2f}' for t in row['all_seconds'])}]")
     for source in args.source:
         for order in args.time_order:
             if len({r["sessions"] for r in rows if r["source"] == source and r["time_order"] == order}) != 1:
