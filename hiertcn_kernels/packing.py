@@ -3,8 +3,14 @@
 ``pack_sessions`` (Numba) builds a :class:`SessionCSR` from raw arrays in any
 order, without pandas and without a comparison sort of the whole log:
 
-- users whose raw ids span at most 2N values (the usual case): a stable
-  counting sort by user, then each user's rows sorted by time in place;
+- users spanning at most 2N raw ids, items at most 4N, no ``session`` column
+  and (time offset, item code, low user bits) fitting 63 bits (the usual
+  case): ``_pack_fused``, three passes that write the outputs directly (a
+  scatter of one packed uint64 per row by the high user bits into the
+  timestamp output, then per bucket of users, in cache: the low user bits,
+  time, decoding, session cuts); no temporaries of N rows;
+- other dense users: a stable counting sort by user, then each user's rows
+  sorted by time in place;
 - any other ids: a stable LSD radix sort on a (user, time) key.
 
 Both keep ties in time in input order. Peak memory, inputs included, stays
