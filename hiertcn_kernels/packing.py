@@ -3,8 +3,14 @@
 ``pack_sessions`` (Numba) builds a :class:`SessionCSR` from raw arrays in any
 order, without pandas and without a comparison sort of the whole log:
 
-- users whose raw ids span at most 2N values (the usual case): a stable
-  counting sort by user, then each user's rows sorted by time in place;
+- users spanning at most 2N raw ids, items at most 4N, no ``session`` column
+  and (time offset, item code, low user bits) fitting 63 bits (the usual
+  case): ``_pack_fused``, three passes that write the outputs directly (a
+  scatter of one packed uint64 per row by the high user bits into the
+  timestamp output, then per bucket of users, in cache: the low user bits,
+  time, decoding, session cuts); no temporaries of N rows;
+- other dense users: a stable counting sort by user, then each user's rows
+  sorted by time in place;
 - any other ids: a stable LSD radix sort on a (user, time) key.
 
 Both keep ties in time in input order. Peak memory, inputs included, stays
@@ -191,8 +197,13 @@ def pack_sessions(user, item, timestamp, *, session_gap=1800, session=None) -> S
     gap = _gap_threshold(session_gap)
 
     with _threads_for(n):
-        user_lo = int(user.min())
-        user_span = int(user.max()) - user_lo + 1
+        user_lo, user_hi, _, _ = _min_max2(user, user, numba.get_num_threads())
+        user_lo = int(user_lo)
+        user_span = int(user_hi) - user_lo + 1
+        if not has_session and user_span <= DENSE_USERS_SPAN * n and n < 2**31:
+            csr = _pack_fused(user, item, timestamp, gap, user_lo, user_span)
+            if csr is not None:
+                return csr
         pack = _pack_dense_users if user_span <= DENSE_USERS_SPAN * n else _pack_radix
         item_out, ts_out, flags, user_ids = pack(user, item, timestamp, session, has_session, gap, user_lo, user_span)
         user_ptr, session_ptr = _build_ptrs(flags)
@@ -276,6 +287,336 @@ def _pack_dense_users(user, item, timestamp, session, has_session, gap, user_lo,
     _gather_and_mark_segments(user_start, perm, item, ts_out, session, has_session, gap, flags)
     user_ids = user_lo + np.flatnonzero(np.diff(user_start))
     return perm, ts_out, flags, user_ids  # perm now holds the items
+
+
+def _pack_fused(user, item, timestamp, gap, user_lo, user_span):
+    """Dense users, dense items, no ``session`` column (the usual case): three passes, outputs written once.
+
+    1. per-thread histogram of the high user bits, and which item ids occur;
+    2. one scatter by the high user bits of a packed uint64 per row
+       ``(time offset, item code, low user bits)`` into the timestamp output's
+       own memory (no temporaries of N rows);
+    3. per bucket of users, in cache and in parallel: counting sort by the low
+       user bits, each user's rows sorted by time (stable), decoded into the
+       two outputs, sessions counted; then per bucket the pointers are filled.
+
+    Returns None when the packed row does not fit 64 bits or item ids are sparse.
+    """
+    n = len(user)
+    item_lo, item_hi, time_lo, time_hi = _min_max2(item, timestamp, numba.get_num_threads())
+    item_span = item_hi - item_lo + 1
+    if item_span > 4 * n:
+        return None
+    time_bits = (time_hi - time_lo).bit_length()
+    user_bits = (user_span - 1).bit_length()
+    low_bits = min(16, max(0, user_bits - 10))
+    n_threads = numba.get_num_threads()
+    counts, code = _fused_histogram(user, user_lo, user_span, low_bits, item, item_lo, item_span, n_threads)
+    item_ids, n_items = _codes_from_presence(code, item_lo)
+    code_bits = max(0, (n_items - 1).bit_length())
+    if time_bits + code_bits + low_bits > 63:
+        return None
+    ts_out = _prefaulted(n)
+    _fused_scatter(user, user_lo, low_bits, item, item_lo, code, code_bits, timestamp, time_lo,
+                   counts, ts_out.view(np.uint64))
+    del code
+    item_out = _prefaulted(n)
+    starts, ucount, bucket_users, bucket_sessions = _fused_buckets(counts, low_bits, code_bits, time_lo, gap,
+                                                                   ts_out, item_out)
+    n_users, n_sessions = _exclusive_sums(bucket_users, bucket_sessions)
+    user_ptr = np.empty(n_users + 1, np.int64)
+    session_ptr = _prefaulted(n_sessions + 1)  # up to N entries: numpy's huge pages, faulted on every thread
+    user_ids = np.empty(n_users, np.int64)
+    _fused_ptrs(starts, ucount, bucket_users, bucket_sessions, user_lo, low_bits, gap, ts_out,
+                user_ptr, session_ptr, user_ids)
+    return SessionCSR(user_ptr, session_ptr, item_out, ts_out, user_ids, item_ids)
+
+
+def _prefaulted(n: int) -> np.ndarray:
+    """``np.empty(n, int64)`` with its pages touched in order first.
+
+    The passes below write in random order; faulting a fresh mapping in random
+    order costs ~10x more than a sequential touch here (the transparent huge
+    pages that numpy asks for are only found for in-order faults; when the
+    kernel has none to give, the 4 KiB faults at least run on every thread).
+    """
+    a = np.empty(n, np.int64)
+    _fill_zero(a, numba.get_num_threads())
+    return a
+
+
+@njit(parallel=True, cache=True)
+def _fill_zero(a, n_threads):
+    """Sequential zero fill, one contiguous chunk per thread (faults proceed in parallel)."""
+    n = a.shape[0]
+    nchunks = max(1, min(n_threads, n // 65536))
+    chunk = (n + nchunks - 1) // nchunks
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            a[i] = 0
+
+
+@njit(parallel=True, cache=True)
+def _min_max2(a, b, n_threads):
+    """``(a.min(), a.max(), b.min(), b.max())`` in one parallel pass."""
+    n = a.shape[0]
+    nchunks = max(1, min(n_threads, n // 65536))
+    chunk = (n + nchunks - 1) // nchunks
+    out = np.empty((nchunks, 4), np.int64)
+    for c in prange(nchunks):
+        i0 = c * chunk
+        a_lo = a[i0]
+        a_hi = a[i0]
+        b_lo = b[i0]
+        b_hi = b[i0]
+        for i in range(i0, min(n, i0 + chunk)):
+            x = a[i]
+            y = b[i]
+            a_lo = min(a_lo, x)
+            a_hi = max(a_hi, x)
+            b_lo = min(b_lo, y)
+            b_hi = max(b_hi, y)
+        out[c, 0] = a_lo
+        out[c, 1] = a_hi
+        out[c, 2] = b_lo
+        out[c, 3] = b_hi
+    a_lo = out[0, 0]
+    a_hi = out[0, 1]
+    b_lo = out[0, 2]
+    b_hi = out[0, 3]
+    for c in range(1, nchunks):
+        a_lo = min(a_lo, out[c, 0])
+        a_hi = max(a_hi, out[c, 1])
+        b_lo = min(b_lo, out[c, 2])
+        b_hi = max(b_hi, out[c, 3])
+    return a_lo, a_hi, b_lo, b_hi
+
+
+@njit(parallel=True, cache=True)
+def _fused_histogram(user, user_lo, user_span, low_bits, item, item_lo, item_span, n_threads):
+    """Per-chunk counts of the high user bits (``counts[-1]`` holds the bucket totals) and item presence."""
+    n = user.shape[0]
+    nchunks = max(1, min(n_threads, n // 65536))
+    chunk = (n + nchunks - 1) // nchunks
+    n_high = ((user_span - 1) >> low_bits) + 1
+    counts = np.zeros((nchunks + 1, n_high), np.int64)
+    code = np.zeros(item_span, np.int32)
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            counts[c, (user[i] - user_lo) >> low_bits] += 1
+            r = item[i] - item_lo
+            if code[r] == 0:  # read first: popular items' lines stay shared between threads
+                code[r] = 1
+    return counts, code
+
+
+@njit(cache=True)
+def _codes_from_presence(code, item_lo):
+    k = 0
+    for r in range(code.shape[0]):
+        if code[r] != 0:
+            code[r] = k
+            k += 1
+        else:
+            code[r] = -1
+    ids = np.empty(k, np.int64)
+    for r in range(code.shape[0]):
+        if code[r] >= 0:
+            ids[code[r]] = r + item_lo
+    return ids, k
+
+
+@njit(parallel=True, cache=True)
+def _fused_scatter(user, user_lo, low_bits, item, item_lo, code, code_bits, timestamp, time_lo, counts, out):
+    """Stable scatter by high user bits of ``(time - time_lo) << (code_bits + low_bits) | code << low_bits | low``.
+
+    Turns ``counts[:-1]`` into running offsets and ``counts[-1]`` into bucket starts.
+    """
+    n = user.shape[0]
+    nchunks = counts.shape[0] - 1
+    n_high = counts.shape[1]
+    chunk = (n + nchunks - 1) // nchunks
+    total = 0
+    for d in range(n_high):
+        counts[nchunks, d] = total
+        for c in range(nchunks):
+            cnt = counts[c, d]
+            counts[c, d] = total
+            total += cnt
+    low_mask = (1 << low_bits) - 1
+    sh_t = np.uint64(code_bits + low_bits)
+    sh_c = np.uint64(low_bits)
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            offset = user[i] - user_lo
+            h = offset >> low_bits
+            pos = counts[c, h]
+            counts[c, h] = pos + 1
+            out[pos] = ((np.uint64(timestamp[i] - time_lo) << sh_t)
+                        | (np.uint64(code[item[i] - item_lo]) << sh_c) | np.uint64(offset & low_mask))
+
+
+@njit(parallel=True, cache=True)
+def _fused_buckets(counts, low_bits, code_bits, time_lo, gap, ts_out, item_out):
+    """Per bucket of users: sort by low user bits then time, decode; count users and sessions per bucket."""
+    n = ts_out.shape[0]
+    nchunks = counts.shape[0] - 1
+    n_high = counts.shape[1]
+    starts = np.empty(n_high + 1, np.int64)
+    for b in range(n_high):
+        starts[b] = counts[nchunks, b]
+    starts[n_high] = n
+    n_low = 1 << low_bits
+    low_mask = np.uint64(n_low - 1)
+    code_mask = np.uint64((1 << code_bits) - 1)
+    sh_c = np.uint64(low_bits)
+    sh_t = np.uint64(code_bits + low_bits)
+    packed = ts_out.view(np.uint64)
+    ucount = np.zeros(n_high * n_low, np.int32)
+    bucket_users = np.zeros(n_high + 1, np.int64)
+    bucket_sessions = np.zeros(n_high + 1, np.int64)
+    for b in prange(n_high):
+        a = starts[b]
+        e = starts[b + 1]
+        if a == e:
+            continue
+        cursor = np.zeros(n_low, np.int64)
+        for i in range(a, e):
+            cursor[np.intp(packed[i] & low_mask)] += 1
+        total = 0
+        nu = 0
+        for d in range(n_low):
+            cnt = cursor[d]
+            ucount[b * n_low + d] = cnt
+            nu += cnt > 0
+            cursor[d] = total
+            total += cnt
+        key = np.empty(e - a, np.uint64)
+        for k in range(e - a):
+            v = packed[a + k]
+            d = np.intp(v & low_mask)
+            pos = cursor[d]
+            cursor[d] = pos + 1
+            key[pos] = v >> sh_t << sh_t | ((v >> sh_c) & code_mask)  # time | code, low bits dropped
+        ns = 0
+        r = 0
+        for d in range(n_low):
+            cnt = ucount[b * n_low + d]
+            if cnt == 0:
+                continue
+            _sort_keys_by_time(key, r, r + cnt, sh_t)
+            prev = np.int64(0)
+            for k in range(r, r + cnt):
+                t = np.int64(key[k] >> sh_t) + time_lo
+                item_out[a + k] = np.int64(key[k] & code_mask)
+                ts_out[a + k] = t
+                if k == r or t - prev >= gap:
+                    ns += 1
+                prev = t
+            r += cnt
+        bucket_users[b] = nu
+        bucket_sessions[b] = ns
+    return starts, ucount, bucket_users, bucket_sessions
+
+
+@njit(cache=True)
+def _exclusive_sums(bucket_users, bucket_sessions):
+    n_high = bucket_users.shape[0] - 1
+    n_users = 0
+    n_sessions = 0
+    for b in range(n_high):
+        nu = bucket_users[b]
+        ns = bucket_sessions[b]
+        bucket_users[b] = n_users
+        bucket_sessions[b] = n_sessions
+        n_users += nu
+        n_sessions += ns
+    return n_users, n_sessions
+
+
+@njit(parallel=True, cache=True)
+def _fused_ptrs(starts, ucount, bucket_users, bucket_sessions, user_lo, low_bits, gap, ts_out,
+                user_ptr, session_ptr, user_ids):
+    """Fill the pointers and user ids, each bucket from its offsets (``_exclusive_sums``)."""
+    n = ts_out.shape[0]
+    n_high = starts.shape[0] - 1
+    n_low = 1 << low_bits
+    n_users = user_ids.shape[0]
+    n_sessions = session_ptr.shape[0] - 1
+    user_ptr[n_users] = n_sessions
+    session_ptr[n_sessions] = n
+    for b in prange(n_high):
+        u = bucket_users[b]
+        s = bucket_sessions[b]
+        r = starts[b]
+        for d in range(n_low):
+            cnt = ucount[b * n_low + d]
+            if cnt == 0:
+                continue
+            user_ids[u] = user_lo + b * n_low + d
+            user_ptr[u] = s
+            u += 1
+            for i in range(r, r + cnt):
+                if i == r or ts_out[i] - ts_out[i - 1] >= gap:
+                    session_ptr[s] = i
+                    s += 1
+            r += cnt
+
+
+@njit(cache=True)
+def _sort_keys_by_time(key, a, b, sh_t):
+    """Stable sort of ``key[a:b]`` by ``key >> sh_t`` (rows are in input order, so ties keep it)."""
+    if b - a <= INSERTION_SORT_MAX:
+        for k in range(a + 1, b):
+            v = key[k]
+            t = v >> sh_t
+            j = k
+            while j > a and (key[j - 1] >> sh_t) > t:
+                key[j] = key[j - 1]
+                j -= 1
+            key[j] = v
+        return
+    for k in range(a + 1, b):
+        if (key[k] >> sh_t) < (key[k - 1] >> sh_t):
+            break
+    else:
+        return
+    # Stable bottom-up merge sort: insertion-sorted runs, then merges through a buffer.
+    run = INSERTION_SORT_MAX
+    for lo in range(a, b, run):
+        _sort_keys_by_time(key, lo, min(b, lo + run), sh_t)
+    src = key[a:b]
+    dst = np.empty(b - a, np.uint64)
+    m = b - a
+    in_key = True
+    while run < m:
+        for lo in range(0, m, 2 * run):
+            mid = min(m, lo + run)
+            hi = min(m, lo + 2 * run)
+            i = lo
+            j = mid
+            k = lo
+            while i < mid and j < hi:
+                if (src[j] >> sh_t) < (src[i] >> sh_t):
+                    dst[k] = src[j]
+                    j += 1
+                else:
+                    dst[k] = src[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                dst[k] = src[i]
+                i += 1
+                k += 1
+            while j < hi:
+                dst[k] = src[j]
+                j += 1
+                k += 1
+        src, dst = dst, src
+        in_key = not in_key
+        run *= 2
+    if not in_key:
+        key[a:b] = src
 
 
 def _pack_radix(user, item, timestamp, session, has_session, gap, user_lo, user_span):

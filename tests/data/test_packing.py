@@ -223,3 +223,16 @@ def test_validate_names_the_broken_field(csr):
         broken(timestamp=ts).validate()
     with pytest.raises(ValueError, match="item_ids must be strictly ascending"):
         broken(item_ids=csr.item_ids[::-1].copy()).validate()
+
+
+@pytest.mark.parametrize("time_order", ["shuffled", "sorted"])
+def test_matches_pandas_with_long_users_and_many_ties(time_order):
+    # Dense ids (the fused path), users of hundreds of rows (merge sort) and few distinct times (ties).
+    rng = np.random.default_rng(1)
+    n = 300_000
+    user = rng.integers(0, 1000, n) + 5
+    item = rng.integers(0, 20_000, n)
+    timestamp = rng.integers(0, 400, n) * 1000
+    if time_order == "sorted":
+        timestamp.sort()
+    check_against_pandas(user, item, timestamp, session_gap=1500)
