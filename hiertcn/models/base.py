@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
 from hiertcn.batching import SessionBatch
 
 
-class Recommender(nn.Module):
+class Recommender(nn.Module, abc.ABC):
     """Next-item recommender over :class:`SessionBatch` lanes.
 
     ``forward(batch, state)`` returns ``(user_emb (T, D), new_state)``: row ``t``
@@ -69,8 +71,9 @@ class Recommender(nn.Module):
             return state.detach()
         return type(state)(s.detach() for s in state)
 
-    def forward(self, batch: SessionBatch, state=None):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, batch: SessionBatch, state=None):
+        """``(user_emb (T, D), new_state)``: position t uses only the lane's interactions before t."""
 
 
 def lane_slots(batch: SessionBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
