@@ -32,7 +32,7 @@ from hiertcn.models import MODEL_NAMES, build_model
 from hiertcn_kernels import pack_sessions
 
 SMALL = {
-    "hiertcn": dict(embedding_dim=64, hidden_dim=64, channels=64, levels=4),
+    "hiertcn": dict(embedding_dim=64, hidden_dim=64, channels=64, levels=2),
     "moving_average": dict(embedding_dim=64),
     "gru4rec": dict(embedding_dim=64, hidden_dim=100),
     "flat_tcn": dict(embedding_dim=64, channels=(64, 64, 64, 64, 128, 128)),

@@ -10,6 +10,12 @@ item logits through the output table. Optionally the carried state decays with
 the time gap before a window: ``state *= exp(-gap / bandwidth)``, with a fixed
 bandwidth (default one week, the release's 168 hours) or, as in the release,
 ``bandwidth * sigmoid(dense(state))``.
+
+Defaults follow the release's ``args.py``: 128-d items, a 2x128 GRU and
+``tcn_channel=[128, 128]``, i.e. two TCN levels (kernel 5, dilations 1 and 2:
+receptive field 13 over windows of at most 20 items). The commented checkpoint
+names in that file show some of the authors' runs with four levels
+(``channel128,128,128,128``); pass ``levels=4`` for those.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ class HierTCN(Recommender):
         hidden_dim: int = 128,
         gru_layers: int = 2,
         channels: int = 128,
-        levels: int = 4,
+        levels: int = 2,
         kernel_size: int = 5,
         block: str = "relu",
         agg: str = "mean",
