@@ -37,11 +37,82 @@ class _Loss:
         return self.compute(model, user_emb, targets.long(), impressions)
 
 
+# Rows of logits per chunk: 2**22 floats (16 MiB in fp32) whatever the catalogue size.
+_CHUNK_ELEMENTS = 2**22
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(u @ weight.T + bias, targets)`` (mean), computed chunk by chunk of rows.
+
+    The forward also computes the gradients w.r.t. ``u``, ``weight`` and ``bias``
+    (``(softmax - onehot) / n`` per chunk, folded through the two products
+    at once), so neither pass ever holds the full ``(n, n_items)`` logits and
+    the backward only scales the stored gradients by ``grad_output``.
+    """
+
+    @staticmethod
+    def forward(ctx, user_emb, weight, bias, targets, chunk_rows):
+        n = user_emb.shape[0]
+        grad_u, grad_w, grad_b = torch.empty_like(user_emb), torch.zeros_like(weight), torch.zeros_like(bias)
+        loss = user_emb.new_zeros(())
+        for start in range(0, n, chunk_rows):
+            u, t = user_emb[start:start + chunk_rows], targets[start:start + chunk_rows]
+            rows = torch.arange(t.shape[0], device=t.device)
+            logits = torch.addmm(bias, u, weight.t())
+            target_logit = logits[rows, t]
+            peak = logits.amax(1, keepdim=True)
+            # One exp pass gives both the logsumexp and the softmax, in the logits' own memory.
+            grad_logits = logits.sub_(peak).exp_()
+            total = grad_logits.sum(1, keepdim=True)
+            loss += (total.log() + peak).sum() - target_logit.sum()
+            grad_logits.mul_(total.reciprocal_().div_(n))  # softmax / n
+            grad_logits[rows, t] -= 1.0 / n
+            torch.mm(grad_logits, weight, out=grad_u[start:start + chunk_rows])
+            grad_w.addmm_(grad_logits.t(), u)
+            grad_b += grad_logits.sum(0)
+        ctx.save_for_backward(grad_u, grad_w, grad_b)
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_u, grad_w, grad_b = ctx.saved_tensors
+        return grad_u * grad_output, grad_w * grad_output, grad_b * grad_output, None, None
+
+
+def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None = None):
+    """Mean softmax cross-entropy of ``user_emb @ weight.T + bias`` against ``targets``, never materialising the logits.
+
+    Same value and gradients as ``F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets)``;
+    ``chunk_rows`` rows of logits at a time (default: ``2**22 / n_items`` rows).
+    """
+    n_items = weight.shape[0]
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_items):
+        raise ValueError(f"targets must be item ids in [0, {n_items}), got min {int(targets.min())} max {int(targets.max())}")
+    if chunk_rows is None:
+        chunk_rows = max(1, _CHUNK_ELEMENTS // n_items)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    if user_emb.shape[0] == 0:  # nothing to average: NaN, as F.cross_entropy gives
+        return F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets)
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in (user_emb, weight, bias))):
+        # No gradients wanted (evaluation): the loss alone, still chunked.
+        chunks = zip(user_emb.split(chunk_rows), targets.split(chunk_rows))
+        total = sum(F.cross_entropy(torch.addmm(bias, u, weight.t()), t, reduction="sum") for u, t in chunks)
+        return total / user_emb.shape[0]
+    return _LinearCrossEntropy.apply(user_emb, weight, bias, targets, chunk_rows)
+
+
 class SoftmaxLoss(_Loss):
-    """Full softmax cross-entropy over the whole catalogue (the official XING loss)."""
+    """Full softmax cross-entropy over the whole catalogue (the official XING loss), by :func:`linear_cross_entropy`."""
+
+    def __init__(self, chunk_rows: int | None = None):
+        if chunk_rows is not None and chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        self.chunk_rows = chunk_rows
 
     def compute(self, model, user_emb, targets, impressions):
-        return F.cross_entropy(model.scores(user_emb), targets)
+        weight, bias = model.output_embeddings()
+        return linear_cross_entropy(user_emb, weight, bias, targets, self.chunk_rows)
 
 
 class SampledSoftmaxLoss(_Loss):

@@ -4,7 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hiertcn.losses import LOSS_NAMES, SampledSoftmaxLoss, build_loss
+from tinylogs import TINY, small_log
+
+from hiertcn.batching import user_batches
+from hiertcn.losses import LOSS_NAMES, SampledSoftmaxLoss, build_loss, linear_cross_entropy
 from hiertcn.models import build_model
 
 
@@ -28,6 +31,73 @@ def test_softmax_is_cross_entropy_over_all_items():
     u, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 3, 6, 3, 1])
     expected = F.cross_entropy(u @ table.weight.t() + table.bias, y)
     torch.testing.assert_close(build_loss()(table, u, y), expected)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1, 3, 7, 11, 50])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_linear_cross_entropy_matches_cross_entropy_value_and_gradients(chunk_rows, dtype):
+    """Odd chunk sizes leave a short last chunk; grad_output != 1 checks the backward's scaling."""
+    torch.manual_seed(0)
+    u = torch.randn(11, 5, dtype=dtype, requires_grad=True)
+    w = torch.randn(13, 5, dtype=dtype, requires_grad=True)
+    b = (torch.randn(13, dtype=dtype) * 0.3).requires_grad_()
+    y = torch.tensor([0, 12, 3, 3, 7, 1, 12, 5, 9, 2, 0])
+    expected = F.cross_entropy(torch.addmm(b, u, w.t()), y)
+    got = linear_cross_entropy(u, w, b, y, chunk_rows)
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(got, expected, **tol)
+    reference_grads = torch.autograd.grad(expected * 2.5, (u, w, b))
+    for g, r in zip(torch.autograd.grad(got * 2.5, (u, w, b)), reference_grads):
+        torch.testing.assert_close(g, r, **tol)
+
+
+def test_linear_cross_entropy_gradcheck():
+    torch.manual_seed(1)
+    u = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([5, 0, 2, 5])
+    assert torch.autograd.gradcheck(lambda u, w, b: linear_cross_entropy(u, w, b, y, 3), (u, w, b))
+
+
+def test_linear_cross_entropy_without_gradients_and_empty():
+    torch.manual_seed(2)
+    u, w, b = torch.randn(9, 4), torch.randn(7, 4), torch.randn(7)
+    y = torch.randint(0, 7, (9,))
+    with torch.no_grad():
+        got = linear_cross_entropy(u.requires_grad_(), w, b, y, 4)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, F.cross_entropy(u @ w.t() + b, y))
+    assert torch.isnan(linear_cross_entropy(u[:0], w, b, y[:0]))  # as F.cross_entropy: a mean over nothing
+
+
+def test_linear_cross_entropy_rejects_bad_targets_and_chunks():
+    u, w, b = torch.randn(2, 3), torch.randn(4, 3), torch.randn(4)
+    for bad in ([0, 4], [-1, 2]):
+        with pytest.raises(ValueError, match="targets"):
+            linear_cross_entropy(u, w, b, torch.tensor(bad))
+    with pytest.raises(ValueError, match="chunk_rows"):
+        linear_cross_entropy(u, w, b, torch.tensor([0, 1]), 0)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        build_loss("softmax", chunk_rows=0)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_softmax_loss_gradients_of_a_model_match_cross_entropy(tied):
+    """Every parameter's gradient, including a tied table that also feeds the input embeddings."""
+    (batch,) = list(user_batches(small_log()))
+    torch.manual_seed(0)
+    model = build_model("hiertcn", n_items=9, **TINY["hiertcn"], tied=tied).double()
+    params = [p for p in model.parameters()]
+
+    def grads(loss_of):
+        user_emb, _ = model(batch)
+        return torch.autograd.grad(loss_of(user_emb), params)
+
+    expected = grads(lambda u: F.cross_entropy(model.scores(u), batch.items))
+    got = grads(lambda u: build_loss("softmax", chunk_rows=7)(model, u, batch.items))
+    for (name, _), g, r in zip(model.named_parameters(), got, expected):
+        torch.testing.assert_close(g, r, msg=name)
 
 
 def test_sampled_softmax_log_q_correction_values():
