@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
-from .conv import causal_conv1d, tcn_block
+from . import reference
+from ._checks import check_offsets, check_tensor
+from .conv import _use_triton, causal_conv1d, tcn_block
 from .segment import segment_reduce
 
 
@@ -82,6 +84,8 @@ class TemporalConvNet(nn.Module):
     """``levels`` TCN blocks with dilation ``2**level`` (the official HierTCN low level).
 
     ``dropout`` is applied to each block's output (the official code uses 0).
+    On the reference (CPU) path packed input is padded once for all blocks
+    rather than once per block; the Triton path stays packed.
     """
 
     def __init__(
@@ -100,6 +104,20 @@ class TemporalConvNet(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x, cu_seqlens=None):
+        if cu_seqlens is None or _use_triton(x):
+            return self._run_blocks(x, cu_seqlens)
+        # Reference path: pad the packed sequences once, run every block padded, unpack once.
+        # A causal conv never reads past a row's end, so what the padding holds after one
+        # block cannot reach the valid positions of the next.
+        check_tensor(x, "x", ndim=2)
+        check_offsets(cu_seqlens, x.shape[0], x.device)
+        layout = reference.bucket_layout(cu_seqlens)
+        if not layout:  # no rows
+            return self._run_blocks(x, cu_seqlens)
+        padded = [self._run_blocks(block) for block in reference.pad_buckets(x, layout)]
+        return reference.unpad_buckets(padded, layout, x.shape[0])
+
+    def _run_blocks(self, x, cu_seqlens=None):
         for block in self.blocks:
             x = self.dropout(block(x, cu_seqlens=cu_seqlens))
         return x

@@ -28,32 +28,53 @@ def _causal_conv1d_padded(x, weight, bias, dilation):
 
 
 def _causal_conv1d_packed(x, weight, bias, dilation, cu_seqlens):
-    """Gather sequences into padded buckets, convolve each bucket, scatter back.
+    """Gather sequences into padded buckets, convolve each bucket, scatter back."""
+    layout = bucket_layout(cu_seqlens)
+    if not layout:  # no rows at all
+        y = x.new_zeros(0, weight.shape[0])
+        return y if bias is None else y + bias
+    padded = [_causal_conv1d_padded(p, weight, bias, dilation) for p in pad_buckets(x, layout)]
+    return unpad_buckets(padded, layout, x.shape[0])
 
-    One bucket when padding everything to the longest sequence at most doubles
+
+def bucket_layout(cu_seqlens):
+    """How packed sequences are padded: ``[(valid (n, width) bool, rows)]``, one entry per bucket.
+
+    ``rows`` are the packed rows that ``padded[valid]`` holds, in that order. One
+    bucket when padding every non-empty sequence to the longest at most doubles
     the rows (short sessions: one conv call per level); otherwise sequences are
     bucketed by length rounded up to a power of two, which bounds padding to 2x
-    whatever the length distribution.
+    whatever the length distribution. Empty sequences are in no bucket.
     """
     offsets = cu_seqlens.long()
     starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
-    y = x.new_zeros(x.shape[0], weight.shape[0])
     nonempty = lengths > 0
     if not bool(nonempty.any()):
-        return y if bias is None else y + bias
-    if int(nonempty.sum()) * int(lengths.max()) <= 2 * x.shape[0]:
+        return []
+    if int(nonempty.sum()) * int(lengths.max()) <= 2 * int(offsets[-1]):
         bucket = torch.zeros_like(lengths)
     else:
         bucket = torch.ceil(torch.log2(lengths.clamp(min=1).double())).long()
+    layout = []
     for b in torch.unique(bucket[nonempty]).tolist():
         seq = torch.nonzero(nonempty & (bucket == b)).squeeze(1)
-        width = int(lengths[seq].max())
-        pos = torch.arange(width, device=x.device)
-        valid = pos[None, :] < lengths[seq, None]  # (n, width)
-        rows = (starts[seq, None] + pos[None, :])[valid]  # packed rows of this bucket
-        padded = x.new_zeros(seq.numel(), width, x.shape[1])
-        padded = padded.index_put((valid.nonzero(as_tuple=True)), x[rows])
-        y = y.index_put((rows,), _causal_conv1d_padded(padded, weight, bias, dilation)[valid])
+        pos = torch.arange(int(lengths[seq].max()), device=offsets.device)
+        valid = pos[None, :] < lengths[seq, None]
+        layout.append((valid, (starts[seq, None] + pos[None, :])[valid]))
+    return layout
+
+
+def pad_buckets(x, layout):
+    """Packed ``(T, C)`` to one zero-padded ``(n, width, C)`` block per bucket of ``layout``."""
+    return [x.new_zeros(*valid.shape, x.shape[1]).index_put(valid.nonzero(as_tuple=True), x[rows])
+            for valid, rows in layout]
+
+
+def unpad_buckets(padded, layout, total: int):
+    """Inverse of :func:`pad_buckets`: the valid rows of each block back into packed ``(total, C)``."""
+    y = padded[0].new_zeros(total, padded[0].shape[-1])
+    for block, (valid, rows) in zip(padded, layout):
+        y = y.index_put((rows,), block[valid])
     return y
 
 

@@ -236,6 +236,47 @@ def test_float64_auto_dispatch_uses_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("activation", ["relu", "gated"])
+@pytest.mark.parametrize("lengths", [[7, 1, 0, 20, 3], [1, 1, 0, 1, 40, 5], [1], [0, 1, 0], [0, 0], []])
+def test_temporal_conv_net_pads_once_on_the_reference_path(monkeypatch, activation, lengths):
+    """Padding once for all blocks gives what every block on packed input gives.
+
+    relu outputs are the same bits; gated outputs and the weight gradients differ in the last
+    bits only (the same sums in another order: products over (n, width, C) rather than (T, C)). ``[1, 1, 0, 1, 40, 5]`` pads to several power-of-two buckets; ``[0, 0]`` and ``[]`` have no rows.
+    """
+    monkeypatch.setenv("HIERTCN_BACKEND", "reference")
+    torch.manual_seed(0)
+    net = hk.TemporalConvNet(6, levels=3, kernel_size=3, activation=activation, hidden=4).double()
+    off = offsets_of(lengths)
+    x = torch.randn(int(off[-1]), 6, dtype=torch.float64, requires_grad=True)
+    y_ref = x
+    for block in net.blocks:
+        y_ref = hk.tcn_block(y_ref, block.conv_weight, block.conv_bias, dilation=block.dilation,
+                             activation=activation, out_weight=block.out_weight, out_bias=block.out_bias,
+                             cu_seqlens=off)
+    y = net(x, cu_seqlens=off)
+    if activation == "relu":
+        assert torch.equal(y, y_ref)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    if not x.numel():
+        return
+    weights = torch.randn_like(y)
+    inputs = [x, *net.parameters()]
+    for g, g_ref in zip(torch.autograd.grad((y * weights).sum(), inputs),
+                        torch.autograd.grad((y_ref * weights).sum(), inputs)):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_temporal_conv_net_rejects_bad_offsets(monkeypatch):
+    monkeypatch.setenv("HIERTCN_BACKEND", "reference")
+    net = hk.TemporalConvNet(4, levels=2, kernel_size=3)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        net(torch.randn(5, 4), cu_seqlens=torch.tensor([0, 3, 2, 5]))
+    with pytest.raises(ValueError, match="x must have 2 dims"):
+        net(torch.randn(1, 5, 4), cu_seqlens=offsets_of([5]))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated"])
 @pytest.mark.parametrize("k,dilation", [(1, 1), (2, 2), (4, 1), (7, 2)])
 @pytest.mark.parametrize("packed", [True, False])
 def test_reference_gradcheck(activation, k, dilation, packed):
