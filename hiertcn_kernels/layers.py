@@ -40,8 +40,38 @@ class CausalConv1d(nn.Module):
         return f"{i}, {o}, kernel_size={k}, dilation={self.dilation}, bias={self.bias is not None}"
 
 
+class _Recomputed(torch.autograd.Function):
+    """``fn(x, *params)`` keeping only its inputs for backward, where ``fn`` runs again under autograd.
+
+    What the fused Triton blocks do by design (their backward recomputes from ``x``),
+    for the reference path: one extra forward per block in exchange for its activations.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, x, *params):
+        ctx.fn = fn
+        ctx.save_for_backward(x, *params)
+        return fn(x, *params)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, *params = ctx.saved_tensors
+        needs = ctx.needs_input_grad[1:]
+        x = x.detach().requires_grad_(needs[0])
+        with torch.enable_grad():
+            y = ctx.fn(x, *params)
+        wanted = [t for t, need in zip((x, *params), needs) if need]
+        grads = iter(torch.autograd.grad(y, wanted, grad))
+        return (None, *(next(grads) if need else None for need in needs))
+
+
 class TCNBlock(nn.Module):
-    """Residual block: ``relu`` (Bai et al.; official HierTCN) or ``gated`` (WaveNet, ``hidden`` gate units)."""
+    """Residual block: ``relu`` (Bai et al.; official HierTCN) or ``gated`` (WaveNet, ``hidden`` gate units).
+
+    ``recompute``: on the reference path keep only the block's input for backward and
+    run the block again there (the fused Triton backward always does this; there the
+    flag changes nothing).
+    """
 
     def __init__(
         self,
@@ -51,11 +81,13 @@ class TCNBlock(nn.Module):
         activation: str = "relu",
         hidden: int | None = None,
         bias: bool = True,
+        recompute: bool = False,
     ):
         super().__init__()
         if activation not in ("relu", "gated"):
             raise ValueError(f"activation must be 'relu' or 'gated', got {activation!r}")
         self.dilation = dilation
+        self.recompute = recompute
         self.activation = activation
         conv_out = channels if activation == "relu" else 2 * (hidden or channels)
         self.conv_weight = nn.Parameter(torch.empty(conv_out, channels, kernel_size))
@@ -70,14 +102,21 @@ class TCNBlock(nn.Module):
             self.register_parameter("out_bias", None)
 
     def forward(self, x, cu_seqlens=None):
-        return tcn_block(
-            x, self.conv_weight, self.conv_bias, dilation=self.dilation, activation=self.activation,
-            out_weight=self.out_weight, out_bias=self.out_bias, cu_seqlens=cu_seqlens,
-        )
+        def block(x, conv_weight, conv_bias, out_weight, out_bias):
+            return tcn_block(
+                x, conv_weight, conv_bias, dilation=self.dilation, activation=self.activation,
+                out_weight=out_weight, out_bias=out_bias, cu_seqlens=cu_seqlens,
+            )
+
+        params = (self.conv_weight, self.conv_bias, self.out_weight, self.out_bias)
+        if self.recompute and torch.is_grad_enabled() and not _use_triton(x):
+            return _Recomputed.apply(block, x, *params)
+        return block(x, *params)
 
     def extra_repr(self) -> str:
         o, c, k = self.conv_weight.shape
-        return f"{c}, kernel_size={k}, dilation={self.dilation}, activation={self.activation!r}"
+        extra = ", recompute=True" if self.recompute else ""
+        return f"{c}, kernel_size={k}, dilation={self.dilation}, activation={self.activation!r}{extra}"
 
 
 class TemporalConvNet(nn.Module):
@@ -85,7 +124,8 @@ class TemporalConvNet(nn.Module):
 
     ``dropout`` is applied to each block's output (the official code uses 0).
     On the reference (CPU) path packed input is padded once for all blocks
-    rather than once per block; the Triton path stays packed.
+    rather than once per block; the Triton path stays packed. ``recompute``: see
+    :class:`TCNBlock`.
     """
 
     def __init__(
@@ -96,10 +136,12 @@ class TemporalConvNet(nn.Module):
         activation: str = "relu",
         hidden: int | None = None,
         dropout: float = 0.0,
+        recompute: bool = False,
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
-            TCNBlock(channels, kernel_size, 2**level, activation, hidden) for level in range(levels)
+            TCNBlock(channels, kernel_size, 2**level, activation, hidden, recompute=recompute)
+            for level in range(levels)
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 

@@ -88,11 +88,13 @@ class FlatTCN(Recommender):
 
     Level ``l`` is a residual block with dilation ``2**l``; where the channel
     count changes, a bias-free 1x1 projection comes first (Bai et al.'s downsample).
+    ``recompute``: blocks keep only their input for backward, as in :class:`HierTCN`.
     """
 
     def __init__(
         self, n_items: int, *, embedding_dim: int = 128, channels=(128, 128, 128, 128, 256, 256),
-        kernel_size: int = 5, block: str = "relu", dropout: float = 0.0, tied: bool = False,
+        kernel_size: int = 5, block: str = "relu", dropout: float = 0.0, recompute: bool = False,
+        tied: bool = False,
     ):
         super().__init__(n_items)
         channels = tuple(int(c) for c in channels)
@@ -103,7 +105,7 @@ class FlatTCN(Recommender):
         prev = embedding_dim
         for level, c in enumerate(channels):
             proj = nn.Linear(prev, c, bias=False) if c != prev else nn.Identity()
-            self.levels.append(nn.ModuleList([proj, TCNBlock(c, kernel_size, 2**level, block)]))
+            self.levels.append(nn.ModuleList([proj, TCNBlock(c, kernel_size, 2**level, block, recompute=recompute)]))
             prev = c
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._init_head(prev, self.item_emb if tied else None)

@@ -15,7 +15,8 @@ Defaults follow the release's ``args.py``: 128-d items, a 2x128 GRU and
 ``tcn_channel=[128, 128]``, i.e. two TCN levels (kernel 5, dilations 1 and 2:
 receptive field 13 over windows of at most 20 items). The commented checkpoint
 names in that file show some of the authors' runs with four levels
-(``channel128,128,128,128``); pass ``levels=4`` for those.
+(``channel128,128,128,128``); pass ``levels=4`` for those. ``recompute``: TCN
+blocks keep only their input for backward (see ``hiertcn_kernels.TCNBlock``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class HierTCN(Recommender):
         block: str = "relu",
         agg: str = "mean",
         dropout: float = 0.0,
+        recompute: bool = False,
         tied: bool = False,
         gap_decay: str = "none",
         gap_bandwidth: float = 168 * 3600.0,
@@ -74,7 +76,7 @@ class HierTCN(Recommender):
             self.gap_dense = nn.Linear(gru_layers * hidden_dim, 1)
         # The release concatenates the whole multi-layer state (state_is_tuple=False) to every step.
         self.project = nn.Linear(embedding_dim + gru_layers * hidden_dim, channels, bias=False)
-        self.tcn = TemporalConvNet(channels, levels, kernel_size, activation=block, dropout=dropout)
+        self.tcn = TemporalConvNet(channels, levels, kernel_size, activation=block, dropout=dropout, recompute=recompute)
         self._init_head(channels, self.item_emb if tied else None)
 
     def init_state(self, n_lanes: int, device=None) -> torch.Tensor:

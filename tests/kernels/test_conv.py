@@ -267,6 +267,47 @@ def test_temporal_conv_net_pads_once_on_the_reference_path(monkeypatch, activati
         torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_recomputed_block_matches_and_saves_only_its_input(monkeypatch, activation, packed):
+    monkeypatch.setenv("HIERTCN_BACKEND", "reference")
+    torch.manual_seed(0)
+    plain = hk.TCNBlock(6, 3, dilation=2, activation=activation, hidden=4).double()
+    recomputed = hk.TCNBlock(6, 3, dilation=2, activation=activation, hidden=4, recompute=True).double()
+    recomputed.load_state_dict(plain.state_dict())
+    off = offsets_of([7, 1, 0, 12]) if packed else None
+    x = torch.randn(*((20,) if packed else (3, 9)), 6, dtype=torch.float64, requires_grad=True)
+    params = {p.data_ptr() for p in recomputed.parameters()}
+    saved = []
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = recomputed(x, cu_seqlens=off)
+    assert len(saved) == 1 and saved[0] is x
+    y_ref = plain(x, cu_seqlens=off)
+    assert torch.equal(y, y_ref)
+    weights = torch.randn_like(y)
+    for g, g_ref in zip(torch.autograd.grad((y * weights).sum(), [x, *recomputed.parameters()]),
+                        torch.autograd.grad((y_ref * weights).sum(), [x, *plain.parameters()])):
+        assert g.abs().sum() > 0
+        assert torch.equal(g, g_ref)
+
+
+def test_recomputed_block_only_differentiates_what_needs_it(monkeypatch):
+    """A frozen weight and an input without grad get no gradient and cost no error."""
+    monkeypatch.setenv("HIERTCN_BACKEND", "reference")
+    torch.manual_seed(0)
+    block = hk.TCNBlock(4, 3, recompute=True).double()
+    block.conv_bias.requires_grad_(False)
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    block(x).square().sum().backward()
+    assert block.conv_bias.grad is None and block.conv_weight.grad.abs().sum() > 0
+
+
 def test_temporal_conv_net_rejects_bad_offsets(monkeypatch):
     monkeypatch.setenv("HIERTCN_BACKEND", "reference")
     net = hk.TemporalConvNet(4, levels=2, kernel_size=3)

@@ -138,6 +138,20 @@ def test_hiertcn_options_build_and_run(options, small_csr):
         assert model.output_embeddings()[0] is model.item_emb.weight
 
 
+@pytest.mark.parametrize("name", ["hiertcn", "flat_tcn"])
+def test_recompute_gives_the_same_outputs_and_gradients(name, small_csr):
+    (batch,) = list(user_batches(small_csr, max_session_len=10))
+    models = [_model(name), _model(name, recompute=True)]
+    results = []
+    for model in models:
+        out, _ = model(batch)
+        results.append((out, torch.autograd.grad(model.scores(out).logsumexp(1).sum(), list(model.parameters()))))
+    (out, grads), (out_r, grads_r) = results
+    assert torch.equal(out, out_r)
+    for g, g_r in zip(grads, grads_r):
+        torch.testing.assert_close(g_r, g, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_each_model_overfits_a_tiny_log(name):
     # Every user repeats one fixed item cycle, so the next item is determined by the previous one.
