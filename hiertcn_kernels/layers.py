@@ -128,6 +128,10 @@ class TemporalConvNet(nn.Module):
     :class:`TCNBlock`.
     """
 
+    # Padding of the reference path's buckets: at most 1.25x per bucket (a few more, smaller
+    # convs per level than one 2x bucket; the activations kept for backward shrink with it).
+    BUCKET_RATIO = 1.25
+
     def __init__(
         self,
         channels: int,
@@ -153,7 +157,7 @@ class TemporalConvNet(nn.Module):
         # block cannot reach the valid positions of the next.
         check_tensor(x, "x", ndim=2)
         check_offsets(cu_seqlens, x.shape[0], x.device)
-        layout = reference.bucket_layout(cu_seqlens)
+        layout = reference.bucket_layout(cu_seqlens, max_ratio=self.BUCKET_RATIO)
         if not layout:  # no rows
             return self._run_blocks(x, cu_seqlens)
         padded = [self._run_blocks(block) for block in reference.pad_buckets(x, layout)]

@@ -37,21 +37,26 @@ def _causal_conv1d_packed(x, weight, bias, dilation, cu_seqlens):
     return unpad_buckets(padded, layout, x.shape[0])
 
 
-def bucket_layout(cu_seqlens):
+def bucket_layout(cu_seqlens, max_ratio=None):
     """How packed sequences are padded: ``[(valid (n, width) bool, rows)]``, one entry per bucket.
 
-    ``rows`` are the packed rows that ``padded[valid]`` holds, in that order. One
-    bucket when padding every non-empty sequence to the longest at most doubles
-    the rows (short sessions: one conv call per level); otherwise sequences are
-    bucketed by length rounded up to a power of two, which bounds padding to 2x
-    whatever the length distribution. Empty sequences are in no bucket.
+    ``rows`` are the packed rows that ``padded[valid]`` holds, in that order.
+    Default: one bucket when padding every non-empty sequence to the longest at
+    most doubles the rows (short sessions: one conv call per level); otherwise
+    sequences are bucketed by length rounded up to a power of two, which bounds
+    padding to 2x whatever the length distribution. ``max_ratio``: instead,
+    buckets from the longest sequence down, each holding the sequences at least
+    ``1 / max_ratio`` of its longest (``1``: one bucket per length, no padding).
+    Empty sequences are in no bucket.
     """
     offsets = cu_seqlens.long()
     starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
     nonempty = lengths > 0
     if not bool(nonempty.any()):
         return []
-    if int(nonempty.sum()) * int(lengths.max()) <= 2 * int(offsets[-1]):
+    if max_ratio is not None:
+        bucket = _ratio_buckets(lengths, max_ratio)
+    elif int(nonempty.sum()) * int(lengths.max()) <= 2 * int(offsets[-1]):
         bucket = torch.zeros_like(lengths)
     else:
         bucket = torch.ceil(torch.log2(lengths.clamp(min=1).double())).long()
@@ -62,6 +67,18 @@ def bucket_layout(cu_seqlens):
         valid = pos[None, :] < lengths[seq, None]
         layout.append((valid, (starts[seq, None] + pos[None, :])[valid]))
     return layout
+
+
+def _ratio_buckets(lengths, max_ratio):
+    """Bucket id per sequence: greedy from the longest, a bucket takes lengths ``>= longest / max_ratio``."""
+    bucket = torch.empty_like(lengths)
+    distinct = torch.unique(lengths).tolist()[::-1]  # descending
+    b, top = 0, distinct[0]
+    for length in distinct:
+        if length * max_ratio < top:
+            b, top = b + 1, length
+        bucket[lengths == length] = b
+    return bucket
 
 
 def pad_buckets(x, layout):
@@ -103,10 +120,9 @@ def segment_reduce(values, offsets, reduce="mean"):
     if lengths.numel() == 0:  # torch.segment_reduce rejects zero segments
         return values[:0].clone()
     if reduce == "sum":
-        return torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
+        return _SegmentSum.apply(values, lengths)
     if reduce == "mean":
-        total = torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
-        return total / lengths.clamp(min=1).to(values.dtype)[:, None]
+        return _SegmentSum.apply(values, lengths) / lengths.clamp(min=1).to(values.dtype)[:, None]
     # max: the gradient goes to the first maximal row, so pick that row explicitly and gather it.
     with torch.no_grad():
         peak = torch.segment_reduce(values, "max", lengths=lengths, axis=0)
@@ -118,6 +134,24 @@ def segment_reduce(values, offsets, reduce="mean"):
     empty = (lengths == 0)[:, None]
     gathered = values.gather(0, first.masked_fill(empty, 0)) if values.shape[0] else peak.nan_to_num(0.0)
     return gathered.masked_fill(empty, 0.0)
+
+
+class _SegmentSum(torch.autograd.Function):
+    """``torch.segment_reduce(values, "sum")`` whose backward, an expand, keeps only the lengths.
+
+    (``torch.segment_reduce``'s own backward keeps ``values`` and the output for every reduce.)
+    """
+
+    @staticmethod
+    def forward(ctx, values, lengths):
+        ctx.save_for_backward(lengths)
+        ctx.total = values.shape[0]
+        return torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (lengths,) = ctx.saved_tensors
+        return grad.repeat_interleave(lengths, dim=0, output_size=ctx.total), None
 
 
 def segment_expand(rows, offsets):

@@ -308,6 +308,24 @@ def test_recomputed_block_only_differentiates_what_needs_it(monkeypatch):
     assert block.conv_bias.grad is None and block.conv_weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("max_ratio", [None, 1.0, 1.25, 2.0])
+def test_bucket_layout_covers_every_row_once_within_the_padding_bound(max_ratio):
+    lengths = torch.tensor([3, 0, 17, 1, 20, 4, 4, 9, 0, 12, 2])
+    off = offsets_of(lengths.tolist())
+    layout = R.bucket_layout(off, max_ratio)
+    rows = torch.cat([r for _, r in layout])
+    assert torch.equal(rows.sort().values, torch.arange(int(off[-1])))
+    for valid, _ in layout:
+        row_lengths = valid.sum(1)
+        assert bool((row_lengths > 0).all())
+        if max_ratio is not None:
+            assert valid.shape[1] <= max_ratio * int(row_lengths.min())
+    if max_ratio == 1.0:
+        assert all(bool(valid.all()) for valid, _ in layout)
+    x = torch.randn(int(off[-1]), 3)
+    assert torch.equal(R.unpad_buckets(R.pad_buckets(x, layout), layout, x.shape[0]), x)
+
+
 def test_temporal_conv_net_rejects_bad_offsets(monkeypatch):
     monkeypatch.setenv("HIERTCN_BACKEND", "reference")
     net = hk.TemporalConvNet(4, levels=2, kernel_size=3)

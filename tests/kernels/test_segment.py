@@ -259,6 +259,21 @@ def test_reference_max_ties_gradient_goes_to_first_row():
     assert values.grad.tolist() == [[5.0, 0.0], [0.0, 7.0], [0.0, 0.0]]
 
 
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_reference_sum_and_mean_keep_no_copy_of_values_for_backward(reduce):
+    """Their gradient is an expand of the output gradient: only the (N,) lengths need keeping."""
+    off = offsets_of([3, 0, 5, 1])
+    values = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = R.segment_reduce(values, off, reduce)
+    assert saved and all(t.shape in ((4,), (4, 1)) for t in saved)
+    grad = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, values, grad)
+    scale = 1 / off.diff().clamp(min=1).double()[:, None] if reduce == "mean" else 1.0
+    torch.testing.assert_close(got, (grad * scale).repeat_interleave(off.diff(), dim=0))
+
+
 @pytest.mark.parametrize("lengths", [[3, 0, 1], [1] * 30, [90], [0, 0]])
 def test_reference_expand_gradcheck(lengths):
     off = offsets_of(lengths)
