@@ -8,11 +8,15 @@ tensors autograd saves for backward in the model body (item ids to user
 embeddings; the scoring head costs the same per token for every model and is
 left out), on users with 500-event histories: HierTCN on one queue batch (10
 windows per lane, the official training layout, state carried) and on whole
-histories, against FlatTCN and GRU4Rec, which need whole histories.
+histories, against FlatTCN and GRU4Rec, which need whole histories; sessions of
+uniform 1..20 items and of lengths drawn from the synthetic XING log, TCN
+activations stored or recomputed in backward.
 """
 
 from __future__ import annotations
 
+import functools
+import tempfile
 import time
 
 import numpy as np
@@ -20,22 +24,38 @@ import pytest
 import torch
 
 from hiertcn.batching import user_batches
+from hiertcn.data.readers import read_log
+from hiertcn.data.synthetic import generate_xing
 from hiertcn.losses import build_loss
 from hiertcn.models import MODEL_NAMES, build_model
-from hiertcn_kernels.packing import SessionCSR
+from hiertcn_kernels.packing import SessionCSR, pack_sessions
 
 N_ITEMS = 2000
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def synthetic_csr(n_users: int, events_per_user: int, n_items: int = N_ITEMS, seed: int = 0) -> SessionCSR:
-    """Users with exactly ``events_per_user`` events in sessions of 1..20 items (uniform), random items."""
+@functools.lru_cache(maxsize=1)
+def xing_session_lengths() -> np.ndarray:
+    """Session lengths of the synthetic XING log (1,000 users, deletes dropped, 1800 s gap): median 4."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = generate_xing(tmp, n_users=1000, seed=0, impressions=False)
+        log = read_log(files.interactions, "xing")
+    log = log.select(log.interaction_type != 4)
+    return np.diff(pack_sessions(log.user, log.item, log.timestamp, session_gap=1800).session_ptr)
+
+
+def synthetic_csr(
+    n_users: int, events_per_user: int, n_items: int = N_ITEMS, seed: int = 0, session_lengths=None
+) -> SessionCSR:
+    """Users with exactly ``events_per_user`` events, random items, in sessions of 1..20 items (uniform) or of
+    lengths drawn from ``session_lengths`` (an empirical distribution)."""
     rng = np.random.default_rng(seed)
     user_ptr, session_ptr = [0], [0]
     for _ in range(n_users):
         left = events_per_user
         while left:
-            length = min(left, int(rng.integers(1, 21)))
+            drawn = rng.integers(1, 21) if session_lengths is None else rng.choice(session_lengths)
+            length = min(left, int(drawn))
             session_ptr.append(session_ptr[-1] + length)
             left -= length
         user_ptr.append(len(session_ptr) - 1)
@@ -120,9 +140,16 @@ def queue_slice(batch, windows_per_lane: int):
     )
 
 
-def test_activation_memory_hiertcn_vs_flat_tcn(benchmark):
-    """HierTCN trains on queue batches (10 windows per lane, state carried); a flat model needs whole histories."""
-    (whole,) = list(user_batches(synthetic_csr(8, 500), batch_users=8))
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
+@pytest.mark.parametrize("lengths", ["uniform", "xing"])
+def test_activation_memory_hiertcn_vs_flat_tcn(benchmark, lengths, recompute):
+    """HierTCN trains on queue batches (10 windows per lane, state carried); a flat model needs whole histories.
+
+    ``uniform``: sessions of 1..20 items; ``xing``: session lengths drawn from the synthetic XING log
+    (median 4). ``recompute``: HierTCN's and FlatTCN's TCN blocks keep only their input (both or neither).
+    """
+    session_lengths = xing_session_lengths() if lengths == "xing" else None
+    (whole,) = list(user_batches(synthetic_csr(8, 500, session_lengths=session_lengths), batch_users=8))
     queue = queue_slice(whole, 10).to(DEVICE)
     whole = whole.to(DEVICE)
     runs = {"hiertcn_queue": ("hiertcn", queue), "hiertcn_whole": ("hiertcn", whole),
@@ -130,13 +157,16 @@ def test_activation_memory_hiertcn_vs_flat_tcn(benchmark):
     memory = {}
     for key, (name, batch) in runs.items():
         torch.manual_seed(0)
-        memory[key] = saved_activation_bytes(build_model(name, n_items=N_ITEMS).to(DEVICE), batch)
+        config = {"recompute": recompute} if name != "gru4rec" else {}
+        memory[key] = saved_activation_bytes(build_model(name, n_items=N_ITEMS, **config).to(DEVICE), batch)
     torch.manual_seed(0)
-    hier = build_model("hiertcn", n_items=N_ITEMS).to(DEVICE)
+    hier = build_model("hiertcn", n_items=N_ITEMS, recompute=recompute).to(DEVICE)
     benchmark.pedantic(lambda: saved_activation_bytes(hier, queue), rounds=1)
     benchmark.extra_info.update({f"{k}_bytes": v for k, v in memory.items()})
+    benchmark.extra_info["queue_tokens"] = queue.n_tokens
     for key in ("hiertcn_queue", "hiertcn_whole"):
         benchmark.extra_info[f"{key}_over_flat_tcn"] = memory[key] / memory["flat_tcn_whole"]
-    print(f"\nsaved activations, 8 users x 500 events ({queue.n_tokens} tokens in the queue batch): "
+    print(f"\n{lengths} sessions, {'recompute' if recompute else 'stored'}: saved activations, 8 users x 500 "
+          f"events ({queue.n_tokens} tokens in the queue batch): "
           + ", ".join(f"{k} {v / 2**20:.2f} MiB ({v / memory['flat_tcn_whole']:.3f} of FlatTCN)"
                       for k, v in memory.items()))
