@@ -22,11 +22,12 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hiertcn.batching import user_batches
 from hiertcn.data.readers import read_log
 from hiertcn.data.synthetic import generate_xing
-from hiertcn.losses import build_loss
+from hiertcn.losses import build_loss, linear_cross_entropy
 from hiertcn.models import MODEL_NAMES, build_model
 from hiertcn_kernels.packing import SessionCSR, pack_sessions
 
@@ -107,6 +108,38 @@ def test_train_step_throughput(benchmark, name, train_batch):
     benchmark.extra_info["tokens_per_s"] = train_batch.n_tokens / seconds
     benchmark.extra_info["speedup_vs_gru4rec"] = gru4rec_seconds / seconds
     print(f"\n{name}: {train_batch.n_tokens / seconds:,.0f} tokens/s, {gru4rec_seconds / seconds:.2f}x GRU4Rec")
+
+
+def test_softmax_loss_fused_vs_cross_entropy(benchmark):
+    """Loss forward + backward on the throughput batch's 3,200 x 2,000 logits: ``linear_cross_entropy``
+    (the softmax loss) against ``F.cross_entropy`` over the full logits, timed right before each round."""
+    torch.manual_seed(0)
+    n, dim = 3200, 128
+    user_emb = torch.randn(n, dim, device=DEVICE, requires_grad=True)
+    weight = (torch.randn(N_ITEMS, dim, device=DEVICE) * dim**-0.5).requires_grad_()
+    bias = torch.zeros(N_ITEMS, device=DEVICE, requires_grad=True)
+    targets = torch.randint(0, N_ITEMS, (n,), device=DEVICE)
+
+    def sync():
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    def fused():
+        linear_cross_entropy(user_emb, weight, bias, targets).backward()
+        sync()
+
+    baseline_times = []
+
+    def timed_baseline():
+        t0 = time.perf_counter()
+        F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets).backward()
+        sync()
+        baseline_times.append(time.perf_counter() - t0)
+
+    benchmark.pedantic(fused, setup=timed_baseline, rounds=9, warmup_rounds=1)
+    speedup = float(np.median(baseline_times[1:])) / benchmark.stats.stats.median
+    benchmark.extra_info["speedup_vs_cross_entropy"] = speedup
+    print(f"\nlinear_cross_entropy: {speedup:.2f}x F.cross_entropy (forward + backward)")
 
 
 def saved_activation_bytes(model, batch) -> int:
