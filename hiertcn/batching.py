@@ -217,7 +217,9 @@ def user_batches(
                 break
             budget += n_tokens[end]
             end += 1
-        yield _user_batch(csr, users[begin:end], session_end[begin:end], max_session_len, score_sessions, impressions)
+        yield _user_batch(
+            csr, users[begin:end], session_end[begin:end], max_session_len, score_sessions, impressions
+        )
         begin = end
 
 # ---------------------------------------------------------------------------

@@ -334,7 +334,7 @@ def cmd_recommend(args) -> int:
     else:
         rows = np.arange(min(5, csr.n_users))
     items, _ = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
-                         impressions=dataset.impressions)
+                         impressions=getattr(dataset, "impressions", None))
     result = {str(user_ids[r]): items[i].tolist() for i, r in enumerate(rows)}
     for user, recs in result.items():
         _say(args)(f"user {user}: {' '.join(map(str, recs))}")

@@ -41,10 +41,16 @@ def map_impressions(csr, impressions: Impressions, max_per_event: int = MAX_IMPR
     """
     if not isinstance(impressions, Impressions):
         raise TypeError(f"impressions must be an Impressions, got {type(impressions).__name__}")
-    if isinstance(max_per_event, bool) or not isinstance(max_per_event, (int, np.integer)) or max_per_event < 1:
+    if (
+        isinstance(max_per_event, bool)
+        or not isinstance(max_per_event, (int, np.integer))
+        or max_per_event < 1
+    ):
         raise ValueError(f"max_per_event must be a positive int, got {max_per_event!r}")
     n = csr.n_interactions
-    event_user = np.asarray(csr.user_ids)[np.repeat(np.arange(csr.n_users), np.diff(csr.session_ptr[csr.user_ptr]))]
+    event_user = np.asarray(csr.user_ids)[
+        np.repeat(np.arange(csr.n_users), np.diff(csr.session_ptr[csr.user_ptr]))
+    ]
     year, week = iso_year_week(np.asarray(csr.timestamp))
 
     # Keep the listed items that are in the catalogue, as dense indices.
