@@ -82,9 +82,10 @@ def score_events(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(ranks, user rows, interaction indices into csr)`` for every event of the scored sessions.
 
-    ``impressions`` (``Dataset.impressions``) go into the batches, for models that read them.
+    ``impressions`` (``Dataset.impressions``) go into the batches of models that read them (``has_impression``).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    impressions = impressions if getattr(model, "has_impression", False) else None
     was_training = model.training
     model.eval()
     try:

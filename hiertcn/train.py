@@ -147,10 +147,15 @@ class WholeUserBatches:
         )
 
 
-def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = None):
-    """The training batches for ``model``: carried-state lanes, or whole users for stateless models."""
+def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = None, loss_fn=None):
+    """The training batches for ``model``: carried-state lanes, or whole users for stateless models.
+
+    They carry the dataset's impressions when the model or ``loss_fn`` reads them.
+    """
     train_sessions = np.asarray(dataset.role) == TRAIN
-    impressions = getattr(dataset, "impressions", None)
+    impressions = None
+    if getattr(model, "has_impression", False) or getattr(loss_fn, "takes_impressions", False):
+        impressions = getattr(dataset, "impressions", None)
     if getattr(model, "carries_state", False):
         return QueueBatcher(
             dataset.csr,
@@ -232,7 +237,7 @@ def fit(
     model.to(device)
 
     users = np.arange(dataset.csr.n_users)[rank::world]
-    source = batch_source(model, dataset, config, users=users)
+    source = batch_source(model, dataset, config, users=users, loss_fn=loss_fn)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     step_fn = LossStep(model, loss_fn)

@@ -161,3 +161,19 @@ def test_triton_and_reference_agree_with_impressions(data, monkeypatch):
     assert (tri - ref).norm() / ref.norm() < 1e-5
     for name, g in ref_grads.items():
         assert (tri_grads[name] - g).norm() / g.norm().clamp(min=1e-12) < 1e-4, name
+
+
+def test_batches_carry_impressions_only_for_readers(data):
+    from hiertcn.config import Config
+    from hiertcn.losses import build_loss
+    from hiertcn.train import batch_source
+
+    csr, impressions = data
+    dataset = SimpleNamespace(csr=csr, role=np.zeros(csr.n_sessions, dtype=np.int8), impressions=impressions)
+    config = Config(n_queues=2)
+
+    def carried(model, loss):
+        return next(iter(batch_source(model, dataset, config, loss_fn=build_loss(loss)).batches(0))).has_impressions
+
+    assert carried(hiertcn(), "softmax") and carried(hiertcn(has_impression=False), "hinge")
+    assert not carried(hiertcn(has_impression=False), "softmax")
