@@ -31,7 +31,7 @@ class SessionBatch:
     gap: torch.Tensor  # (S,) float32 seconds since the user's previous interaction (0 where new_user)
     target_mask: torch.Tensor  # (T,) bool: positions that count in the loss / metrics
     lane_user: torch.Tensor  # (Q,) int64 user row (SessionCSR) in each lane at the batch end, -1 if none
-    # Impressions, or None when the log has none: token t was shown the items imp_item[imp_ptr[t]:imp_ptr[t+1]].
+    # Impressions (None when the log has none): token t was shown imp_item[imp_ptr[t]:imp_ptr[t+1]].
     imp_ptr: torch.Tensor | None = None  # (T+1,) int64 offsets into imp_item
     imp_item: torch.Tensor | None = None  # (M,) int64 dense item indices
 
@@ -52,7 +52,7 @@ class SessionBatch:
         return self.imp_ptr is not None
 
     def impression_matrix(self, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(n, k)`` int64: the first ``k`` impressed items of each token (those where ``mask``), ``-1`` padded."""
+        """``(n, k)`` int64: the first ``k`` impressed items of each token where ``mask``, ``-1`` padded."""
         if not self.has_impressions:
             raise ValueError("this batch has no impressions (the log was prepared without them)")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -76,7 +76,7 @@ class SessionBatch:
 
 
 def check_impressions(impressions, csr) -> None:
-    """``impressions`` must be None or ``(imp_ptr (N+1,), imp_item (M,))`` over the interactions of ``csr``."""
+    """``impressions`` must be None or ``(imp_ptr (N+1,), imp_item (M,))`` over ``csr``'s interactions."""
     if impressions is None:
         return
     if not isinstance(impressions, tuple) or len(impressions) != 2:

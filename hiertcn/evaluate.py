@@ -82,7 +82,8 @@ def score_events(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(ranks, user rows, interaction indices into csr)`` for every event of the scored sessions.
 
-    ``impressions`` (``Dataset.impressions``) go into the batches of models that read them (``has_impression``).
+    ``impressions`` (``Dataset.impressions``) go into the batches of models that read them
+    (``has_impression``).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     impressions = impressions if getattr(model, "has_impression", False) else None
@@ -90,7 +91,8 @@ def score_events(
     model.eval()
     try:
         batches = user_batches(csr, score_sessions=score_sessions, batch_users=batch_users,
-                               max_tokens=max_tokens, max_session_len=max_session_len, impressions=impressions)
+                               max_tokens=max_tokens, max_session_len=max_session_len,
+                               impressions=impressions)
         for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
             batch = batch.to(device)
             state = model.init_state(batch.n_lanes, device) if model.carries_state else None
@@ -117,7 +119,8 @@ def evaluate(
     """Rank every event of the sessions whose role is in ``roles`` against the full catalogue.
 
     ``data``: a :class:`hiertcn.data.splits.Dataset` (anything with ``.csr`` and
-    ``.role``, one role per session, and optionally ``.impressions``) or a ``(csr, role)`` tuple. Returns the per-event means under the plain keys
+    ``.role``, one role per session, and optionally ``.impressions``) or a
+    ``(csr, role)`` tuple. Returns the per-event means under the plain keys
     (``recall@1/5/10/20``, ``mrr``, ``mrr@20``, ``mrp``): **per-event is
     primary**. The same metrics averaged per user first are under
     ``user/<key>``; plus ``n_events`` and ``n_users``. Runs in eval mode with

@@ -31,7 +31,8 @@ def with_next_slot(batch: SessionBatch) -> SessionBatch:
     if batch.has_impressions:  # the slots were shown nothing
         lengths = torch.zeros(n, dtype=torch.int64)
         lengths[~is_slot] = batch.imp_ptr.diff()
-        impressions = {"imp_ptr": torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), "imp_item": batch.imp_item}
+        imp_ptr = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        impressions = {"imp_ptr": imp_ptr, "imp_item": batch.imp_item}
     return SessionBatch(
         items=items,
         cu_seqlens=cu + shift,
@@ -55,8 +56,10 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
         raise ValueError(f"k must be in [1, {csr.n_items}], got {k}")
     device = next(model.parameters()).device
     top_items, top_scores = [], []
-    batches = user_batches(csr, np.asarray(user_rows), max_session_len=max_session_len, batch_users=batch_users,
-                           impressions=impressions)
+    batches = user_batches(
+        csr, np.asarray(user_rows), max_session_len=max_session_len, batch_users=batch_users,
+        impressions=impressions,
+    )
     for batch in batches:
         batch = with_next_slot(batch).to(device)
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None

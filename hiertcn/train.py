@@ -123,8 +123,10 @@ class WholeUserBatches:
     """Epochs of :func:`~hiertcn.batching.user_batches` (one user's whole TRAIN history per lane),
     users shuffled per epoch by ``(seed, epoch)``; the same interface as :class:`QueueBatcher`."""
 
-    def __init__(self, csr, *, include: np.ndarray, batch_users: int, max_session_len: int, users=None, seed=0,
-                 impressions=None):
+    def __init__(
+        self, csr, *, include: np.ndarray, batch_users: int, max_session_len: int, users=None, seed=0,
+        impressions=None,
+    ):
         self.csr, self.include, self.seed, self.impressions = csr, include, seed, impressions
         self.batch_users, self.max_session_len = batch_users, max_session_len
         users = np.arange(csr.n_users) if users is None else np.asarray(users, dtype=np.int64)

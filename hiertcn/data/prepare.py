@@ -118,7 +118,9 @@ def prepare_dataset(
     fmt = format or detect_format(path)
     preset = preset or default_preset(fmt)
     imp_path = resolve_impressions(impressions, path, fmt)
-    if isinstance(max_impressions, bool) or not isinstance(max_impressions, (int, np.integer)) or max_impressions < 1:
+    if isinstance(max_impressions, bool) or not isinstance(max_impressions, (int, np.integer)) or (
+        max_impressions < 1
+    ):
         raise ValueError(f"max_impressions must be a positive int, got {max_impressions!r}")
     reader_options = {
         "user_col": user_col,
@@ -136,8 +138,9 @@ def prepare_dataset(
         "session_gap": int(session_gap),
         "seed": int(seed),
     }
-    imp_params = {"impressions": None} if imp_path is None else {
-        "impressions": fingerprint(imp_path), "max_impressions": int(max_impressions)}
+    imp_params = {"impressions": None}
+    if imp_path is not None:
+        imp_params = {"impressions": fingerprint(imp_path), "max_impressions": int(max_impressions)}
     key = cache_key(path, **params, **reader_options, **imp_params)
 
     def build(out: Path) -> None:
@@ -154,8 +157,8 @@ def prepare_dataset(
                 )
             imp_ptr, imp_item = map_impressions(dataset.csr, read_impressions(imp_path), int(max_impressions))
             dataset = replace(dataset, imp_ptr=imp_ptr, imp_item=imp_item)
-            dataset.info.update(impressions=str(imp_path.resolve()), impressions_per_interaction=float(
-                len(imp_item) / max(len(imp_ptr) - 1, 1)))
+            dataset.info["impressions"] = str(imp_path.resolve())
+            dataset.info["impressions_per_interaction"] = len(imp_item) / max(len(imp_ptr) - 1, 1)
         dataset.info.update(
             source=str(path.resolve()),
             **params,

@@ -34,12 +34,13 @@ TRAIN, VALID, TEST = 0, 1, 2
 ROLE_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 FORMAT = "hiertcn.Dataset"
 FORMAT_VERSION = 2  # 2: per-array checksums, optional impressions
+READABLE_VERSIONS = (1, 2)
 ARRAYS = ("role", "imp_ptr", "imp_item")  # the .npy files of a saved Dataset (impressions optional)
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A packed log with a role per session: ``role (S,)`` int8 in {TRAIN, VALID, TEST}; ``info`` is free metadata.
+    """A packed log with a role per session: ``role (S,)`` int8 in {TRAIN, VALID, TEST}; ``info``: metadata.
 
     ``imp_ptr (N+1,)`` / ``imp_item (M,)`` int64 (or both None): interaction ``n``
     of ``csr`` was shown the dense items ``imp_item[imp_ptr[n]:imp_ptr[n+1]]``.
@@ -111,10 +112,11 @@ class Dataset:
             raise ValueError(f"{path} is not a saved Dataset: dataset.json is missing") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path / 'dataset.json'} is corrupt: {e}") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") not in (1, 2):
-            raise ValueError(f"{path / 'dataset.json'} is not a {FORMAT} version 1 or 2 header")
+        version = header.get("version") if isinstance(header, dict) else None
+        if not isinstance(header, dict) or header.get("format") != FORMAT or version not in READABLE_VERSIONS:
+            raise ValueError(f"{path / 'dataset.json'} is not a {FORMAT} header (version 1 or 2)")
         csr = SessionCSR.load(path / "csr", mmap=mmap)
-        checksums = header.get("crc32", {}) if header["version"] == 2 else {"role": header.get("role_crc32")}
+        checksums = header.get("crc32", {}) if version == 2 else {"role": header.get("role_crc32")}
         if "role" not in checksums:
             raise ValueError(f"{path / 'dataset.json'} lists no role checksum")
         arrays = {}

@@ -141,3 +141,16 @@ def test_dataset_validates_its_impressions():
         Dataset(base.csr, base.role, imp_ptr=good[0], imp_item=good[1] + 5).validate()
     with pytest.raises(TypeError, match="int64"):
         Dataset(base.csr, base.role, imp_ptr=good[0].astype(np.int32), imp_item=good[1]).validate()
+
+
+def test_a_version_1_dataset_still_loads(tmp_path):
+    import json
+
+    base = small_dataset()
+    path = base.save(tmp_path / "old")
+    header = json.loads((path / "dataset.json").read_text())
+    header.update(version=1, role_crc32=header.pop("crc32")["role"])  # the layout before impressions
+    (path / "dataset.json").write_text(json.dumps(header))
+    loaded = Dataset.load(path)
+    np.testing.assert_array_equal(loaded.role, base.role)
+    assert loaded.impressions is None
