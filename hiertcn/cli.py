@@ -236,6 +236,8 @@ def cmd_prepare(args) -> int:
                "interactions": dataset.csr.n_interactions, "items": dataset.csr.n_items,
                "train_sessions": int((role == 0).sum()), "valid_sessions": int((role == 1).sum()),
                "test_sessions": int((role == 2).sum())}  # fmt: skip
+    if dataset.impressions is not None:
+        summary["impressions"] = len(dataset.imp_item)
     _say(args)(json.dumps(summary, indent=2))
     return _finish(args, summary)
 

@@ -66,3 +66,13 @@ def test_train_hinge_on_impressed_negatives(xing, tmp_path, monkeypatch, capsys)
     # Without impressions, a model that reads them stops with a clear error.
     assert cli.main([*args[:-4], "--impressions", "none", "--out", str(tmp_path / "none"), "--quiet"]) == 2
     assert "has_impression" in capsys.readouterr().err
+
+
+def test_prepare_reports_the_impressions(xing, tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    prepare = ["prepare", "--data", str(xing.interactions), "--preset", "none", "--cache-dir", cache, "--json"]
+    assert cli.main(prepare) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < summary["impressions"] <= 6 * summary["interactions"]
+    assert cli.main([*prepare, "--impressions", "none"]) == 0
+    assert "impressions" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])

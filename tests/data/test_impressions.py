@@ -2,6 +2,7 @@
 
 import datetime
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -144,8 +145,6 @@ def test_dataset_validates_its_impressions():
 
 
 def test_a_version_1_dataset_still_loads(tmp_path):
-    import json
-
     base = small_dataset()
     path = base.save(tmp_path / "old")
     header = json.loads((path / "dataset.json").read_text())
