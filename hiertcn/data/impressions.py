@@ -48,42 +48,48 @@ def map_impressions(csr, impressions: Impressions, max_per_event: int = MAX_IMPR
     ):
         raise ValueError(f"max_per_event must be a positive int, got {max_per_event!r}")
     n = csr.n_interactions
-    event_user = np.asarray(csr.user_ids)[
-        np.repeat(np.arange(csr.n_users), np.diff(csr.session_ptr[csr.user_ptr]))
-    ]
+    user_ids, item_ids = np.asarray(csr.user_ids), np.asarray(csr.item_ids)
+    event_row = np.repeat(np.arange(csr.n_users), np.diff(csr.session_ptr[csr.user_ptr]))
     year, week = iso_year_week(np.asarray(csr.timestamp))
 
-    # Keep the listed items that are in the catalogue, as dense indices.
-    item_ids = np.asarray(csr.item_ids)
+    # One int64 key per (user row, ISO week), for events and impression rows alike (a sort is then cheap).
+    event_week = year * 54 + week  # ISO weeks are 1..53
+    first_week = int(event_week.min()) if n else 0
+    n_weeks = int(event_week.max()) - first_week + 1 if n else 1
+    event_key = event_row * n_weeks + (event_week - first_week)
+    row_user = np.minimum(np.searchsorted(user_ids, impressions.user), max(len(user_ids) - 1, 0))
+    row_week = impressions.year * 54 + impressions.week - first_week
+    usable = (
+        (user_ids[row_user] == impressions.user)
+        & (impressions.week >= 1) & (impressions.week <= 53)
+        & (row_week >= 0) & (row_week < n_weeks)
+    )  # fmt: skip
+    row_key = row_user * n_weeks + row_week
+
+    # Keep the listed items of usable rows that are in the catalogue, as dense indices.
     where = np.minimum(np.searchsorted(item_ids, impressions.items), len(item_ids) - 1)
-    known = item_ids[where] == impressions.items
     row_of_item = np.repeat(np.arange(len(impressions)), np.diff(impressions.item_ptr))
+    known = (item_ids[where] == impressions.items) & usable[row_of_item]
     row_len = np.bincount(row_of_item[known], minlength=len(impressions))
     kept = where[known]  # rows' kept items, rows still in file order
 
-    # Group rows by key (user, year, week); a key's list is its rows' lists in file order.
-    rows = np.stack([impressions.user, impressions.year, impressions.week], axis=1)
-    keys, key_of_row = np.unique(rows, axis=0, return_inverse=True)
-    key_of_row = key_of_row.reshape(-1)
-    row_order = np.argsort(key_of_row, kind="stable")
-    row_start = _offsets(row_len)[:-1][row_order]
-    key_items = kept[_ranges(row_start, row_start + row_len[row_order])]
-    key_ptr = _offsets(np.bincount(key_of_row, weights=row_len, minlength=len(keys)).astype(np.int64))
+    # Group the usable rows by key; a key's list is its rows' lists in file order.
+    rows = np.flatnonzero(usable)
+    rows = rows[np.argsort(row_key[rows], kind="stable")]
+    keys = np.unique(row_key[rows])
+    row_start = _offsets(row_len)[:-1][rows]
+    key_items = kept[_ranges(row_start, row_start + row_len[rows])]
+    key_of_row = np.searchsorted(keys, row_key[rows])
+    key_ptr = _offsets(np.bincount(key_of_row, weights=row_len[rows], minlength=len(keys)).astype(np.int64))
 
-    # Each event's key: look the event triples up among the keys.
-    events = np.stack([event_user, year, week], axis=1)
-    _, code = np.unique(np.concatenate([keys, events]), axis=0, return_inverse=True)
-    code = code.reshape(-1)
-    key_of_code = np.full(len(keys) + n, -1, dtype=np.int64)
-    key_of_code[code[: len(keys)]] = np.arange(len(keys))
-    event_key = key_of_code[code[len(keys) :]]
-    has = event_key >= 0
+    # Each event's key, by binary search.
+    at = np.minimum(np.searchsorted(keys, event_key), max(len(keys) - 1, 0))
+    has = keys[at] == event_key if len(keys) else np.zeros(n, dtype=bool)
     start = np.zeros(n, dtype=np.int64)
     length = np.zeros(n, dtype=np.int64)
-    start[has] = key_ptr[event_key[has]]
-    length[has] = np.minimum(key_ptr[event_key[has] + 1] - start[has], max_per_event)
-    imp_ptr = _offsets(length)
-    return imp_ptr, key_items[_ranges(start, start + length)].astype(np.int64)
+    start[has] = key_ptr[at[has]]
+    length[has] = np.minimum(key_ptr[at[has] + 1] - start[has], max_per_event)
+    return _offsets(length), key_items[_ranges(start, start + length)].astype(np.int64)
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
