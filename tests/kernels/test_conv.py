@@ -375,7 +375,7 @@ def compile_for(fn, dtype, arch, consts, **options):
         if name in consts:
             sig[name], constexprs[(i,)] = "constexpr", consts[name]
         elif name.endswith("_ptr"):
-            sig[name] = "*i32" if name == "start_ptr" else "*fp32" if "part" in name else f"*{dtype}"
+            sig[name] = "*i32" if name in ("start_ptr", "halo_end_ptr") else "*fp32" if "part" in name else f"*{dtype}"
         else:
             sig[name] = "i32"
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
@@ -396,9 +396,12 @@ for dtype, arch in [("fp32", 90), ("bf16", 90), ("fp16", 80)]:
             flags = dict(K=5, HAS_BIAS=True, BLOCK_C=64, **{k: v for k, v in opts.items() if k.startswith("BLOCK")})
             launch = {k: v for k, v in opts.items() if not k.startswith("BLOCK")}
             compile_for(C._fwd_kernel, dtype, arch, dict(flags, RELU=not gated, GATED=gated, HAS_OUT_BIAS=True), **launch)
-            compile_for(C._act_bwd_kernel, dtype, arch, dict(flags, GATED=gated), **launch)
-    compile_for(C._grads_kernel, dtype, arch, dict(K=5, ACCUMULATE=True, BLOCK_T=64, BLOCK_I=64, BLOCK_O=64),
-                **C._grads_opts())
+            bwd = C._bwd_opts(gated, c, 2 * c if gated else c)
+            for act in (True, False) if not gated else (True,):  # relu block and plain conv; gated
+                compile_for(C._bwd_kernel, dtype, arch,
+                            dict(K=5, ACT=act, GATED=gated, HAS_BIAS=True, WANT_W=True, WANT_OUT=gated,
+                                 **{k: v for k, v in bwd.items() if k.isupper()}),
+                            **{k: v for k, v in bwd.items() if not k.isupper()})
 print("compiled")
 """
 
