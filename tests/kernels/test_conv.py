@@ -176,6 +176,76 @@ def test_deterministic(triton_backend, mode):
         assert torch.equal(a, b)
 
 
+@pytest.fixture
+def launches(monkeypatch, triton_backend):
+    """Every Triton launch in the interpreter, as (kernel name, grid) in order."""
+    from hiertcn_kernels.triton import conv as tconv
+
+    kernel_class = type(tconv._fwd_kernel)  # the interpreter's kernel class: launches go through run()
+    seen, run_kernel = [], kernel_class.run
+
+    def counted_run(self, *args, grid, **kwargs):
+        seen.append((self.__name__, grid))
+        return run_kernel(self, *args, grid=grid, **kwargs)
+
+    monkeypatch.setattr(kernel_class, "run", counted_run)
+    return seen
+
+
+@pytest.fixture
+def chunk_rows(monkeypatch, poisoned):
+    """Force the backward's rows per program (normally about T / number of SMs), so chunk
+    boundaries fall inside sequences and inside halos; returns a setter."""
+    from hiertcn_kernels.triton import conv as tconv
+
+    def force(rows):
+        monkeypatch.setattr(tconv, "_chunk_rows", lambda t, halo, device: rows)
+
+    return force
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_is_one_launch(launches, mode):
+    off = offsets_of(LENGTHS)
+    x, w, b, ow, ob = args = make_args(mode, (int(off[-1]),), 6, 3, hidden=5)
+    y = run(mode, args, 2, off)
+    assert [name for name, _ in launches] == ["_fwd_kernel"]
+    y.backward(torch.randn_like(y))
+    assert [name for name, _ in launches[1:]] == ["_bwd_kernel"]
+    assert all(p.grad is not None for p in args if p is not None)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "rows,k,dilation",
+    [(16, 5, 6), (5, 5, 6), (16, 2, 23), (5, 3, 1), (1, 3, 4)],  # rows: one tile, tiles straddling chunks, one row
+)  # halos 24 and 23 span several chunks and outlast short sequences; halo 2 < 5 rows
+def test_small_chunks_and_long_halos(chunk_rows, launches, mode, rows, k, dilation):
+    """Many programs: chunk boundaries inside sequences, halos spanning several chunks and
+    sequence ends, sequences shorter than a halo; poisoned buffers catch any unwritten read."""
+    chunk_rows(rows)
+    off = offsets_of([37, 3, 0, 30, 1, 9, 26])
+    t = int(off[-1])
+    args = make_args(mode, (t,), 5, k, hidden=4)
+    assert_matches_reference(mode, args, dilation, off, 1e-5)
+    n_programs = [grid for name, grid in launches if name == "_bwd_kernel"]
+    assert n_programs == [(math.ceil(t / rows),)]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+def test_small_chunks_padded_and_deterministic(chunk_rows, mode):
+    chunk_rows(7)  # not a multiple of the 16-row tile; padded rows of 19: boundaries everywhere
+    args = make_args(mode, (3, 19), 6, 4, hidden=3)
+    assert_matches_reference(mode, args, 3, None, 1e-5)
+    first = outputs_and_grads(mode, args, 3, None)
+    second = outputs_and_grads(mode, args, 3, None)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.interpreter
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
