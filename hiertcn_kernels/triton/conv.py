@@ -10,22 +10,38 @@ number of sequence boundaries and still be exact:
 - backward, ``dx[t]`` takes tap ``k`` of row ``u = t + s_k`` only if ``u < T`` and
   ``seq_start[u] <= t`` (i.e. ``u`` is in ``t``'s sequence).
 
-Launches (one forward, two backward):
+Launches: one forward, one backward.
 
 - forward, ``_fwd_kernel``: conv + bias + activation + residual, and for ``gated``
   the 1x1 output projection + bias.
-- backward, ``_act_bwd_kernel`` (relu/gated blocks): recomputes the pre-activation
-  from ``x`` (only the inputs are saved) and writes the pre-activation gradient
-  ``da``, the residual part of ``dx`` and, for ``gated``, the gate output ``h``.
-  A second pass is needed because ``dx[t]`` reads ``da`` from up to
-  ``(K-1)*dilation`` rows ahead, which another program computes.
-- backward, ``_grads_kernel``: one launch whose programs split three ways: ``dx``
-  tiles (transposed conv of ``da``), per-chunk ``x_shifted^T @ da`` and column sums
-  (conv weight and bias) and, for ``gated``, per-chunk ``h^T @ dy`` (output
-  projection). Partial sums go to ``(n_chunks, ...)`` fp32 buffers that ``torch.sum``
-  reduces over chunks: no atomics, so the same inputs give the same bits.
+- backward, ``_bwd_kernel``: one program per chunk of rows ``[r0, r1)`` (one per SM on
+  GPU, ``_chunk_rows``), three phases:
 
-Dots accumulate in fp32; outputs, gradients and the ``da``/``h`` buffers are in the input dtype.
+  1. (relu/gated) recompute the pre-activation from ``x`` (only the inputs are saved) and
+     write the pre-activation gradient ``da`` to the program's private window, for its own
+     rows *and* the halo ``[r1, halo_end)``: ``dx[t]`` reads ``da`` up to ``(K-1)*dilation``
+     rows ahead, which belong to the next chunk. The halo stops at the end of the sequence
+     straddling ``r1`` (``torch.searchsorted`` on ``seq_start``), so with short sessions it is
+     a few rows whatever the dilation. Own rows also get the residual part of ``dx`` (relu)
+     and the gate output ``h`` (gated). A ``tl.debug_barrier()`` (CTA barrier: the program's
+     global writes are visible to all its threads after it) closes the phase. For the plain
+     conv there is no phase 1: ``da`` is ``dy``.
+  2. ``dx`` for own rows: the transposed conv of ``da`` read from the window, plus the residual.
+  3. ``x_shifted^T @ da`` and column sums over the chunk (conv weight and bias) and, for
+     ``gated``, ``h^T @ dy`` and column sums (output projection), each tile accumulated over
+     the whole chunk in registers and stored once to ``(n_chunks, ...)`` fp32 partials.
+
+  Deterministic: programs never share a written byte (private windows, disjoint rows,
+  one partial slot each), there are no atomics, and ``torch.sum`` over the chunk axis
+  reduces the partials in a fixed order: the same inputs give the same bits.
+
+  Cost model: the halo recompute is ``(halo_end - r1) / (r1 - r0)`` of phase 1, at most
+  ``(K-1)*dilation / chunk rows`` (and ``_chunk_rows`` keeps chunks at least one halo long);
+  the window is ``n_chunks * (chunk rows + halo)`` rows of ``da``; the partials are
+  ``n_chunks * K * C_in * C_out`` fp32 (plus ``n_chunks * H * C`` for gated), read once by
+  the sum.
+
+Dots accumulate in fp32; outputs, gradients and the ``da`` window / ``h`` are in the input dtype.
 """
 
 from __future__ import annotations
@@ -311,7 +327,7 @@ def _channel_block(c: int) -> int:
 
 
 def _block_opts(gated: bool, c_in: int, c_out: int) -> dict:
-    """Tiles and launch options of the forward and activation-backward kernels, by channel count.
+    """Tiles and launch options of the forward kernel and the backward's phase 1, by channel count.
 
     GPU choices are free of register spills on sm_90 in fp32 and bf16 (``ptxas -v``, C = 128/256):
     8 warps, and a shallow pipeline where the tiles are wide.
@@ -328,6 +344,19 @@ def _block_opts(gated: bool, c_in: int, c_out: int) -> dict:
     wide = block_h > 128
     return {"BLOCK_T": 16 if wide else 32, "BLOCK_I": _pow2(c_in, 32), "BLOCK_O": block_h, "num_warps": 8,
                 "num_stages": 1 if wide else 2}
+
+
+def _bwd_opts(gated: bool, c_in: int, c_out: int) -> dict:
+    """Tiles and launch options of ``_bwd_kernel``: phase 1 (``ACT_*``, ``BLOCK_C``) tiles like the
+    forward; phases 2 and 3 use ``BLOCK_T`` rows and ``BLOCK_I`` x ``BLOCK_O`` channel tiles."""
+    act = _block_opts(gated, c_in, c_out)
+    opts = {"ACT_BLOCK_T": act["BLOCK_T"], "ACT_BLOCK_I": act["BLOCK_I"], "ACT_BLOCK_O": act["BLOCK_O"],
+            "BLOCK_C": _channel_block(c_in), "BLOCK_T": _row_block(),
+            "BLOCK_I": _channel_block(max(c_in, c_out // 2)),
+            "BLOCK_O": max(_channel_block(c_out), _channel_block(c_in))}
+    if not interpreting():  # gated: a second pipeline stage spills at C = 128 (fp32, sm_90)
+        opts.update(num_warps=8, num_stages=1 if gated else 2)
+    return opts
 
 
 def _as_rows(x: torch.Tensor, cu_seqlens):
@@ -369,25 +398,13 @@ def _forward(x, start, wt, bias, out_weight, out_bias, dilation, mode):
     return y
 
 
-def _bwd_opts(gated: bool, c_in: int, c_out: int) -> dict:
-    """Tiles and launch options of ``_bwd_kernel``: phase 1 (``ACT_*``, ``BLOCK_C``) tiles like the
-    forward; phases 2 and 3 use ``BLOCK_T`` rows and ``BLOCK_I`` x ``BLOCK_O`` channel tiles."""
-    act = _block_opts(gated, c_in, c_out)
-    opts = {"ACT_BLOCK_T": act["BLOCK_T"], "ACT_BLOCK_I": act["BLOCK_I"], "ACT_BLOCK_O": act["BLOCK_O"],
-            "BLOCK_C": _channel_block(c_in), "BLOCK_T": _row_block(),
-            "BLOCK_I": _channel_block(max(c_in, c_out // 2)),
-            "BLOCK_O": max(_channel_block(c_out), _channel_block(c_in))}
-    if not interpreting():  # gated: a second pipeline stage spills at C = 128 (fp32, sm_90)
-        opts.update(num_warps=8, num_stages=1 if gated else 2)
-    return opts
-
-
 def _chunk_rows(t: int, halo: int, device: torch.device) -> int:
-    """Rows per backward program (a multiple of the row tile). On GPU one program per SM: at
-    ~200 registers x 256 threads only one fits on an SM anyway, and every program adds one
-    ``(K, C_in, C_out)`` fp32 partial. Never fewer rows than the halo, so the recompute is at
-    most 100%. Two programs in the interpreter, so the cross-chunk sum is exercised.
-    (Tests replace this function to force many chunk boundaries.)"""
+    """Rows per backward program: a multiple of the row tile (the kernel takes any count >= 1;
+    tests replace this function to force many chunk boundaries). On GPU one program per SM: at
+    up to 255 registers x 8 warps only one fits in an SM's registers anyway, and every program
+    adds one ``(K, C_in, C_out)`` fp32 partial. Never fewer rows than the halo, so the
+    recompute is at most 100%. Two programs in the interpreter, so the cross-chunk sum is
+    exercised."""
     if interpreting() or device.type != "cuda":
         programs = 2
     else:

@@ -208,7 +208,7 @@ def chunk_rows(monkeypatch, poisoned):
 @pytest.mark.parametrize("mode", MODES)
 def test_backward_is_one_launch(launches, mode):
     off = offsets_of(LENGTHS)
-    x, w, b, ow, ob = args = make_args(mode, (int(off[-1]),), 6, 3, hidden=5)
+    args = make_args(mode, (int(off[-1]),), 6, 3, hidden=5)
     y = run(mode, args, 2, off)
     assert [name for name, _ in launches] == ["_fwd_kernel"]
     y.backward(torch.randn_like(y))
