@@ -247,6 +247,21 @@ def test_small_chunks_padded_and_deterministic(chunk_rows, mode):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wanted", [(0,), (1, 4), (0, 3)])  # x only; weight + out_bias; x + out_weight
+def test_only_requested_gradients(poisoned, mode, wanted):
+    """The backward skips the partials nobody asked for; the requested ones stay exact."""
+    off = offsets_of(LENGTHS)
+    args = [None if a is None else a.detach().requires_grad_(i in wanted)
+            for i, a in enumerate(make_args(mode, (int(off[-1]),), 6, 3, hidden=5))]
+    params = [a for a in args if a is not None and a.requires_grad]  # out_* exist for gated only
+    grads = torch.autograd.grad(run(mode, args, 2, off).square().sum(), params)
+    expect = torch.autograd.grad(run(mode, args, 2, off, fn_module=R).square().sum(), params)
+    for g, e in zip(grads, expect):
+        assert e.abs().max() > 0 and rel_err(g, e) < 1e-5
+
+
+@pytest.mark.interpreter
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lengths=st.lists(st.integers(0, 24), min_size=1, max_size=5),
