@@ -354,7 +354,12 @@ def _bwd_opts(gated: bool, c_in: int, c_out: int) -> dict:
             "BLOCK_C": _channel_block(c_in), "BLOCK_T": _row_block(),
             "BLOCK_I": _channel_block(max(c_in, c_out // 2)),
             "BLOCK_O": max(_channel_block(c_out), _channel_block(c_in))}
-    if not interpreting():  # gated: a second pipeline stage spills at C = 128 (fp32, sm_90)
+    if not interpreting():
+        # Spill-free on sm_90 (fp32, bf16; C = 128/256; with and without the weight partials):
+        # relu's phase 1 at 64 rows sits at 255 registers and spills without phase 3; gated
+        # spills 100 bytes at C = 128 with a second pipeline stage.
+        if not gated:
+            opts["ACT_BLOCK_T"] = 32
         opts.update(num_warps=8, num_stages=1 if gated else 2)
     return opts
 

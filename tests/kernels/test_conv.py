@@ -482,9 +482,10 @@ for dtype, arch in [("fp32", 90), ("bf16", 90), ("fp16", 80)]:
             launch = {k: v for k, v in opts.items() if not k.startswith("BLOCK")}
             compile_for(C._fwd_kernel, dtype, arch, dict(flags, RELU=not gated, GATED=gated, HAS_OUT_BIAS=True), **launch)
             bwd = C._bwd_opts(gated, c, 2 * c if gated else c)
-            for act in (True, False) if not gated else (True,):  # relu block and plain conv; gated
+            # Block (with and without weight gradients: phase 3 changes register allocation), plain conv.
+            for act, want in [(True, True), (True, False)] + [(False, True)] * (not gated):
                 compile_for(C._bwd_kernel, dtype, arch,
-                            dict(K=5, ACT=act, GATED=gated, HAS_BIAS=True, WANT_W=True, WANT_OUT=gated,
+                            dict(K=5, ACT=act, GATED=gated, HAS_BIAS=True, WANT_W=want, WANT_OUT=gated and want,
                                  **{k: v for k, v in bwd.items() if k.isupper()}),
                             **{k: v for k, v in bwd.items() if not k.isupper()})
 print("compiled")
