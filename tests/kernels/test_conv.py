@@ -220,11 +220,14 @@ def test_backward_is_one_launch(launches, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     "rows,k,dilation",
-    [(16, 5, 6), (5, 5, 6), (16, 2, 23), (5, 3, 1), (1, 3, 4)],  # rows: one tile, tiles straddling chunks, one row
-)  # halos 24 and 23 span several chunks and outlast short sequences; halo 2 < 5 rows
+    [(16, 5, 6), (5, 5, 6), (16, 2, 23), (16, 4, 40), (5, 3, 1), (1, 3, 4)],
+)
 def test_small_chunks_and_long_halos(chunk_rows, launches, mode, rows, k, dilation):
     """Many programs: chunk boundaries inside sequences, halos spanning several chunks and
-    sequence ends, sequences shorter than a halo; poisoned buffers catch any unwritten read."""
+    sequence ends, sequences shorter than a halo; poisoned buffers catch any unwritten read.
+
+    Chunks of one row tile, of 5 rows (tiles straddle chunks) and of one row; halos of 24, 23
+    and 120 rows (longer than T = 106) span several chunks; a halo of 2 fits in one chunk."""
     chunk_rows(rows)
     off = offsets_of([37, 3, 0, 30, 1, 9, 26])
     t = int(off[-1])
