@@ -114,7 +114,7 @@ class TCNBlock(nn.Module):
         return block(x, *params)
 
     def extra_repr(self) -> str:
-        o, c, k = self.conv_weight.shape
+        _, c, k = self.conv_weight.shape
         extra = ", recompute=True" if self.recompute else ""
         return f"{c}, kernel_size={k}, dilation={self.dilation}, activation={self.activation!r}{extra}"
 

@@ -17,6 +17,12 @@ receptive field 13 over windows of at most 20 items). The commented checkpoint
 names in that file show some of the authors' runs with four levels
 (``channel128,128,128,128``); pass ``levels=4`` for those. ``recompute``: TCN
 blocks keep only their input for backward (see ``hiertcn_kernels.TCNBlock``).
+
+``has_impression=True`` (the release's option) also concatenates, to each input
+step, the mean embedding of the items impressed with that step's interaction
+(zeros if none). It travels with the shifted item embedding, so position ``t``
+reads the impressions of the user's interactions before ``t`` only. The batch
+must then carry impressions (a log prepared with them).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class HierTCN(Recommender):
         tied: bool = False,
         gap_decay: str = "none",
         gap_bandwidth: float = 168 * 3600.0,
+        has_impression: bool = False,
     ):
         super().__init__(n_items)
         if agg not in ("mean", "sum", "max"):
@@ -64,6 +71,7 @@ class HierTCN(Recommender):
         self.agg = agg
         self.gap_decay = gap_decay
         self.gap_bandwidth = float(gap_bandwidth)
+        self.has_impression = bool(has_impression)
         self.hidden_dim = hidden_dim
         self.gru_layers = gru_layers
         self.item_emb = nn.Embedding(n_items, embedding_dim)
@@ -75,8 +83,11 @@ class HierTCN(Recommender):
         if gap_decay == "learned":
             self.gap_dense = nn.Linear(gru_layers * hidden_dim, 1)
         # The release concatenates the whole multi-layer state (state_is_tuple=False) to every step.
-        self.project = nn.Linear(embedding_dim + gru_layers * hidden_dim, channels, bias=False)
-        self.tcn = TemporalConvNet(channels, levels, kernel_size, activation=block, dropout=dropout, recompute=recompute)
+        step_dim = embedding_dim * (2 if self.has_impression else 1)  # item [+ impressions' mean] embedding
+        self.project = nn.Linear(step_dim + gru_layers * hidden_dim, channels, bias=False)
+        self.tcn = TemporalConvNet(
+            channels, levels, kernel_size, activation=block, dropout=dropout, recompute=recompute
+        )
         self._init_head(channels, self.item_emb if tied else None)
 
     def init_state(self, n_lanes: int, device=None) -> torch.Tensor:
@@ -112,6 +123,15 @@ class HierTCN(Recommender):
         context = torch.cat(before)[torch.argsort(torch.cat(order))]
         return context, h
 
+    def _impression_mean(self, batch: SessionBatch) -> torch.Tensor:
+        """``(T, D)``: mean embedding of each token's impressed items, zeros where it has none."""
+        if not batch.has_impressions:
+            raise ValueError(
+                "HierTCN(has_impression=True) needs batches with impressions: prepare the log with an "
+                "impressions file (--impressions)"
+            )
+        return segment_reduce(self.item_emb(batch.imp_item), batch.imp_ptr, "mean")
+
     def forward(self, batch: SessionBatch, state: torch.Tensor | None = None):
         emb = self.item_emb(batch.items)
         if state is None:
@@ -122,6 +142,7 @@ class HierTCN(Recommender):
         context, new_state = self.session_context(batch, summaries, state.to(emb.dtype))
         # project(concat(shifted item, context)) with the context half applied per window before the
         # expand: the same product, without a (T, D + layers*H) concat held for backward.
-        w_item, w_context = self.project.weight.split([emb.shape[1], context.shape[1]], dim=1)
-        x = F.linear(shift_right(emb, cu), w_item) + segment_expand(F.linear(context, w_context), cu)
+        step = torch.cat([emb, self._impression_mean(batch)], 1) if self.has_impression else emb
+        w_step, w_context = self.project.weight.split([step.shape[1], context.shape[1]], dim=1)
+        x = F.linear(shift_right(step, cu), w_step) + segment_expand(F.linear(context, w_context), cu)
         return self.tcn(x, cu_seqlens=cu), new_state
