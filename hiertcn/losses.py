@@ -55,7 +55,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, user_emb, weight, bias, targets, chunk_rows):
         n = user_emb.shape[0]
-        grad_u, grad_w, grad_b = torch.empty_like(user_emb), torch.zeros_like(weight), torch.zeros_like(bias)
+        need_u, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_u = torch.empty_like(user_emb) if need_u else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
         loss = user_emb.new_zeros(())
         for start in range(0, n, chunk_rows):
             u, t = user_emb[start:start + chunk_rows], targets[start:start + chunk_rows]
@@ -69,16 +72,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss += (total.log() + peak).sum() - target_logit.sum()
             grad_logits.mul_(total.reciprocal_().div_(n))  # softmax / n
             grad_logits[rows, t] -= 1.0 / n
-            torch.mm(grad_logits, weight, out=grad_u[start:start + chunk_rows])
-            grad_w.addmm_(grad_logits.t(), u)
-            grad_b += grad_logits.sum(0)
+            if need_u:
+                torch.mm(grad_logits, weight, out=grad_u[start:start + chunk_rows])
+            if need_w:
+                grad_w.addmm_(grad_logits.t(), u)
+            if need_b:
+                grad_b += grad_logits.sum(0)
         ctx.save_for_backward(grad_u, grad_w, grad_b)
         return loss / n
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_u, grad_w, grad_b = ctx.saved_tensors
-        return grad_u * grad_output, grad_w * grad_output, grad_b * grad_output, None, None
+        return (*(None if g is None else g * grad_output for g in ctx.saved_tensors), None, None)
 
 
 def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None = None):

@@ -59,6 +59,17 @@ def test_linear_cross_entropy_gradcheck():
     assert torch.autograd.gradcheck(lambda u, w, b: linear_cross_entropy(u, w, b, y, 3), (u, w, b))
 
 
+def test_linear_cross_entropy_frozen_table():
+    """Only the inputs that need a gradient get one (a frozen output table and bias, say)."""
+    torch.manual_seed(3)
+    u = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    y = torch.tensor([0, 4, 1, 1, 3, 2])
+    (got,) = torch.autograd.grad(linear_cross_entropy(u, w, b, y, 4), u)
+    (expected,) = torch.autograd.grad(F.cross_entropy(u @ w.t() + b, y), u)
+    torch.testing.assert_close(got, expected)
+
+
 def test_linear_cross_entropy_without_gradients_and_empty():
     torch.manual_seed(2)
     u, w, b = torch.randn(9, 4), torch.randn(7, 4), torch.randn(7)
