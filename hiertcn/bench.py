@@ -291,6 +291,8 @@ def kernel_case(op: str, tokens: int, channels: int, device: torch.device, dtype
     from hiertcn_kernels import reference as R
     from hiertcn_kernels import segment_reduce, tcn_block
 
+    if op not in KERNEL_OPS:
+        raise ValueError(f"op must be one of {KERNEL_OPS}, got {op!r}")
     gen = torch.Generator().manual_seed(seed)
     lengths = packed_lengths(tokens, seed)
     cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(device)
@@ -320,8 +322,6 @@ def kernel_case(op: str, tokens: int, channels: int, device: torch.device, dtype
         return KernelCase(impls, list(impls)[1], params, len(lengths))
 
     activation = op[len("tcn_block(") : -1]
-    if op not in KERNEL_OPS:
-        raise ValueError(f"op must be one of {KERNEL_OPS}, got {op!r}")
     c_out = channels if activation == "relu" else 2 * channels
     w = rand(c_out, channels, KERNEL_SIZE, scale=(channels * KERNEL_SIZE) ** -0.5)
     b = rand(c_out, scale=0.1)

@@ -374,7 +374,8 @@ def cmd_bench(args) -> int:
     from . import bench
     from .plots import plot_memory_vs_history, plot_scaling, plot_time_vs_tokens
 
-    config = config_from_args(args, out="runs/bench")
+    # One torch thread unless --threads: on a shared CPU, OpenMP threads waiting on each other swamp the timings.
+    config = config_from_args(args, out="runs/bench", threads=1)
     say, out = _say(args), Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     run = {"command": _explicit_command(args), "commit": bench.git_commit(Path(__file__).parent)}
