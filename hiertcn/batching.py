@@ -7,6 +7,10 @@ windows each and carries state across batches; whole-user batches put one
 user's full history in each lane. Targets are the items themselves: models
 shift inputs right inside each session window, so every position, the first
 included, predicts its own item.
+
+With a log that has impressions (``Dataset.impressions``), a batch also holds
+each token's impressed items, ragged and aligned with ``items`` (``imp_ptr``,
+``imp_item``); models and losses that use impressions read them from there.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ class SessionBatch:
     gap: torch.Tensor  # (S,) float32 seconds since the user's previous interaction (0 where new_user)
     target_mask: torch.Tensor  # (T,) bool: positions that count in the loss / metrics
     lane_user: torch.Tensor  # (Q,) int64 user row (SessionCSR) in each lane at the batch end, -1 if none
+    # Impressions (None when the log has none): token t was shown imp_item[imp_ptr[t]:imp_ptr[t+1]].
+    imp_ptr: torch.Tensor | None = None  # (T+1,) int64 offsets into imp_item
+    imp_item: torch.Tensor | None = None  # (M,) int64 dense item indices
 
     @property
     def n_lanes(self) -> int:
@@ -40,10 +47,63 @@ class SessionBatch:
     def n_tokens(self) -> int:
         return self.items.numel()
 
+    @property
+    def has_impressions(self) -> bool:
+        return self.imp_ptr is not None
+
+    def impression_matrix(self, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(n, k)`` int64: the first ``k`` impressed items of each token where ``mask``, ``-1`` padded."""
+        if not self.has_impressions:
+            raise ValueError("this batch has no impressions (the log was prepared without them)")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        starts, lengths = self.imp_ptr[:-1], self.imp_ptr.diff()
+        if mask is not None:
+            starts, lengths = starts[mask], lengths[mask]
+        column = torch.arange(k, device=starts.device)
+        valid = column[None, :] < lengths[:, None]
+        if self.imp_item.numel() == 0:
+            return torch.full(valid.shape, -1, dtype=torch.int64, device=starts.device)
+        index = (starts[:, None] + column[None, :]).clamp(max=self.imp_item.numel() - 1)
+        return torch.where(valid, self.imp_item[index], -1)
+
     def to(self, device, non_blocking: bool = False) -> SessionBatch:
-        return SessionBatch(
-            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = None if value is None else value.to(device, non_blocking=non_blocking)
+        return SessionBatch(**moved)
+
+
+def check_impressions(impressions, csr) -> None:
+    """``impressions`` must be None or ``(imp_ptr (N+1,), imp_item (M,))`` over ``csr``'s interactions."""
+    if impressions is None:
+        return
+    if not isinstance(impressions, tuple) or len(impressions) != 2:
+        raise TypeError("impressions must be None or an (imp_ptr, imp_item) tuple (Dataset.impressions)")
+    imp_ptr, imp_item = impressions
+    if len(imp_ptr) != csr.n_interactions + 1 or imp_ptr[-1] != len(imp_item):
+        raise ValueError(
+            f"impressions: imp_ptr must have length n_interactions + 1 = {csr.n_interactions + 1} and end at "
+            f"len(imp_item); got {len(imp_ptr)} and {imp_ptr[-1] if len(imp_ptr) else None}"
         )
+
+
+def token_impressions(impressions, positions: np.ndarray) -> dict[str, torch.Tensor]:
+    """``{"imp_ptr", "imp_item"}`` of the interactions ``positions`` (empty when ``impressions`` is None).
+
+    ``impressions``: ``(imp_ptr, imp_item)`` over the CSR's interactions (``Dataset.impressions``).
+    """
+    if impressions is None:
+        return {}
+    imp_ptr, imp_item = impressions
+    starts, ends = imp_ptr[positions], imp_ptr[positions + 1]
+    ptr = np.zeros(len(positions) + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=ptr[1:])
+    return {
+        "imp_ptr": torch.from_numpy(ptr),
+        "imp_item": torch.from_numpy(np.ascontiguousarray(imp_item[_ranges(starts, ends)], dtype=np.int64)),
+    }
 
 
 # ---- Whole-user batches: one user's full history (windowed) per lane --------------------------------
@@ -61,7 +121,7 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + offsets
 
 
-def _user_batch(csr, users: np.ndarray, session_end: np.ndarray, max_session_len: int, score_sessions) -> SessionBatch:
+def _user_batch(csr, users, session_end, max_session_len: int, score_sessions, impressions) -> SessionBatch:
     first_session = csr.user_ptr[users]
     sessions = _ranges(first_session, session_end)
     n_sessions_per_user = session_end - first_session
@@ -94,6 +154,7 @@ def _user_batch(csr, users: np.ndarray, session_end: np.ndarray, max_session_len
         gap=torch.from_numpy(gap),
         target_mask=torch.from_numpy(target),
         lane_user=torch.from_numpy(users.astype(np.int64)),
+        **token_impressions(impressions, tokens),
     )
 
 
@@ -105,6 +166,7 @@ def user_batches(
     score_sessions: np.ndarray | None = None,
     batch_users: int = 64,
     max_tokens: int | None = None,
+    impressions=None,
 ) -> Iterator[SessionBatch]:
     """Batches with one user's whole history per lane, sessions in time order, cut into windows.
 
@@ -117,6 +179,8 @@ def user_batches(
     cannot use them) and users with no scored session are skipped.
     A batch holds up to ``batch_users`` users and, if ``max_tokens`` is set, at
     most ``max_tokens`` interactions (a longer user still gets a batch alone).
+    ``impressions``: ``(imp_ptr, imp_item)`` over the CSR's interactions
+    (``Dataset.impressions``); the batches then carry each token's impressions.
     """
     if not isinstance(max_session_len, int) or max_session_len < 1:
         raise ValueError(f"max_session_len must be a positive int, got {max_session_len!r}")
@@ -124,6 +188,7 @@ def user_batches(
         raise ValueError(f"batch_users must be a positive int, got {batch_users!r}")
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens must be positive or None, got {max_tokens!r}")
+    check_impressions(impressions, csr)
     users = np.arange(csr.n_users) if users is None else np.asarray(users, dtype=np.int64).reshape(-1)
     if users.size and (users.min() < 0 or users.max() >= csr.n_users):
         raise ValueError(f"users must be user rows in [0, {csr.n_users})")
@@ -152,7 +217,9 @@ def user_batches(
                 break
             budget += n_tokens[end]
             end += 1
-        yield _user_batch(csr, users[begin:end], session_end[begin:end], max_session_len, score_sessions)
+        yield _user_batch(
+            csr, users[begin:end], session_end[begin:end], max_session_len, score_sessions, impressions
+        )
         begin = end
 
 # ---------------------------------------------------------------------------
@@ -172,7 +239,8 @@ class QueueBatcher:
     ``include`` (bool per CSR session, default all) picks the sessions that enter
     the lanes; ``targets`` (bool per session, default ``include``) picks those whose
     items count in ``SessionBatch.target_mask``. ``users`` restricts the epoch to
-    those user rows (how distributed ranks shard the data).
+    those user rows (how distributed ranks shard the data). ``impressions``
+    (``Dataset.impressions``) makes the batches carry each token's impressions.
 
     Epochs are pure functions of ``(seed, epoch)``, so ``batches(epoch, start=k)``
     resumes exactly at batch ``k`` without building the ones before it.
@@ -191,6 +259,7 @@ class QueueBatcher:
         users: np.ndarray | None = None,
         shuffle: bool = True,
         seed: int = 0,
+        impressions=None,
     ):
         for name, value in (
             ("n_queues", n_queues),
@@ -207,6 +276,8 @@ class QueueBatcher:
         self.sessions_per_lane = int(sessions_per_lane)
         self.shuffle = shuffle
         self.seed = seed
+        check_impressions(impressions, csr)
+        self.impressions = impressions
 
         # Windows of every included session, grouped by user in time order.
         session_ptr = np.asarray(csr.session_ptr, dtype=np.int64)
@@ -314,6 +385,7 @@ class QueueBatcher:
             gap=torch.from_numpy(self._gap[windows].astype(np.float32)),
             target_mask=torch.from_numpy(np.repeat(self._target[windows], lengths)),
             lane_user=torch.from_numpy(lane_user.astype(np.int64)),
+            **token_impressions(self.impressions, positions),
         )
 
 

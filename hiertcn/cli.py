@@ -25,7 +25,7 @@ from .train import NonFiniteLossError, fit, resolve_device, seed_everything, wri
 
 TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp")
 DATA_KEYS = ("format", "preset", "split", "user_col", "item_col", "time_col", "session_col", "sep", "session_gap",
-             "cache_dir")  # fmt: skip
+             "cache_dir", "impressions")  # fmt: skip
 DEMO = {  # sized to finish in about 3 minutes on 2 CPU cores
     "full": {"n_users": 1000, "n_items": 500, "epochs": 4, "max_time": 40.0, "lr": 3e-3},
     "tiny": {"n_users": 150, "n_items": 120, "epochs": 1, "max_time": 5.0, "lr": 3e-3},
@@ -60,6 +60,8 @@ def _data_args(parser):
     _flag(g, "--sep", help="field separator of a CSV log")
     _flag(g, "--session-gap", type=int, help="seconds of inactivity that start a new session (default 1800)")
     _flag(g, "--cache-dir", help="where prepared datasets are cached")
+    _flag(g, "--impressions", help="XING impressions.csv; 'auto' (default): impressions.csv next to a XING "
+          "--data file, if present; 'none': ignore impressions")
 
 
 def _train_args(parser):
@@ -173,9 +175,10 @@ def load_dataset(config: Config, *, echo=print):
     start = time.perf_counter()
     dataset, cache_path = prepare_dataset(config.data, seed=config.seed, **options)
     csr = dataset.csr
+    shown = "" if dataset.impressions is None else f", {len(dataset.imp_item)} impressions"
     echo(
         f"dataset: {csr.n_users} users, {csr.n_sessions} sessions, {csr.n_interactions} interactions, "
-        f"{csr.n_items} items (cache {cache_path}, {time.perf_counter() - start:.1f}s)"
+        f"{csr.n_items} items{shown} (cache {cache_path}, {time.perf_counter() - start:.1f}s)"
     )
     return dataset, cache_path
 
@@ -254,6 +257,8 @@ def cmd_prepare(args) -> int:
                "interactions": dataset.csr.n_interactions, "items": dataset.csr.n_items,
                "train_sessions": int((role == 0).sum()), "valid_sessions": int((role == 1).sum()),
                "test_sessions": int((role == 2).sum())}  # fmt: skip
+    if dataset.impressions is not None:
+        summary["impressions"] = len(dataset.imp_item)
     _say(args)(json.dumps(summary, indent=2))
     return _finish(args, summary)
 
@@ -351,7 +356,8 @@ def cmd_recommend(args) -> int:
             raise ValueError(f"--users: unknown user id(s) {', '.join(map(str, unknown))}")
     else:
         rows = np.arange(min(5, csr.n_users))
-    items, _ = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len)
+    items, _ = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
+                         impressions=getattr(dataset, "impressions", None))
     result = {str(user_ids[r]): items[i].tolist() for i, r in enumerate(rows)}
     for user, recs in result.items():
         _say(args)(f"user {user}: {' '.join(map(str, recs))}")

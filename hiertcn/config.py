@@ -37,6 +37,7 @@ class Config:
     sep: str | None = None
     session_gap: int = 1800
     cache_dir: str | None = None
+    impressions: str = "auto"  # XING impressions.csv path | auto (next to a XING log, if present) | none
     # models
     model: str = "hiertcn"
     models: list[str] | None = None  # for compare; None = every registered model

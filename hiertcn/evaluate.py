@@ -20,17 +20,19 @@ from hiertcn.data.splits import TEST
 from hiertcn.metrics import MetricAccumulator, target_ranks
 
 
-def _csr_and_role(data):
+def _unpack(data):
+    """``(csr, role, impressions)`` of a Dataset-like object or a ``(csr, role)`` tuple (no impressions)."""
+    impressions = None
     if isinstance(data, tuple) and len(data) == 2:
         csr, role = data
     elif hasattr(data, "csr") and hasattr(data, "role"):
-        csr, role = data.csr, data.role
+        csr, role, impressions = data.csr, data.role, getattr(data, "impressions", None)
     else:
         raise TypeError("data must be a dataset with .csr and .role, or a (csr, role) tuple")
     role = np.asarray(role)
     if role.shape != (csr.n_sessions,):
         raise ValueError(f"role must give one role per session, shape ({csr.n_sessions},), got {role.shape}")
-    return csr, role
+    return csr, role, impressions
 
 
 @torch.no_grad()
@@ -76,15 +78,21 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
 def score_events(
     model, csr, score_sessions: np.ndarray, *, batch_users: int = 64, max_tokens: int | None = None,
     chunk_items: int | None = None, max_scores: int = 1 << 24, max_session_len: int = MAX_SESSION_LEN,
-    device=None, progress: bool = False,
+    device=None, progress: bool = False, impressions=None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(ranks, user rows, interaction indices into csr)`` for every event of the scored sessions."""
+    """Yield ``(ranks, user rows, interaction indices into csr)`` for every event of the scored sessions.
+
+    ``impressions`` (``Dataset.impressions``) go into the batches of models that read them
+    (``has_impression``).
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    impressions = impressions if getattr(model, "has_impression", False) else None
     was_training = model.training
     model.eval()
     try:
         batches = user_batches(csr, score_sessions=score_sessions, batch_users=batch_users,
-                               max_tokens=max_tokens, max_session_len=max_session_len)
+                               max_tokens=max_tokens, max_session_len=max_session_len,
+                               impressions=impressions)
         for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
             batch = batch.to(device)
             state = model.init_state(batch.n_lanes, device) if model.carries_state else None
@@ -111,14 +119,15 @@ def evaluate(
     """Rank every event of the sessions whose role is in ``roles`` against the full catalogue.
 
     ``data``: a :class:`hiertcn.data.splits.Dataset` (anything with ``.csr`` and
-    ``.role``, one role per session) or a ``(csr, role)`` tuple. Returns the per-event means under the plain keys
+    ``.role``, one role per session, and optionally ``.impressions``) or a
+    ``(csr, role)`` tuple. Returns the per-event means under the plain keys
     (``recall@1/5/10/20``, ``mrr``, ``mrr@20``, ``mrp``): **per-event is
     primary**. The same metrics averaged per user first are under
     ``user/<key>``; plus ``n_events`` and ``n_users``. Runs in eval mode with
     no gradients; memory is bounded by ``batch_users`` / ``max_tokens`` for the
     model and ``max_scores`` (scores held at once) for the ranking.
     """
-    csr, role = _csr_and_role(data)
+    csr, role, impressions = _unpack(data)
     score_sessions = np.isin(role, np.asarray(roles))
     if not score_sessions.any():
         raise ValueError(f"no session has a role in roles={tuple(roles)}")
@@ -126,6 +135,7 @@ def evaluate(
     for ranks, users, _ in score_events(
         model, csr, score_sessions, batch_users=batch_users, max_tokens=max_tokens, chunk_items=chunk_items,
         max_scores=max_scores, max_session_len=max_session_len, device=device, progress=progress,
+        impressions=impressions,
     ):
         acc.add(ranks, users)
     return acc.result()

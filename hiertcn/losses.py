@@ -4,7 +4,8 @@ Every loss is called as ``loss(model, user_emb, targets, batch=None, impressions
 with the positions to train on already selected: ``user_emb (n, D)``,
 ``targets (n,)`` item ids; it returns a scalar (mean over positions).
 ``impressions (n, K)`` are item ids shown but not chosen at each position
-(``-1`` pads); losses that need negatives sample them when none are given.
+(``-1`` pads); losses that need negatives (``takes_impressions``) use them and
+fill the pads with sampled negatives, and sample all of them when none are given.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def _proposal(item_counts, name: str) -> torch.Tensor | None:
 
 
 class _Loss:
+    takes_impressions = False  # True: negatives come from impressions when the batch has them
     def __call__(self, model, user_emb, targets, batch=None, impressions=None):
         if user_emb.dim() != 2 or targets.shape != (user_emb.shape[0],):
             raise ValueError(
@@ -95,18 +97,23 @@ class SampledSoftmaxLoss(_Loss):
 
 
 def _negatives(impressions, targets, num_negatives, popularity, n_items):
-    """``(n, K)`` negative ids and a validity mask: the impressions, else popularity (or uniform) samples."""
+    """``(n, K)`` negative ids and a validity mask: the impressions, with popularity (or uniform) samples
+    in their ``-1`` pads; all samples without impressions. A negative equal to the row's target is invalid."""
     if impressions is not None:
         impressions = impressions.long()
         if impressions.dim() != 2 or impressions.shape[0] != targets.shape[0]:
             raise ValueError(f"impressions must be (n, K) with n={targets.shape[0]}, got {tuple(impressions.shape)}")
         if impressions.numel() and int(impressions.max()) >= n_items:
             raise ValueError(f"impressions hold item ids >= n_items={n_items}")
+    if impressions is not None and not bool((impressions < 0).any()):
         negatives = impressions
     else:
+        width = num_negatives if impressions is None else impressions.shape[1]
         dist = torch.full((n_items,), 1.0 / n_items) if popularity is None else popularity.float()
-        negatives = torch.multinomial(dist, targets.shape[0] * num_negatives, replacement=True)
-        negatives = negatives.view(targets.shape[0], num_negatives).to(targets.device)
+        negatives = torch.multinomial(dist, targets.shape[0] * width, replacement=True)
+        negatives = negatives.view(targets.shape[0], width).to(targets.device)
+        if impressions is not None:  # impressions first; a row with fewer fills its -1 pads with samples
+            negatives = torch.where(impressions >= 0, impressions, negatives)
     valid = (negatives >= 0) & (negatives != targets[:, None])
     return negatives.clamp(min=0), valid
 
@@ -119,6 +126,8 @@ def _masked_mean(values, valid):
 
 class BPRLoss(_Loss):
     """Bayesian personalised ranking: ``-log sigmoid(s_pos - s_neg)`` averaged over negatives."""
+
+    takes_impressions = True
 
     def __init__(self, num_negatives: int = 1, item_counts=None):
         if num_negatives < 1:
@@ -141,6 +150,8 @@ class HingeLoss(_Loss):
     ``num_negatives`` popularity (or uniform) samples. Scores use the output
     embeddings without bias, as the release does.
     """
+
+    takes_impressions = True
 
     def __init__(self, margin: float = 0.1, num_negatives: int = 20, item_counts=None):
         if num_negatives < 1:

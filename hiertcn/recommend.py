@@ -27,6 +27,12 @@ def with_next_slot(batch: SessionBatch) -> SessionBatch:
     items[~is_slot] = batch.items
     windows = torch.arange(batch.n_sessions + 1)
     shift = (last_window[None, :] < windows[:, None]).sum(1)
+    impressions = {}
+    if batch.has_impressions:  # the slots were shown nothing
+        lengths = torch.zeros(n, dtype=torch.int64)
+        lengths[~is_slot] = batch.imp_ptr.diff()
+        imp_ptr = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        impressions = {"imp_ptr": imp_ptr, "imp_item": batch.imp_item}
     return SessionBatch(
         items=items,
         cu_seqlens=cu + shift,
@@ -35,17 +41,26 @@ def with_next_slot(batch: SessionBatch) -> SessionBatch:
         gap=batch.gap,
         target_mask=is_slot,
         lane_user=batch.lane_user,
+        **impressions,
     )
 
 
 @torch.no_grad()
-def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, batch_users: int = 256):
-    """``(items (U, k) raw item ids, scores (U, k))`` for the user rows ``user_rows``, best first."""
+def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, batch_users: int = 256,
+              impressions=None):
+    """``(items (U, k) raw item ids, scores (U, k))`` for the user rows ``user_rows``, best first.
+
+    ``impressions``: ``Dataset.impressions``, needed by models that read them (``has_impression``).
+    """
     if not 1 <= k <= csr.n_items:
         raise ValueError(f"k must be in [1, {csr.n_items}], got {k}")
     device = next(model.parameters()).device
     top_items, top_scores = [], []
-    for batch in user_batches(csr, np.asarray(user_rows), max_session_len=max_session_len, batch_users=batch_users):
+    batches = user_batches(
+        csr, np.asarray(user_rows), max_session_len=max_session_len, batch_users=batch_users,
+        impressions=impressions,
+    )
+    for batch in batches:
         batch = with_next_slot(batch).to(device)
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None
         user_emb, _ = model(batch, state)

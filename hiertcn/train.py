@@ -123,8 +123,11 @@ class WholeUserBatches:
     """Epochs of :func:`~hiertcn.batching.user_batches` (one user's whole TRAIN history per lane),
     users shuffled per epoch by ``(seed, epoch)``; the same interface as :class:`QueueBatcher`."""
 
-    def __init__(self, csr, *, include: np.ndarray, batch_users: int, max_session_len: int, users=None, seed=0):
-        self.csr, self.include, self.seed = csr, include, seed
+    def __init__(
+        self, csr, *, include: np.ndarray, batch_users: int, max_session_len: int, users=None, seed=0,
+        impressions=None,
+    ):
+        self.csr, self.include, self.seed, self.impressions = csr, include, seed, impressions
         self.batch_users, self.max_session_len = batch_users, max_session_len
         users = np.arange(csr.n_users) if users is None else np.asarray(users, dtype=np.int64)
         per_user = np.add.reduceat(include, csr.user_ptr[:-1]) if csr.n_sessions else np.zeros(csr.n_users)
@@ -142,12 +145,19 @@ class WholeUserBatches:
             max_session_len=self.max_session_len,
             score_sessions=self.include,
             batch_users=self.batch_users,
+            impressions=self.impressions,
         )
 
 
-def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = None):
-    """The training batches for ``model``: carried-state lanes, or whole users for stateless models."""
+def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = None, loss_fn=None):
+    """The training batches for ``model``: carried-state lanes, or whole users for stateless models.
+
+    They carry the dataset's impressions when the model or ``loss_fn`` reads them.
+    """
     train_sessions = np.asarray(dataset.role) == TRAIN
+    impressions = None
+    if getattr(model, "has_impression", False) or getattr(loss_fn, "takes_impressions", False):
+        impressions = getattr(dataset, "impressions", None)
     if getattr(model, "carries_state", False):
         return QueueBatcher(
             dataset.csr,
@@ -158,6 +168,7 @@ def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = N
             include=train_sessions,
             users=users,
             seed=config.seed,
+            impressions=impressions,
         )
     return WholeUserBatches(
         dataset.csr,
@@ -166,6 +177,7 @@ def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = N
         max_session_len=config.max_session_len,
         users=users,
         seed=config.seed,
+        impressions=impressions,
     )
 
 
@@ -173,6 +185,8 @@ class LossStep(torch.nn.Module):
     """Forward and loss as one module, so DDP sees the loss (not the carried state) as its output.
 
     Returns ``(loss, state)`` with the state detached: gradients stop at batch boundaries.
+    A loss that draws negatives from impressions (``loss_fn.takes_impressions``) gets each
+    target's first ``loss_fn.num_negatives`` impressed items when the batch has them.
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable):
@@ -182,7 +196,10 @@ class LossStep(torch.nn.Module):
     def forward(self, batch, state):
         user_emb, state = self.model(batch, state)
         mask = batch.target_mask
-        loss = self.loss_fn(self.model, user_emb[mask], batch.items[mask], batch=batch)
+        extra = {}
+        if batch.has_impressions and getattr(self.loss_fn, "takes_impressions", False):
+            extra["impressions"] = batch.impression_matrix(self.loss_fn.num_negatives, mask)
+        loss = self.loss_fn(self.model, user_emb[mask], batch.items[mask], batch=batch, **extra)
         return loss, self.model.detach_state(state) if state is not None else None
 
 
@@ -222,7 +239,7 @@ def fit(
     model.to(device)
 
     users = np.arange(dataset.csr.n_users)[rank::world]
-    source = batch_source(model, dataset, config, users=users)
+    source = batch_source(model, dataset, config, users=users, loss_fn=loss_fn)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     step_fn = LossStep(model, loss_fn)
@@ -400,7 +417,8 @@ def evaluate_sharded(evaluate_fn: Callable, model, dataset, roles: tuple[int, ..
     role[session_user % world != rank] = -1  # other ranks score those users
     local = {}
     if np.isin(role, roles).any():
-        local = dict(evaluate_fn(model, SimpleNamespace(csr=csr, role=role), roles=roles))
+        shard = SimpleNamespace(csr=csr, role=role, impressions=getattr(dataset, "impressions", None))
+        local = dict(evaluate_fn(model, shard, roles=roles))
     parts = [None] * world
     dist.all_gather_object(parts, local)
     parts = [p for p in parts if p]

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,57 @@ def test_bad_arguments_are_named(kwargs, match):
     csr = make_csr([[2, 1], [1]])
     with pytest.raises(ValueError, match=match):
         QueueBatcher(csr, **kwargs)
+
+
+def random_impressions(csr, seed=0, n_items=50):
+    """``(imp_ptr, imp_item)`` over ``csr``'s interactions: 0..6 random items each (some empty)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 7, csr.n_interactions)
+    imp_ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return imp_ptr, rng.integers(0, n_items, int(imp_ptr[-1])).astype(np.int64)
+
+
+def test_batches_carry_each_tokens_impressions():
+    from hiertcn.batching import user_batches
+
+    csr = make_csr([[3, 25], [1, 4], [2, 2, 9], [5]], seed=4)
+    imp_ptr, imp_item = random_impressions(csr)
+    lists = [imp_item[a:b].tolist() for a, b in itertools.pairwise(imp_ptr)]
+    # Tag each interaction with a unique item so a token's interaction can be read off its item.
+    tags = np.arange(csr.n_interactions)
+    csr = SessionCSR(csr.user_ptr, csr.session_ptr, tags, csr.timestamp, csr.user_ids, tags)
+    impressions = (imp_ptr, imp_item)
+    queue = QueueBatcher(csr, n_queues=2, sessions_per_lane=2, max_session_len=4, impressions=impressions)
+    whole_users = user_batches(csr, max_session_len=4, batch_users=2, impressions=impressions)
+    batches = [*queue.batches(0), *whole_users]
+    for batch in batches:
+        assert batch.has_impressions and batch.imp_ptr.shape == (batch.n_tokens + 1,)
+        got = [batch.imp_item[a:b].tolist() for a, b in zip(batch.imp_ptr[:-1], batch.imp_ptr[1:])]
+        assert got == [lists[i] for i in batch.items.tolist()]
+    assert not next(QueueBatcher(csr, n_queues=2).batches(0)).has_impressions  # none given, none carried
+
+    batch = batches[0]
+    mask = torch.arange(batch.n_tokens) % 2 == 0
+    matrix = batch.impression_matrix(3, mask)
+    expected = [(lists[i] + [-1] * 3)[:3] for i in batch.items[mask].tolist()]
+    assert matrix.dtype == torch.int64 and matrix.tolist() == expected
+
+    moved = batch.to("meta")
+    assert moved.imp_ptr.device.type == moved.imp_item.device.type == moved.items.device.type == "meta"
+    assert moved.imp_ptr.shape == batch.imp_ptr.shape
+    plain = next(QueueBatcher(csr, n_queues=2).batches(0)).to("meta")
+    assert plain.imp_ptr is None and plain.imp_item is None
+
+
+def test_bad_impressions_are_named():
+    csr = make_csr([[3, 2]])
+    imp_ptr, imp_item = random_impressions(csr)
+    with pytest.raises(ValueError, match="n_interactions"):
+        QueueBatcher(csr, impressions=(imp_ptr[:-1], imp_item))
+    with pytest.raises(TypeError, match="imp_ptr, imp_item"):
+        QueueBatcher(csr, impressions=imp_ptr)
+    batch = next(QueueBatcher(csr).batches(0))
+    with pytest.raises(ValueError, match="no impressions"):
+        batch.impression_matrix(3)
+    with pytest.raises(ValueError, match="k must"):
+        next(QueueBatcher(csr, impressions=(imp_ptr, imp_item)).batches(0)).impression_matrix(0)

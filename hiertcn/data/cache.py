@@ -41,7 +41,7 @@ def cache_key(source_path=None, **params) -> str:
     """
     payload = {
         "version": __version__,
-        "source": None if source_path is None else _fingerprint(Path(source_path)),
+        "source": None if source_path is None else fingerprint(Path(source_path)),
         "params": params,
     }
     text = json.dumps(payload, sort_keys=True, default=_param_json)
@@ -82,7 +82,8 @@ def _why_stale(entry: Path, key: str) -> str | None:
     return None
 
 
-def _fingerprint(path: Path):
+def fingerprint(path: Path):
+    """The content fingerprint ``cache_key`` uses for a source file or directory (JSON-like)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
         return {str(p.relative_to(path)): _file_fingerprint(p) for p in files}

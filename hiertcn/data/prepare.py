@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,10 @@ import numpy as np
 from hiertcn_kernels._io import atomic_directory
 from hiertcn_kernels.packing import pack_sessions
 
-from .cache import build_cached, cache_key
+from .cache import build_cached, cache_key, fingerprint
+from .impressions import MAX_IMPRESSIONS, map_impressions
 from .presets import PRESETS, apply_preset
-from .readers import TIME_UNITS, detect_format, read_log
+from .readers import TIME_UNITS, detect_format, read_impressions, read_log
 from .splits import Dataset, split_by_time, split_by_user, split_last_session
 from .synthetic import generate_xing
 
@@ -44,6 +46,20 @@ def synthetic_default(cache_dir: str | Path | None = None) -> Path:
     return target / "interactions.csv"
 
 
+def resolve_impressions(impressions, path: Path, fmt: str) -> Path | None:
+    """The impressions file to use: ``"auto"`` is ``impressions.csv`` next to a XING log when it exists,
+    ``"none"`` / None none, anything else a path that must exist."""
+    if impressions is None or impressions == "none":
+        return None
+    if impressions == "auto":
+        candidate = path.parent / "impressions.csv"
+        return candidate if fmt == "xing" and candidate.is_file() else None
+    impressions = Path(impressions)
+    if not impressions.is_file():
+        raise FileNotFoundError(f"impressions file {impressions} does not exist")
+    return impressions
+
+
 def prepare_dataset(
     path: str | Path | None = None,
     *,
@@ -60,6 +76,8 @@ def prepare_dataset(
     skip_bad_rows: bool = False,
     session_gap: int = 1800,
     seed: int = 0,
+    impressions: str | Path | None = "auto",
+    max_impressions: int = MAX_IMPRESSIONS,
 ) -> tuple[Dataset, Path]:
     """Read, filter, pack and split an interaction file; returns the Dataset and its cache directory.
 
@@ -72,6 +90,12 @@ def prepare_dataset(
     those of :func:`hiertcn.data.read_log`; ``session_gap`` (seconds) is the session rule of
     ``pack_sessions`` and the presets. ``cache_dir`` defaults to ``$HIERTCN_CACHE_DIR`` or
     ``~/.cache/hiertcn``.
+
+    ``impressions``: a XING ``impressions.csv`` (``user_id year week items``), ``"auto"`` (the
+    default: ``impressions.csv`` next to a XING log, if there is one) or ``"none"``. With one, the
+    Dataset holds each interaction's impressed items (``dataset.impressions``): the list of its user
+    and ISO week, mapped to dense item indices, at most ``max_impressions`` per interaction (see
+    :mod:`hiertcn.data.impressions`). The log's user and item ids must then be integers.
 
     ``dataset.info`` records the source, the parameters, the preset report (``info["preset_report"]``:
     what each filter removed), the number of skipped bad rows and their first line numbers, and ``item_names``/``user_names`` when the raw ids were
@@ -93,6 +117,11 @@ def prepare_dataset(
         raise FileNotFoundError(f"path {path} does not exist or is not a file")
     fmt = format or detect_format(path)
     preset = preset or default_preset(fmt)
+    imp_path = resolve_impressions(impressions, path, fmt)
+    if isinstance(max_impressions, bool) or not isinstance(max_impressions, (int, np.integer)) or (
+        max_impressions < 1
+    ):
+        raise ValueError(f"max_impressions must be a positive int, got {max_impressions!r}")
     reader_options = {
         "user_col": user_col,
         "item_col": item_col,
@@ -109,7 +138,10 @@ def prepare_dataset(
         "session_gap": int(session_gap),
         "seed": int(seed),
     }
-    key = cache_key(path, **params, **reader_options)
+    imp_params = {"impressions": None}
+    if imp_path is not None:
+        imp_params = {"impressions": fingerprint(imp_path), "max_impressions": int(max_impressions)}
+    key = cache_key(path, **params, **reader_options, **imp_params)
 
     def build(out: Path) -> None:
         log = read_log(path, fmt, **reader_options)
@@ -118,6 +150,15 @@ def prepare_dataset(
         pack_gap = math.inf if preset == "hrnn-xing" else session_gap
         csr = pack_sessions(log.user, log.item, log.timestamp, session_gap=pack_gap, session=log.session)
         dataset = _split(csr, split, seed)
+        if imp_path is not None:
+            if log.user_names is not None or log.item_names is not None:
+                raise ValueError(
+                    f"impressions ({imp_path}) need integer user and item ids, but {path} has string ids"
+                )
+            imp_ptr, imp_item = map_impressions(dataset.csr, read_impressions(imp_path), int(max_impressions))
+            dataset = replace(dataset, imp_ptr=imp_ptr, imp_item=imp_item)
+            dataset.info["impressions"] = str(imp_path.resolve())
+            dataset.info["impressions_per_interaction"] = len(imp_item) / max(len(imp_ptr) - 1, 1)
         dataset.info.update(
             source=str(path.resolve()),
             **params,

@@ -12,6 +12,10 @@ then drop held-out sessions shorter than ``min_test_len`` (HRNN protocol). The
 item catalogue is kept whole (``item_ids`` and item indices never change, so
 embeddings sized by ``n_items`` stay valid) and user rows are kept even if a
 filter empties them.
+
+A Dataset of a log with impressions also holds them per interaction, ragged
+and aligned with ``csr.item`` (``imp_ptr (N+1,)``, ``imp_item (M,)``; see
+:mod:`hiertcn.data.impressions`); both are None for a log without them.
 """
 
 from __future__ import annotations
@@ -29,16 +33,29 @@ from hiertcn_kernels.packing import SessionCSR
 TRAIN, VALID, TEST = 0, 1, 2
 ROLE_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 FORMAT = "hiertcn.Dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-array checksums, optional impressions
+READABLE_VERSIONS = (1, 2)
+ARRAYS = ("role", "imp_ptr", "imp_item")  # the .npy files of a saved Dataset (impressions optional)
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A packed log with a role per session: ``role (S,)`` int8 in {TRAIN, VALID, TEST}; ``info`` is free metadata."""
+    """A packed log with a role per session: ``role (S,)`` int8 in {TRAIN, VALID, TEST}; ``info``: metadata.
+
+    ``imp_ptr (N+1,)`` / ``imp_item (M,)`` int64 (or both None): interaction ``n``
+    of ``csr`` was shown the dense items ``imp_item[imp_ptr[n]:imp_ptr[n+1]]``.
+    """
 
     csr: SessionCSR
     role: np.ndarray
     info: dict = field(default_factory=dict)
+    imp_ptr: np.ndarray | None = None
+    imp_item: np.ndarray | None = None
+
+    @property
+    def impressions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(imp_ptr, imp_item)``, or None when the log has no impressions."""
+        return None if self.imp_ptr is None else (self.imp_ptr, self.imp_item)
 
     def sessions(self, role: int) -> np.ndarray:
         """Indices (into ``csr.session_ptr``) of the sessions with ``role``, in CSR order."""
@@ -62,18 +79,27 @@ class Dataset:
             raise ValueError(f"Dataset.role must have shape ({self.csr.n_sessions},), got {self.role.shape}")
         if len(self.role) and (self.role.min() < TRAIN or self.role.max() > TEST):
             raise ValueError("Dataset.role values must be TRAIN (0), VALID (1) or TEST (2)")
+        if (self.imp_ptr is None) != (self.imp_item is None):
+            raise ValueError("Dataset.imp_ptr and Dataset.imp_item must be given together")
+        if self.imp_ptr is not None:
+            _check_impressions(self.imp_ptr, self.imp_item, self.csr)
         return self
 
     def save(self, path) -> Path:
-        """``path/csr`` (SessionCSR.save), ``path/role.npy``, ``path/dataset.json``; written atomically."""
+        """``path/csr`` (SessionCSR.save), ``path/role.npy``, ``path/dataset.json``, and with impressions
+        ``path/imp_ptr.npy`` and ``path/imp_item.npy``; written atomically."""
         path = Path(path)
         self.validate()
         with atomic_directory(path) as tmp:
             self.csr.save(tmp / "csr")
-            role = np.ascontiguousarray(self.role)
-            np.save(tmp / "role.npy", role, allow_pickle=False)
-            header = {"format": FORMAT, "version": FORMAT_VERSION, "role_crc32": zlib.crc32(role.tobytes()),
-                      "info": self.info}
+            checksums = {}
+            for name in ARRAYS:
+                array = getattr(self, name)
+                if array is not None:
+                    array = np.ascontiguousarray(array)
+                    np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+                    checksums[name] = zlib.crc32(array.tobytes())
+            header = {"format": FORMAT, "version": FORMAT_VERSION, "crc32": checksums, "info": self.info}
             (tmp / "dataset.json").write_text(json.dumps(header, indent=1, default=_jsonable))
         return path
 
@@ -86,17 +112,26 @@ class Dataset:
             raise ValueError(f"{path} is not a saved Dataset: dataset.json is missing") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path / 'dataset.json'} is corrupt: {e}") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path / 'dataset.json'} is not a {FORMAT} version {FORMAT_VERSION} header")
+        version = header.get("version") if isinstance(header, dict) else None
+        if not isinstance(header, dict) or header.get("format") != FORMAT or version not in READABLE_VERSIONS:
+            raise ValueError(f"{path / 'dataset.json'} is not a {FORMAT} header (version 1 or 2)")
         csr = SessionCSR.load(path / "csr", mmap=mmap)
+        checksums = header.get("crc32", {}) if version == 2 else {"role": header.get("role_crc32")}
+        if "role" not in checksums:
+            raise ValueError(f"{path / 'dataset.json'} lists no role checksum")
+        arrays = {}
+        for name, crc in checksums.items():
+            if name not in ARRAYS:
+                raise ValueError(f"{path / 'dataset.json'} lists an unknown array {name!r}")
+            file = path / f"{name}.npy"
+            try:
+                arrays[name] = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise ValueError(f"{file} is missing, truncated or corrupt: {e}") from None
+            if zlib.crc32(np.ascontiguousarray(arrays[name]).tobytes()) != crc:
+                raise ValueError(f"{file} checksum mismatch: the file was modified after it was saved")
         try:
-            role = np.load(path / "role.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"{path / 'role.npy'} is missing, truncated or corrupt: {e}") from None
-        if zlib.crc32(np.ascontiguousarray(role).tobytes()) != header.get("role_crc32"):
-            raise ValueError(f"{path / 'role.npy'} checksum mismatch: the file was modified after it was saved")
-        try:
-            return cls(csr, role, header.get("info", {})).validate()
+            return cls(csr, info=header.get("info", {}), **arrays).validate()
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path} holds an invalid Dataset: {e}") from None
 
@@ -192,6 +227,21 @@ def _filter_held_out(csr: SessionCSR, role: np.ndarray, min_len: int) -> tuple[S
         item_ids=np.asarray(csr.item_ids).copy(),
     )
     return filtered, role[keep_session]
+
+
+def _check_impressions(imp_ptr, imp_item, csr: SessionCSR) -> None:
+    for name, array in (("imp_ptr", imp_ptr), ("imp_item", imp_item)):
+        if not isinstance(array, np.ndarray) or array.ndim != 1 or array.dtype != np.int64:
+            raise TypeError(f"Dataset.{name} must be a 1-D int64 numpy array")
+    if len(imp_ptr) != csr.n_interactions + 1 or imp_ptr[0] != 0 or imp_ptr[-1] != len(imp_item):
+        raise ValueError(
+            f"Dataset.imp_ptr must have length n_interactions + 1 = {csr.n_interactions + 1}, "
+            "start at 0 and end at len(imp_item)"
+        )
+    if np.any(np.diff(imp_ptr) < 0):
+        raise ValueError("Dataset.imp_ptr must be non-decreasing")
+    if len(imp_item) and (imp_item.min() < 0 or imp_item.max() >= csr.n_items):
+        raise ValueError(f"Dataset.imp_item holds item indices outside [0, {csr.n_items})")
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:

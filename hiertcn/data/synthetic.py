@@ -55,6 +55,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .impressions import iso_year_week
+
 XING_START = 1446336000  # 2015-11-01 00:00:00 UTC, around where the real XING log starts
 _STABLE_SLOTS = 4
 
@@ -97,18 +99,6 @@ def _distinct_topics(
     keys = np.log(topic_pop)[None, :] + rng.gumbel(size=(len(repeats), len(topic_pop)))
     picked[repeats] = np.argsort(-keys, axis=1)[:, :n_pick]
     return picked
-
-
-def _iso_year_week(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    days = ts // 86400
-    thursday = (
-        days - (days + 3) % 7 + 3
-    )  # 1970-01-01 was a Thursday; ISO weeks belong to their Thursday's year
-    thursday_d = thursday.astype("datetime64[D]")
-    year_start = thursday_d.astype("datetime64[Y]").astype("datetime64[D]")
-    week = (thursday_d - year_start).astype(np.int64) // 7 + 1
-    year = thursday_d.astype("datetime64[Y]").astype(np.int64) + 1970
-    return year, week
 
 
 def _write_tsv(table: pa.Table, path: Path) -> None:
@@ -290,7 +280,7 @@ def generate_xing(
     imp_path = None
     if impressions:
         imp_path = out / "impressions.csv"
-        year, week = _iso_year_week(created_at)
+        year, week = iso_year_week(created_at)
         key = np.unique((ev_user.astype(np.int64) * 10000 + year) * 100 + week)
         k_user, k_year, k_week = key // 1000000, (key // 100) % 10000, key % 100
         rows = np.repeat(np.arange(len(key)), n_impressed)

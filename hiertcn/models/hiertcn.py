@@ -10,6 +10,12 @@ item logits through the output table. Optionally the carried state decays with
 the time gap before a window: ``state *= exp(-gap / bandwidth)``, with a fixed
 bandwidth (default one week, the release's 168 hours) or, as in the release,
 ``bandwidth * sigmoid(dense(state))``.
+
+``has_impression=True`` (the release's option) also concatenates, to each input
+step, the mean embedding of the items impressed with that step's interaction
+(zeros if none). It travels with the shifted item embedding, so position ``t``
+reads the impressions of the user's interactions before ``t`` only. The batch
+must then carry impressions (a log prepared with them).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class HierTCN(Recommender):
         tied: bool = False,
         gap_decay: str = "none",
         gap_bandwidth: float = 168 * 3600.0,
+        has_impression: bool = False,
     ):
         super().__init__(n_items)
         if agg not in ("mean", "sum", "max"):
@@ -56,6 +63,7 @@ class HierTCN(Recommender):
         self.agg = agg
         self.gap_decay = gap_decay
         self.gap_bandwidth = float(gap_bandwidth)
+        self.has_impression = bool(has_impression)
         self.hidden_dim = hidden_dim
         self.gru_layers = gru_layers
         self.item_emb = nn.Embedding(n_items, embedding_dim)
@@ -67,7 +75,8 @@ class HierTCN(Recommender):
         if gap_decay == "learned":
             self.gap_dense = nn.Linear(gru_layers * hidden_dim, 1)
         # The release concatenates the whole multi-layer state (state_is_tuple=False) to every step.
-        self.project = nn.Linear(embedding_dim + gru_layers * hidden_dim, channels, bias=False)
+        step_dim = embedding_dim * (2 if self.has_impression else 1)  # item [+ impressions' mean] embedding
+        self.project = nn.Linear(step_dim + gru_layers * hidden_dim, channels, bias=False)
         self.tcn = TemporalConvNet(channels, levels, kernel_size, activation=block, dropout=dropout)
         self._init_head(channels, self.item_emb if tied else None)
 
@@ -104,6 +113,15 @@ class HierTCN(Recommender):
         context = torch.cat(before)[torch.argsort(torch.cat(order))]
         return context, h
 
+    def _impression_mean(self, batch: SessionBatch) -> torch.Tensor:
+        """``(T, D)``: mean embedding of each token's impressed items, zeros where it has none."""
+        if not batch.has_impressions:
+            raise ValueError(
+                "HierTCN(has_impression=True) needs batches with impressions: prepare the log with an "
+                "impressions file (--impressions)"
+            )
+        return segment_reduce(self.item_emb(batch.imp_item), batch.imp_ptr, "mean")
+
     def forward(self, batch: SessionBatch, state: torch.Tensor | None = None):
         emb = self.item_emb(batch.items)
         if state is None:
@@ -114,6 +132,7 @@ class HierTCN(Recommender):
         context, new_state = self.session_context(batch, summaries, state.to(emb.dtype))
         # project(concat(shifted item, context)) with the context half applied per window before the
         # expand: the same product, without a (T, D + layers*H) concat held for backward.
-        w_item, w_context = self.project.weight.split([emb.shape[1], context.shape[1]], dim=1)
-        x = F.linear(shift_right(emb, cu), w_item) + segment_expand(F.linear(context, w_context), cu)
+        step = torch.cat([emb, self._impression_mean(batch)], 1) if self.has_impression else emb
+        w_step, w_context = self.project.weight.split([step.shape[1], context.shape[1]], dim=1)
+        x = F.linear(shift_right(step, cu), w_step) + segment_expand(F.linear(context, w_context), cu)
         return self.tcn(x, cu_seqlens=cu), new_state

@@ -10,22 +10,38 @@ number of sequence boundaries and still be exact:
 - backward, ``dx[t]`` takes tap ``k`` of row ``u = t + s_k`` only if ``u < T`` and
   ``seq_start[u] <= t`` (i.e. ``u`` is in ``t``'s sequence).
 
-Launches (one forward, two backward):
+Launches: one forward, one backward.
 
 - forward, ``_fwd_kernel``: conv + bias + activation + residual, and for ``gated``
   the 1x1 output projection + bias.
-- backward, ``_act_bwd_kernel`` (relu/gated blocks): recomputes the pre-activation
-  from ``x`` (only the inputs are saved) and writes the pre-activation gradient
-  ``da``, the residual part of ``dx`` and, for ``gated``, the gate output ``h``.
-  A second pass is needed because ``dx[t]`` reads ``da`` from up to
-  ``(K-1)*dilation`` rows ahead, which another program computes.
-- backward, ``_grads_kernel``: one launch whose programs split three ways: ``dx``
-  tiles (transposed conv of ``da``), per-chunk ``x_shifted^T @ da`` and column sums
-  (conv weight and bias) and, for ``gated``, per-chunk ``h^T @ dy`` (output
-  projection). Partial sums go to ``(n_chunks, ...)`` fp32 buffers that ``torch.sum``
-  reduces over chunks: no atomics, so the same inputs give the same bits.
+- backward, ``_bwd_kernel``: one program per chunk of rows ``[r0, r1)`` (one per SM on
+  GPU, ``_chunk_rows``), three phases:
 
-Dots accumulate in fp32; outputs, gradients and the ``da``/``h`` buffers are in the input dtype.
+  1. (relu/gated) recompute the pre-activation from ``x`` (only the inputs are saved) and
+     write the pre-activation gradient ``da`` to the program's private window, for its own
+     rows *and* the halo ``[r1, halo_end)``: ``dx[t]`` reads ``da`` up to ``(K-1)*dilation``
+     rows ahead, which belong to the next chunk. The halo stops at the end of the sequence
+     straddling ``r1`` (``torch.searchsorted`` on ``seq_start``), so with short sessions it is
+     a few rows whatever the dilation. Own rows also get the residual part of ``dx`` (relu)
+     and the gate output ``h`` (gated). A ``tl.debug_barrier()`` (CTA barrier: the program's
+     global writes are visible to all its threads after it) closes the phase. For the plain
+     conv there is no phase 1: ``da`` is ``dy``.
+  2. ``dx`` for own rows: the transposed conv of ``da`` read from the window, plus the residual.
+  3. ``x_shifted^T @ da`` and column sums over the chunk (conv weight and bias) and, for
+     ``gated``, ``h^T @ dy`` and column sums (output projection), each tile accumulated over
+     the whole chunk in registers and stored once to ``(n_chunks, ...)`` fp32 partials.
+
+  Deterministic: programs never share a written byte (private windows, disjoint rows,
+  one partial slot each), there are no atomics, and ``torch.sum`` over the chunk axis
+  reduces the partials in a fixed order: the same inputs give the same bits.
+
+  Cost model: the halo recompute is ``(halo_end - r1) / (r1 - r0)`` of phase 1, at most
+  ``(K-1)*dilation / chunk rows`` (and ``_chunk_rows`` keeps chunks at least one halo long);
+  the window is ``n_chunks * (chunk rows + halo)`` rows of ``da``; the partials are
+  ``n_chunks * K * C_in * C_out`` fp32 (plus ``n_chunks * H * C`` for gated), read once by
+  the sum.
+
+Dots accumulate in fp32; outputs, gradients and the ``da`` window / ``h`` are in the input dtype.
 """
 
 from __future__ import annotations
@@ -132,13 +148,13 @@ def _fwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, bout_ptr, y_ptr, T, C
 
 
 @triton.jit
-def _act_bwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr, h_ptr,
-                    T, C_in, C_out, dilation,
-                    K: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Recompute the pre-activation; write ``da``, the residual part of ``dx`` and (gated) ``h``."""
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_ok = rows < T
+def _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr, h_ptr, rows, row_ok, own,
+              C_in, C_out, dilation,
+              K: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, WANT_H: tl.constexpr,
+              BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Phase 1 on one row tile: recompute the pre-activation, write ``da`` for every row of the
+    tile and, for the program's own rows only (``own``), the residual part of ``dx`` (relu) and
+    the gate output ``h`` (gated). ``da_ptr`` is addressed by global row."""
     start = tl.load(start_ptr + rows, mask=row_ok, other=0)
     rows64 = rows.to(tl.int64)
     if GATED:
@@ -150,15 +166,16 @@ def _act_bwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, d
         hh = tl.arange(0, BLOCK_O)
         h_ok = hh < H
         h_mask = row_ok[:, None] & h_ok[None, :]
-        tl.store(h_ptr + rows64[:, None] * H + hh[None, :], (th * sg).to(h_ptr.dtype.element_ty), mask=h_mask)
-        # dh = dy @ out_weight; the residual passes dy straight to dx.
+        if WANT_H:
+            tl.store(h_ptr + rows64[:, None] * H + hh[None, :], (th * sg).to(h_ptr.dtype.element_ty),
+                     mask=h_mask & own[:, None])
+        # dh = dy @ out_weight (the residual part of dx is dy itself: phase 2 reads it from dy).
         dh = tl.zeros((BLOCK_T, BLOCK_O), dtype=tl.float32)
         for c0 in range(0, C_in, BLOCK_C):
             cc = c0 + tl.arange(0, BLOCK_C)
             cc_ok = cc < C_in
-            mask = row_ok[:, None] & cc_ok[None, :]
-            dy = tl.load(dy_ptr + rows64[:, None] * C_in + cc[None, :], mask=mask, other=0.0)
-            tl.store(dx_ptr + rows64[:, None] * C_in + cc[None, :], dy, mask=mask)
+            dy = tl.load(dy_ptr + rows64[:, None] * C_in + cc[None, :], mask=row_ok[:, None] & cc_ok[None, :],
+                         other=0.0)
             wo = tl.load(wout_ptr + cc[:, None] * H + hh[None, :], mask=cc_ok[:, None] & h_ok[None, :], other=0.0)
             dh = tl.dot(dy, wo, dh)
         da_t = dh * sg * (1.0 - th * th)
@@ -166,110 +183,125 @@ def _act_bwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, d
         da_off = rows64[:, None] * C_out + hh[None, :]
         tl.store(da_ptr + da_off, da_t.to(da_ptr.dtype.element_ty), mask=h_mask)
         tl.store(da_ptr + da_off + H, da_s.to(da_ptr.dtype.element_ty), mask=h_mask)
-    else:  # relu block: y = relu(x + relu(a))
-        cols = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
-        col_ok = cols < C_out
-        acc = tl.zeros((BLOCK_T, BLOCK_O), dtype=tl.float32)
-        acc = _conv_acc(acc, x_ptr, wt_ptr, rows, row_ok, start, cols, col_ok, C_in, C_out, dilation, K, BLOCK_I)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        mask = row_ok[:, None] & col_ok[None, :]
-        off = rows64[:, None] * C_out + cols[None, :]
-        res = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        g = tl.where(res + tl.maximum(acc, 0.0) > 0.0, dy, 0.0)
-        tl.store(dx_ptr + off, g.to(dx_ptr.dtype.element_ty), mask=mask)
-        tl.store(da_ptr + off, tl.where(acc > 0.0, g, 0.0).to(da_ptr.dtype.element_ty), mask=mask)
+    else:  # relu block: y = relu(x + relu(a)), C_out == C_in
+        for c0 in range(0, C_out, BLOCK_O):
+            cols = c0 + tl.arange(0, BLOCK_O)
+            col_ok = cols < C_out
+            acc = tl.zeros((BLOCK_T, BLOCK_O), dtype=tl.float32)
+            acc = _conv_acc(acc, x_ptr, wt_ptr, rows, row_ok, start, cols, col_ok, C_in, C_out, dilation, K,
+                            BLOCK_I)
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            mask = row_ok[:, None] & col_ok[None, :]
+            off = rows64[:, None] * C_out + cols[None, :]
+            res = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            g = tl.where(res + tl.maximum(acc, 0.0) > 0.0, dy, 0.0)
+            tl.store(dx_ptr + off, g.to(dx_ptr.dtype.element_ty), mask=mask & own[:, None])
+            tl.store(da_ptr + off, tl.where(acc > 0.0, g, 0.0).to(da_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _dx_tile(tile, da_ptr, start_ptr, wt_ptr, dx_ptr, T, C_in, C_out, dilation,
-             K: tl.constexpr, ACCUMULATE: tl.constexpr,
-             BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
-    """``dx[t] (+)= sum_k da[t + s_k] @ wt[k]^T`` over rows ``t + s_k`` of ``t``'s own sequence."""
-    n_i = tl.cdiv(C_in, BLOCK_I)
-    rows = (tile // n_i) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_ok = rows < T
-    ci = (tile % n_i) * BLOCK_I + tl.arange(0, BLOCK_I)
-    ci_ok = ci < C_in
-    mask = row_ok[:, None] & ci_ok[None, :]
-    dx_off = rows.to(tl.int64)[:, None] * C_in + ci[None, :]
-    acc = tl.zeros((BLOCK_T, BLOCK_I), dtype=tl.float32)
-    if ACCUMULATE:
-        acc += tl.load(dx_ptr + dx_off, mask=mask, other=0.0).to(tl.float32)
+def _dx_rows(res_ptr, da_ptr, start_ptr, wt_ptr, dx_ptr, rows, row_ok, T, C_in, C_out, dilation,
+             K: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr,
+             BLOCK_O: tl.constexpr):
+    """Phase 2 on one row tile: ``dx[t] = res[t] + sum_k da[t + s_k] @ wt[k]^T`` over rows
+    ``t + s_k`` of ``t``'s own sequence (``da_ptr`` addressed by global row)."""
+    rows64 = rows.to(tl.int64)
+    for i0 in range(0, C_in, BLOCK_I):
+        ci = i0 + tl.arange(0, BLOCK_I)
+        ci_ok = ci < C_in
+        mask = row_ok[:, None] & ci_ok[None, :]
+        dx_off = rows64[:, None] * C_in + ci[None, :]
+        acc = tl.zeros((BLOCK_T, BLOCK_I), dtype=tl.float32)
+        if HAS_RES:
+            acc += tl.load(res_ptr + dx_off, mask=mask, other=0.0).to(tl.float32)
+        for k in range(K):
+            dst = rows + (K - 1 - k) * dilation
+            dst_in = row_ok & (dst < T)
+            dst_ok = dst_in & (tl.load(start_ptr + dst, mask=dst_in, other=0) <= rows)
+            for o0 in range(0, C_out, BLOCK_O):
+                co = o0 + tl.arange(0, BLOCK_O)
+                co_ok = co < C_out
+                da = tl.load(da_ptr + dst.to(tl.int64)[:, None] * C_out + co[None, :],
+                             mask=dst_ok[:, None] & co_ok[None, :], other=0.0)
+                wt = tl.load(wt_ptr + (k * C_in + ci[None, :]) * C_out + co[:, None],
+                             mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
+                acc = tl.dot(da, wt, acc)
+        tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _tn_chunk(a_ptr, b_ptr, start_ptr, part_ptr, bsum_ptr, chunk, r0, r1, C_a, C_b, dilation,
+              K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
+    """Phase 3: ``part[chunk, k] = sum_t a[t - s_k]^T b[t]`` and ``bsum[chunk] = sum_t b[t]`` over the
+    chunk's rows ``[r0, r1)`` (shifted rows in-sequence only; ``b_ptr`` addressed by global row).
+    Each (tap, a-tile, b-tile) accumulates over the whole chunk in registers, then stores once."""
     for k in range(K):
-        dst = rows + (K - 1 - k) * dilation
-        dst_in = row_ok & (dst < T)
-        dst_ok = dst_in & (tl.load(start_ptr + dst, mask=dst_in, other=0) <= rows)
-        for o0 in range(0, C_out, BLOCK_O):
-            co = o0 + tl.arange(0, BLOCK_O)
-            co_ok = co < C_out
-            da = tl.load(da_ptr + dst.to(tl.int64)[:, None] * C_out + co[None, :],
-                         mask=dst_ok[:, None] & co_ok[None, :], other=0.0)
-            wt = tl.load(wt_ptr + (k * C_in + ci[None, :]) * C_out + co[:, None],
-                         mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
-            acc = tl.dot(da, wt, acc)
-    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+        shift = (K - 1 - k) * dilation
+        for i0 in range(0, C_a, BLOCK_I):
+            ci = i0 + tl.arange(0, BLOCK_I)
+            ci_ok = ci < C_a
+            for o0 in range(0, C_b, BLOCK_O):
+                co = o0 + tl.arange(0, BLOCK_O)
+                co_ok = co < C_b
+                acc = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
+                bsum = tl.zeros((BLOCK_O,), dtype=tl.float32)
+                for t0 in range(r0, r1, BLOCK_T):
+                    rows = t0 + tl.arange(0, BLOCK_T)
+                    row_ok = rows < r1
+                    src = rows - shift
+                    src_ok = row_ok & (src >= tl.load(start_ptr + rows, mask=row_ok, other=0))
+                    a_t = tl.load(a_ptr + src.to(tl.int64)[None, :] * C_a + ci[:, None],
+                                  mask=ci_ok[:, None] & src_ok[None, :], other=0.0)
+                    b = tl.load(b_ptr + rows.to(tl.int64)[:, None] * C_b + co[None, :],
+                                mask=row_ok[:, None] & co_ok[None, :], other=0.0)
+                    acc = tl.dot(a_t, b, acc)
+                    bsum += tl.sum(b.to(tl.float32), axis=0)
+                part_off = ((chunk * K + k) * C_a + ci[:, None]).to(tl.int64) * C_b + co[None, :]
+                tl.store(part_ptr + part_off, acc, mask=ci_ok[:, None] & co_ok[None, :])
+                if (k == 0) & (i0 == 0):
+                    tl.store(bsum_ptr + chunk * C_b + co, bsum, mask=co_ok)
 
 
 @triton.jit
-def _tn_tile(tile, a_ptr, start_ptr, b_ptr, part_ptr, bsum_ptr, T, C_a, C_b, dilation, rows_per_chunk,
-             K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
-    """``part[chunk, k] = sum_t a[t - s_k]^T b[t]`` over one chunk of rows (shifted rows in-sequence only).
-
-    Tiles are numbered (chunk, k, a-channel tile, b-channel tile). The tiles of tap 0 and
-    a-channel tile 0 also write the chunk's column sums of ``b`` (the bias gradient).
-    """
-    n_i = tl.cdiv(C_a, BLOCK_I)
-    n_o = tl.cdiv(C_b, BLOCK_O)
-    chunk = tile // (K * n_i * n_o)
-    rest = tile % (K * n_i * n_o)
-    k = rest // (n_i * n_o)
-    pid_i = (rest // n_o) % n_i
-    ci = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
-    co = (rest % n_o) * BLOCK_O + tl.arange(0, BLOCK_O)
-    ci_ok = ci < C_a
-    co_ok = co < C_b
-    shift = (K - 1 - k) * dilation
-    acc = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
-    bsum = tl.zeros((BLOCK_O,), dtype=tl.float32)
-    row0 = chunk * rows_per_chunk
-    for r0 in range(row0, tl.minimum(row0 + rows_per_chunk, T), BLOCK_T):
-        rows = r0 + tl.arange(0, BLOCK_T)
-        row_ok = rows < T
-        src = rows - shift
-        src_ok = row_ok & (src >= tl.load(start_ptr + rows, mask=row_ok, other=0))
-        a_t = tl.load(a_ptr + src.to(tl.int64)[None, :] * C_a + ci[:, None],
-                      mask=ci_ok[:, None] & src_ok[None, :], other=0.0)
-        b = tl.load(b_ptr + rows.to(tl.int64)[:, None] * C_b + co[None, :],
-                    mask=row_ok[:, None] & co_ok[None, :], other=0.0)
-        acc = tl.dot(a_t, b, acc)
-        bsum += tl.sum(b.to(tl.float32), axis=0)
-    part_off = ((chunk * K + k) * C_a + ci[:, None]) * C_b + co[None, :]
-    tl.store(part_ptr + part_off, acc, mask=ci_ok[:, None] & co_ok[None, :])
-    if k * n_i + pid_i == 0:
-        tl.store(bsum_ptr + chunk * C_b + co, bsum, mask=co_ok)
-
-
-@triton.jit
-def _grads_kernel(x_ptr, start_ptr, wt_ptr, da_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
-                  h_ptr, dy_ptr, dwo_part_ptr, dbo_part_ptr,
-                  T, C_in, C_out, dilation, rows_per_chunk, n_dx, n_dw,
-                  K: tl.constexpr, ACCUMULATE: tl.constexpr,
-                  BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
-    """One launch for every gradient that needs ``da``: the first ``n_dx`` programs write
-    ``dx`` tiles, the next ``n_dw`` the per-chunk ``x^T da`` (conv weight and bias), the
-    rest (gated only) the per-chunk ``h^T dy`` (output projection and its bias)."""
-    pid = tl.program_id(0)
-    if pid < n_dx:
-        _dx_tile(pid, da_ptr, start_ptr, wt_ptr, dx_ptr, T, C_in, C_out, dilation,
-                 K, ACCUMULATE, BLOCK_T, BLOCK_I, BLOCK_O)
-    elif pid < n_dx + n_dw:
-        _tn_tile(pid - n_dx, x_ptr, start_ptr, da_ptr, dw_part_ptr, db_part_ptr, T, C_in, C_out, dilation,
-                 rows_per_chunk, K, BLOCK_T, BLOCK_I, BLOCK_O)
+def _bwd_kernel(x_ptr, start_ptr, halo_end_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, win_ptr, h_ptr, dx_ptr,
+                dw_part_ptr, db_part_ptr, dwo_part_ptr, dbo_part_ptr,
+                T, C_in, C_out, dilation, chunk_rows, win_rows,
+                K: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                WANT_W: tl.constexpr, WANT_OUT: tl.constexpr,
+                ACT_BLOCK_T: tl.constexpr, ACT_BLOCK_I: tl.constexpr, ACT_BLOCK_O: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
+    """The whole backward of one row chunk ``[r0, r1)``: program ``chunk`` runs three phases
+    (see the module docstring). ``ACT`` is False for the plain conv: then ``da`` is ``dy``."""
+    chunk = tl.program_id(0)
+    r0 = chunk * chunk_rows
+    r1 = tl.minimum(r0 + chunk_rows, T)
+    if ACT:
+        # The program's private window of da: rows [r0, halo_end), addressed by global row.
+        da_ptr = win_ptr + (chunk.to(tl.int64) * win_rows - r0) * C_out
+        halo_end = tl.load(halo_end_ptr + chunk)
+        for t0 in range(r0, halo_end, ACT_BLOCK_T):
+            rows = t0 + tl.arange(0, ACT_BLOCK_T)
+            _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr, h_ptr,
+                      rows, rows < halo_end, rows < r1, C_in, C_out, dilation,
+                      K, GATED, HAS_BIAS, WANT_OUT, ACT_BLOCK_T, ACT_BLOCK_I, ACT_BLOCK_O, BLOCK_C)
+        # Phase 1's global writes (window, dx, h) become visible to all of this program's threads.
+        tl.debug_barrier()
     else:
-        _tn_tile(pid - n_dx - n_dw, h_ptr, start_ptr, dy_ptr, dwo_part_ptr, dbo_part_ptr, T, C_out // 2, C_in, 0,
-                 rows_per_chunk, 1, BLOCK_T, BLOCK_I, BLOCK_O)
+        da_ptr = dy_ptr
+    # relu: dx already holds the residual part; gated: the residual part is dy.
+    res_ptr = dy_ptr if GATED else dx_ptr
+    for t0 in range(r0, r1, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T)
+        _dx_rows(res_ptr, da_ptr, start_ptr, wt_ptr, dx_ptr, rows, rows < r1, T, C_in, C_out, dilation,
+                 K, ACT, BLOCK_T, BLOCK_I, BLOCK_O)
+    if WANT_W:
+        _tn_chunk(x_ptr, da_ptr, start_ptr, dw_part_ptr, db_part_ptr, chunk, r0, r1, C_in, C_out, dilation,
+                  K, BLOCK_T, BLOCK_I, BLOCK_O)
+    if WANT_OUT:
+        _tn_chunk(h_ptr, dy_ptr, start_ptr, dwo_part_ptr, dbo_part_ptr, chunk, r0, r1, C_out // 2, C_in, 0,
+                  1, BLOCK_T, BLOCK_I, BLOCK_O)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,7 +327,7 @@ def _channel_block(c: int) -> int:
 
 
 def _block_opts(gated: bool, c_in: int, c_out: int) -> dict:
-    """Tiles and launch options of the forward and activation-backward kernels, by channel count.
+    """Tiles and launch options of the forward kernel and the backward's phase 1, by channel count.
 
     GPU choices are free of register spills on sm_90 in fp32 and bf16 (``ptxas -v``, C = 128/256):
     8 warps, and a shallow pipeline where the tiles are wide.
@@ -314,9 +346,22 @@ def _block_opts(gated: bool, c_in: int, c_out: int) -> dict:
                 "num_stages": 1 if wide else 2}
 
 
-def _grads_opts() -> dict:
-    """Launch options of ``_grads_kernel`` (spill-free on sm_90 in fp32 and bf16 at 64x64 tiles)."""
-    return {} if interpreting() else {"num_warps": 8, "num_stages": 2}
+def _bwd_opts(gated: bool, c_in: int, c_out: int) -> dict:
+    """Tiles and launch options of ``_bwd_kernel``: phase 1 (``ACT_*``, ``BLOCK_C``) tiles like the
+    forward; phases 2 and 3 use ``BLOCK_T`` rows and ``BLOCK_I`` x ``BLOCK_O`` channel tiles."""
+    act = _block_opts(gated, c_in, c_out)
+    opts = {"ACT_BLOCK_T": act["BLOCK_T"], "ACT_BLOCK_I": act["BLOCK_I"], "ACT_BLOCK_O": act["BLOCK_O"],
+            "BLOCK_C": _channel_block(c_in), "BLOCK_T": _row_block(),
+            "BLOCK_I": _channel_block(max(c_in, c_out // 2)),
+            "BLOCK_O": max(_channel_block(c_out), _channel_block(c_in))}
+    if not interpreting():
+        # Spill-free on sm_90 (fp32, bf16; C = 128/256; with and without the weight partials):
+        # relu's phase 1 at 64 rows sits at 255 registers and spills without phase 3; gated
+        # spills 100 bytes at C = 128 with a second pipeline stage.
+        if not gated:
+            opts["ACT_BLOCK_T"] = 32
+        opts.update(num_warps=8, num_stages=1 if gated else 2)
+    return opts
 
 
 def _as_rows(x: torch.Tensor, cu_seqlens):
@@ -358,14 +403,19 @@ def _forward(x, start, wt, bias, out_weight, out_bias, dilation, mode):
     return y
 
 
-def _n_chunks(t: int, tiles_per_chunk: int, device: torch.device) -> int:
-    """Row chunks of the weight-gradient sums: enough to fill the GPU (two in the interpreter,
-    so the cross-chunk sum is exercised), never more than there are row tiles."""
+def _chunk_rows(t: int, halo: int, device: torch.device) -> int:
+    """Rows per backward program: a multiple of the row tile (the kernel takes any count >= 1;
+    tests replace this function to force many chunk boundaries). On GPU one program per SM: at
+    up to 255 registers x 8 warps only one fits in an SM's registers anyway, and every program
+    adds one ``(K, C_in, C_out)`` fp32 partial. Never fewer rows than the halo, so the
+    recompute is at most 100%. Two programs in the interpreter, so the cross-chunk sum is
+    exercised."""
     if interpreting() or device.type != "cuda":
-        target = 2
+        programs = 2
     else:
-        target = max(1, 4 * torch.cuda.get_device_properties(device).multi_processor_count // tiles_per_chunk)
-    return max(1, min(target, triton.cdiv(t, _row_block())))
+        programs = torch.cuda.get_device_properties(device).multi_processor_count
+    block = _row_block()
+    return triton.cdiv(max(triton.cdiv(t, programs), halo, 1), block) * block
 
 
 def _zeros_or_none(p):
@@ -373,7 +423,8 @@ def _zeros_or_none(p):
 
 
 def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
-    """Gradients ``(dx, d_weight (C_out, C_in, K), d_bias, d_out_weight, d_out_bias)`` (None when not needed)."""
+    """Gradients ``(dx, d_weight (C_out, C_in, K), d_bias, d_out_weight, d_out_bias)`` (None when not
+    needed), from one launch of ``_bwd_kernel`` plus ``torch.sum`` over its per-chunk partials."""
     t, c_in = x.shape
     k, _, c_out = wt.shape
     gated = mode == "gated"
@@ -382,43 +433,34 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
         dw = torch.zeros_like(wt).permute(2, 1, 0)
         return dx, dw, _zeros_or_none(bias), _zeros_or_none(out_weight), x.new_zeros(c_in) if gated else None
     dy = dy.contiguous()
-    h = None
-    if mode == "conv":
-        da = dy
-    else:  # recompute the pre-activation; write da, dx's residual part and (gated) h
-        da = _empty(t, c_out, like=x)
-        h = _empty(t, c_out // 2, like=x) if gated else None
-        opts = _block_opts(gated, c_in, c_out)
-        n_o = 1 if gated else triton.cdiv(c_out, opts["BLOCK_O"])
-        _act_bwd_kernel[(triton.cdiv(t, opts["BLOCK_T"]), n_o)](
-            x, start, wt, x if bias is None else bias, x if out_weight is None else out_weight, dy, da, dx,
-            x if h is None else h, t, c_in, c_out, dilation,
-            K=k, GATED=gated, HAS_BIAS=bias is not None,
-            BLOCK_C=_channel_block(c_in), **opts,
-        )
-
-    block_t, block_i, block_o = _row_block(), _channel_block(max(c_in, c_out // 2)), _channel_block(c_out)
-    block_o = max(block_o, _channel_block(c_in))
-    n_dx = triton.cdiv(t, block_t) * triton.cdiv(c_in, block_i)
+    act = mode != "conv"
     want_w = needs["weight"] or needs["bias"]
     want_out = gated and (needs["out_weight"] or needs["out_bias"])
-    tiles_w = k * triton.cdiv(c_in, block_i) * triton.cdiv(c_out, block_o)
-    tiles_out = triton.cdiv(c_out // 2, block_i) * triton.cdiv(c_in, block_o)
-    n_chunks = _n_chunks(t, tiles_w, x.device)
-    rows_per_chunk = triton.cdiv(triton.cdiv(t, n_chunks), block_t) * block_t
-    n_chunks = triton.cdiv(t, rows_per_chunk)
+    halo = (k - 1) * dilation
+    rows = _chunk_rows(t, halo, x.device)
+    n_chunks = triton.cdiv(t, rows)
+    win_rows = min(rows + halo, t)
+    if act:
+        # Each program recomputes da up to the end of the sequence straddling its last row, at
+        # most `halo` rows past it: the rows with seq_start < r1 are a prefix (seq_start sorted).
+        ends = (torch.arange(1, n_chunks + 1, device=x.device, dtype=torch.int32) * rows).clamp_max_(t)
+        halo_end = torch.minimum(torch.searchsorted(start, ends, out_int32=True), ends + halo)
     f32 = torch.float32
+    win = _empty(n_chunks, win_rows, c_out, like=x) if act else None
+    h = _empty(t, c_out // 2, like=x) if want_out else None
     dw_part = _empty(n_chunks, k, c_in, c_out, like=x, dtype=f32) if want_w else None
     db_part = _empty(n_chunks, c_out, like=x, dtype=f32) if want_w else None
     dwo_part = _empty(n_chunks, 1, c_out // 2, c_in, like=x, dtype=f32) if want_out else None
     dbo_part = _empty(n_chunks, c_in, like=x, dtype=f32) if want_out else None
-    n_dw = n_chunks * tiles_w if want_w else 0
-    n_out = n_chunks * tiles_out if want_out else 0
-    _grads_kernel[(n_dx + n_dw + n_out,)](
-        x, start, wt, da, dx, x if dw_part is None else dw_part, x if db_part is None else db_part,
-        x if h is None else h, dy, x if dwo_part is None else dwo_part, x if dbo_part is None else dbo_part,
-        t, c_in, c_out, dilation, rows_per_chunk, n_dx, n_dw,
-        K=k, ACCUMULATE=mode != "conv", BLOCK_T=block_t, BLOCK_I=block_i, BLOCK_O=block_o, **_grads_opts(),
+
+    def buf(p):  # absent buffers: any pointer, never touched (their constexpr flag is off)
+        return x if p is None else p
+
+    _bwd_kernel[(n_chunks,)](
+        x, start, halo_end if act else start, wt, buf(bias), buf(out_weight), dy, buf(win), buf(h), dx,
+        buf(dw_part), buf(db_part), buf(dwo_part), buf(dbo_part), t, c_in, c_out, dilation, rows, win_rows,
+        K=k, ACT=act, GATED=gated, HAS_BIAS=bias is not None, WANT_W=want_w, WANT_OUT=want_out,
+        **_bwd_opts(gated, c_in, c_out),
     )
     # Deterministic reductions over the chunk axis (no atomics anywhere).
     dw = dw_part.sum(0).permute(2, 1, 0).to(wt.dtype) if want_w else None  # (K, C_in, C_out) -> (C_out, C_in, K)

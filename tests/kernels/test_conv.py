@@ -176,6 +176,94 @@ def test_deterministic(triton_backend, mode):
         assert torch.equal(a, b)
 
 
+@pytest.fixture
+def launches(monkeypatch, triton_backend):
+    """Every Triton launch in the interpreter, as (kernel name, grid) in order."""
+    from hiertcn_kernels.triton import conv as tconv
+
+    kernel_class = type(tconv._fwd_kernel)  # the interpreter's kernel class: launches go through run()
+    seen, run_kernel = [], kernel_class.run
+
+    def counted_run(self, *args, grid, **kwargs):
+        seen.append((self.__name__, grid))
+        return run_kernel(self, *args, grid=grid, **kwargs)
+
+    monkeypatch.setattr(kernel_class, "run", counted_run)
+    return seen
+
+
+@pytest.fixture
+def chunk_rows(monkeypatch, poisoned):
+    """Force the backward's rows per program (normally about T / number of SMs), so chunk
+    boundaries fall inside sequences and inside halos; returns a setter."""
+    from hiertcn_kernels.triton import conv as tconv
+
+    def force(rows):
+        monkeypatch.setattr(tconv, "_chunk_rows", lambda t, halo, device: rows)
+
+    return force
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_is_one_launch(launches, mode):
+    off = offsets_of(LENGTHS)
+    args = make_args(mode, (int(off[-1]),), 6, 3, hidden=5)
+    y = run(mode, args, 2, off)
+    assert [name for name, _ in launches] == ["_fwd_kernel"]
+    y.backward(torch.randn_like(y))
+    assert [name for name, _ in launches[1:]] == ["_bwd_kernel"]
+    assert all(p.grad is not None for p in args if p is not None)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "rows,k,dilation",
+    [(16, 5, 6), (5, 5, 6), (16, 2, 23), (16, 4, 40), (5, 3, 1), (1, 3, 4)],
+)
+def test_small_chunks_and_long_halos(chunk_rows, launches, mode, rows, k, dilation):
+    """Many programs: chunk boundaries inside sequences, halos spanning several chunks and
+    sequence ends, sequences shorter than a halo; poisoned buffers catch any unwritten read.
+
+    Chunks of one row tile, of 5 rows (tiles straddle chunks) and of one row; halos of 24, 23
+    and 120 rows (longer than T = 106) span several chunks; a halo of 2 fits in one chunk."""
+    chunk_rows(rows)
+    off = offsets_of([37, 3, 0, 30, 1, 9, 26])
+    t = int(off[-1])
+    args = make_args(mode, (t,), 5, k, hidden=4)
+    assert_matches_reference(mode, args, dilation, off, 1e-5)
+    n_programs = [grid for name, grid in launches if name == "_bwd_kernel"]
+    assert n_programs == [(math.ceil(t / rows),)]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+def test_small_chunks_padded_and_deterministic(chunk_rows, mode):
+    chunk_rows(7)  # not a multiple of the 16-row tile; padded rows of 19: boundaries everywhere
+    args = make_args(mode, (3, 19), 6, 4, hidden=3)
+    assert_matches_reference(mode, args, 3, None, 1e-5)
+    first = outputs_and_grads(mode, args, 3, None)
+    second = outputs_and_grads(mode, args, 3, None)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("wanted", [(0,), (1, 4), (0, 3)])  # x only; weight + out_bias; x + out_weight
+def test_only_requested_gradients(poisoned, mode, wanted):
+    """The backward skips the partials nobody asked for; the requested ones stay exact."""
+    off = offsets_of(LENGTHS)
+    args = [None if a is None else a.detach().requires_grad_(i in wanted)
+            for i, a in enumerate(make_args(mode, (int(off[-1]),), 6, 3, hidden=5))]
+    params = [a for a in args if a is not None and a.requires_grad]  # out_* exist for gated only
+    grads = torch.autograd.grad(run(mode, args, 2, off).square().sum(), params)
+    expect = torch.autograd.grad(run(mode, args, 2, off, fn_module=R).square().sum(), params)
+    for g, e in zip(grads, expect):
+        assert e.abs().max() > 0 and rel_err(g, e) < 1e-5
+
+
 @pytest.mark.interpreter
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
@@ -375,7 +463,7 @@ def compile_for(fn, dtype, arch, consts, **options):
         if name in consts:
             sig[name], constexprs[(i,)] = "constexpr", consts[name]
         elif name.endswith("_ptr"):
-            sig[name] = "*i32" if name == "start_ptr" else "*fp32" if "part" in name else f"*{dtype}"
+            sig[name] = "*i32" if name in ("start_ptr", "halo_end_ptr") else "*fp32" if "part" in name else f"*{dtype}"
         else:
             sig[name] = "i32"
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
@@ -396,9 +484,13 @@ for dtype, arch in [("fp32", 90), ("bf16", 90), ("fp16", 80)]:
             flags = dict(K=5, HAS_BIAS=True, BLOCK_C=64, **{k: v for k, v in opts.items() if k.startswith("BLOCK")})
             launch = {k: v for k, v in opts.items() if not k.startswith("BLOCK")}
             compile_for(C._fwd_kernel, dtype, arch, dict(flags, RELU=not gated, GATED=gated, HAS_OUT_BIAS=True), **launch)
-            compile_for(C._act_bwd_kernel, dtype, arch, dict(flags, GATED=gated), **launch)
-    compile_for(C._grads_kernel, dtype, arch, dict(K=5, ACCUMULATE=True, BLOCK_T=64, BLOCK_I=64, BLOCK_O=64),
-                **C._grads_opts())
+            bwd = C._bwd_opts(gated, c, 2 * c if gated else c)
+            # Block (with and without weight gradients: phase 3 changes register allocation), plain conv.
+            for act, want in [(True, True), (True, False)] + [(False, True)] * (not gated):
+                compile_for(C._bwd_kernel, dtype, arch,
+                            dict(K=5, ACT=act, GATED=gated, HAS_BIAS=True, WANT_W=want, WANT_OUT=gated and want,
+                                 **{k: v for k, v in bwd.items() if k.isupper()}),
+                            **{k: v for k, v in bwd.items() if not k.isupper()})
 print("compiled")
 """
 

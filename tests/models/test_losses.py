@@ -72,15 +72,17 @@ def test_sampled_softmax_in_batch_masks_accidental_hits():
 def test_bpr_and_hinge_on_impressions_by_hand():
     table = _Table(5, 3)
     u, y = torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 4])
-    imp = torch.tensor([[1, 2, -1], [4, 3, 3]])  # -1 pads; item 4 in row 1 is the target itself (skipped)
+    # -1 pads fill with popularity samples (all mass on item 3 here); item 4 in row 1 is the target (skipped).
+    imp = torch.tensor([[1, 2, -1], [4, 3, 3]])
+    counts = [0, 0, 0, 5, 0]
     w, b = table.output_embeddings()
     s = u @ w.t() + b
-    bpr = ((-F.logsigmoid(s[0, 0] - s[0, [1, 2]])).mean() + (-F.logsigmoid(s[1, 4] - s[1, [3, 3]])).mean()) / 2
-    torch.testing.assert_close(build_loss("bpr")(table, u, y, impressions=imp), bpr)
+    bpr = ((-F.logsigmoid(s[0, 0] - s[0, [1, 2, 3]])).mean() + (-F.logsigmoid(s[1, 4] - s[1, [3, 3]])).mean()) / 2
+    torch.testing.assert_close(build_loss("bpr", item_counts=counts)(table, u, y, impressions=imp), bpr)
     un = F.normalize(u, dim=1)
     ls = F.logsigmoid(un @ w.t())
-    hinge = (torch.relu(ls[0, [1, 2]] - ls[0, 0] + 0.1).mean() + torch.relu(ls[1, [3, 3]] - ls[1, 4] + 0.1).mean()) / 2
-    torch.testing.assert_close(build_loss("hinge")(table, u, y, impressions=imp), hinge)
+    hinge = (torch.relu(ls[0, [1, 2, 3]] - ls[0, 0] + 0.1).mean() + torch.relu(ls[1, [3, 3]] - ls[1, 4] + 0.1).mean()) / 2
+    torch.testing.assert_close(build_loss("hinge", item_counts=counts)(table, u, y, impressions=imp), hinge)
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
