@@ -426,7 +426,7 @@ def bench_models(dataset, config, names: list[str], *, repeats: int = 3, progres
         model = build_model(name, n_items=dataset.csr.n_items, **config.model_config.get(name, {})).to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=config.lr) if trainable else None
-        batch = next(iter(batch_source(model, dataset, config).batches(0))).to(device)
+        batch = next(iter(batch_source(model, dataset, config, loss_fn=loss_fn).batches(0))).to(device)
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None
 
         def step(model=model, batch=batch, state=state, optimizer=optimizer):
@@ -650,7 +650,7 @@ def train_within_budget(dataset_dir: str, model_name: str, *, budget_s: float, d
     setup = time.perf_counter()
     model = build_model(model_name, n_items=dataset.csr.n_items).to(dev)
     loss_fn, optimizer = build_loss("softmax"), torch.optim.Adam(model.parameters(), lr=config.lr)
-    source = batch_source(model, dataset, config)
+    source = batch_source(model, dataset, config, loss_fn=loss_fn)
     n_batches = source.n_batches(0)  # builds the epoch's plan
     setup_s = time.perf_counter() - setup
     lengths = np.diff(np.asarray(dataset.csr.session_ptr))
