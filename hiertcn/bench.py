@@ -26,6 +26,7 @@ of 10k..10M interactions, each (size, model) in a fresh process under a time bud
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
 import shutil
@@ -36,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -248,20 +250,18 @@ def backend(name: str):
             os.environ["HIERTCN_BACKEND"] = before
 
 
-def _fwd_bwd(fn: Callable, inputs: list[torch.Tensor]) -> Callable:
-    def step():
-        y = fn()
-        torch.autograd.grad(y, inputs, torch.ones_like(y))
-
-    return step
-
-
-def _backend_step(name: str, fn: Callable) -> Callable:
-    def step():
+def _in_backend(name: str, fn: Callable) -> Callable:
+    def call(*args):
         with backend(name):
-            fn()
+            return fn(*args)
 
-    return step
+    return call
+
+
+# Small inputs would stay in cache between timed calls; each call takes the next of several input
+# copies (weights shared, as in training) until the copies together pass this many bytes.
+ROTATE_BYTES = 64 * 2**20
+MAX_INPUT_COPIES = 16
 
 
 @dataclass
@@ -271,21 +271,30 @@ class KernelCase:
     impls: dict[str, Callable]  # the first one is the candidate
     baseline: str
     inputs: list[torch.Tensor]  # every input tensor (left out of the memory accounting)
+    tokens: int
     segments: int
+    copies: int  # input copies the closures rotate through
 
     @property
     def candidate(self) -> str:
         return next(iter(self.impls))
 
-    @property
-    def tokens(self) -> int:
-        return self.inputs[0].shape[0]
+
+def _rotating(fn: Callable, copies: list) -> Callable:
+    """``fn(copy)`` on the next input copy at each call."""
+    turn = [0]
+
+    def step():
+        fn(copies[turn[0] % len(copies)])
+        turn[0] += 1
+
+    return step
 
 
 def kernel_case(op: str, tokens: int, channels: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
     """The :class:`KernelCase` of ``op`` on packed sessions of 1..20 items, about ``tokens`` in all.
 
-    Inputs are random (never zeros); the padded copy the CPU baseline takes is gathered here,
+    Inputs are random (never zeros); the padded copies the CPU baseline takes are gathered here,
     outside any timing.
     """
     from hiertcn_kernels import reference as R
@@ -297,57 +306,67 @@ def kernel_case(op: str, tokens: int, channels: int, device: torch.device, dtype
     lengths = packed_lengths(tokens, seed)
     cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(device)
     t = int(lengths.sum())
+    gpu = device.type == "cuda"
+    n_copies = max(1, min(MAX_INPUT_COPIES, math.ceil(ROTATE_BYTES / (t * channels * dtype.itemsize))))
 
     def rand(*shape, scale=1.0):
         return (scale * torch.randn(*shape, generator=gen)).to(device, dtype).requires_grad_()
 
-    x = rand(t, channels)
-    gpu = device.type == "cuda"
-    impls: dict[str, Callable] = {}
+    xs = [rand(t, channels) for _ in range(n_copies)]
+    weights: list[torch.Tensor] = []
+    kw: dict = {}
+    if op != "segment_reduce(mean)":
+        activation = op[len("tcn_block(") : -1]
+        c_out = channels if activation == "relu" else 2 * channels
+        weights = [rand(c_out, channels, KERNEL_SIZE, scale=(channels * KERNEL_SIZE) ** -0.5), rand(c_out, scale=0.1)]
+        kw = {"dilation": 2, "activation": activation}
+        if activation == "gated":
+            weights += [rand(channels, channels, scale=channels**-0.5), rand(channels, scale=0.1)]
+            kw.update(out_weight=weights[2], out_bias=weights[3])
+
     if op == "segment_reduce(mean)":
-        params = [x]
-        candidate = _fwd_bwd(lambda: segment_reduce(x, cu, "mean"), params)
-        impls["triton" if gpu else "reference"] = _backend_step("triton" if gpu else "reference", candidate)
-        if gpu:
-            impls["reference"] = _backend_step("reference", candidate)
-        else:
-            lengths_dev = lengths.to(device)
-            impls["torch.segment_reduce"] = _fwd_bwd(
-                lambda: torch.segment_reduce(x, "mean", lengths=lengths_dev, axis=0), params
-            )
-        if gpu and _has_cupy():
+        def packed(x):
+            return segment_reduce(x, cu, "mean")
+    else:
+        def packed(x):
+            return tcn_block(x, *weights[:2], cu_seqlens=cu, **kw)
+
+    def fwd_bwd(x, forward=packed):
+        y = forward(x)
+        torch.autograd.grad(y, [x, *weights], torch.ones_like(y))
+
+    candidate = "triton" if gpu else "reference"
+    impls = {candidate: _rotating(_in_backend(candidate, fwd_bwd), xs)}
+    inputs = [*xs, *weights]
+    if gpu:
+        impls["reference"] = _rotating(_in_backend("reference", fwd_bwd), xs)
+    elif op == "segment_reduce(mean)":
+        lengths_dev = lengths.to(device)
+        impls["torch.segment_reduce"] = _rotating(
+            partial(fwd_bwd, forward=lambda x: torch.segment_reduce(x, "mean", lengths=lengths_dev, axis=0)), xs
+        )
+    else:
+        valid = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).to(device)
+        padded = []
+        for x in xs:
+            p = x.new_zeros(len(lengths), int(lengths.max()), channels)
+            p[valid] = x.detach()
+            padded.append(p.requires_grad_())
+        impls["padded F.conv1d"] = _rotating(partial(fwd_bwd, forward=lambda p: R.tcn_block(p, *weights[:2], **kw)),
+                                             padded)  # fmt: skip
+        inputs += padded
+    if gpu and _has_cupy():  # forward only: the CUDA C kernels have no backward
+        if op == "segment_reduce(mean)":
             from csrc_bench.segment import segment_reduce_cuda
 
-            impls["cuda_c(fwd only)"] = lambda: segment_reduce_cuda(x.detach(), cu, "mean")
-        return KernelCase(impls, list(impls)[1], params, len(lengths))
+            impls["cuda_c(fwd only)"] = _rotating(lambda x: segment_reduce_cuda(x.detach(), cu, "mean"), xs)
+        else:
+            from csrc_bench.conv import tcn_block_cuda
 
-    activation = op[len("tcn_block(") : -1]
-    c_out = channels if activation == "relu" else 2 * channels
-    w = rand(c_out, channels, KERNEL_SIZE, scale=(channels * KERNEL_SIZE) ** -0.5)
-    b = rand(c_out, scale=0.1)
-    kw: dict = {"dilation": 2, "activation": activation}
-    params = [x, w, b]
-    if activation == "gated":
-        ow, ob = rand(channels, channels, scale=channels**-0.5), rand(channels, scale=0.1)
-        params += [ow, ob]
-        kw.update(out_weight=ow, out_bias=ob)
-    candidate = _fwd_bwd(lambda: tcn_block(x, w, b, cu_seqlens=cu, **kw), params)
-    impls["triton" if gpu else "reference"] = _backend_step("triton" if gpu else "reference", candidate)
-    if gpu:
-        impls["reference"] = _backend_step("reference", candidate)
-    else:
-        valid = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
-        padded = x.new_zeros(len(lengths), int(lengths.max()), channels)
-        padded[valid.to(device)] = x.detach()
-        padded.requires_grad_()
-        impls["padded F.conv1d"] = _fwd_bwd(lambda: R.tcn_block(padded, w, b, **kw), [padded, *params[1:]])
-        params = [*params, padded]
-    if gpu and _has_cupy():
-        from csrc_bench.conv import tcn_block_cuda
-
-        detached = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-        impls["cuda_c(fwd only)"] = lambda: tcn_block_cuda(x.detach(), w.detach(), b.detach(), cu_seqlens=cu, **detached)
-    return KernelCase(impls, list(impls)[1], params, len(lengths))
+            plain = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+            w, b = (v.detach() for v in weights[:2])
+            impls["cuda_c(fwd only)"] = _rotating(lambda x: tcn_block_cuda(x.detach(), w, b, cu_seqlens=cu, **plain), xs)
+    return KernelCase(impls, list(impls)[1], inputs, t, len(lengths), n_copies)
 
 
 def _has_cupy() -> bool:
@@ -378,7 +397,7 @@ def bench_kernels(
                 memory, method = peak_memory_bytes(case.impls[impl], device, exclude=case.inputs)
                 row = {
                     "op": op, "impl": impl, "role": role, "tokens": case.tokens, "segments": case.segments,
-                    "channels": channels, "dtype": dtype, "ms": 1e3 * seconds, "peak_bytes": memory,
+                    "input_copies": case.copies, "channels": channels, "dtype": dtype, "ms": 1e3 * seconds, "peak_bytes": memory,
                     "memory_method": method, "pass": "fwd" if impl.startswith("cuda_c") else "fwd+bwd",
                 }  # fmt: skip
                 if role == "candidate":

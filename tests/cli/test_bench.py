@@ -103,3 +103,17 @@ def test_run_bench_rejects_bad_dtype():
     with pytest.raises(ValueError, match="dtype must be one of"):
         bench.run_bench(None, None, models=["hiertcn"], tokens=[64], channels=8, history_lengths=[10], repeats=1,
                         dtype="fp64")  # fmt: skip
+
+
+@pytest.mark.parametrize("op", bench.KERNEL_OPS)
+def test_kernel_case_rotates_input_copies_of_small_shapes(op):
+    case = bench.kernel_case(op, 64, 8, CPU, torch.float32)
+    assert case.candidate == "reference" and case.baseline in ("padded F.conv1d", "torch.segment_reduce")
+    assert case.copies == bench.MAX_INPUT_COPIES  # 64 x 8 floats are far below ROTATE_BYTES
+    assert 0 < case.tokens <= 64 and all(x.shape == (case.tokens, 8) for x in case.inputs[: case.copies])
+    assert not any(torch.equal(case.inputs[0], x) for x in case.inputs[1 : case.copies])  # distinct copies
+    for fn in case.impls.values():
+        for _ in range(case.copies + 1):  # every copy, then around again
+            fn()
+    big = bench.kernel_case(op, bench.ROTATE_BYTES // 4 // 8 + 40, 8, CPU, torch.float32)
+    assert big.copies == 1
