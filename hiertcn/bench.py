@@ -7,7 +7,8 @@ One run of :func:`run_bench` measures, every candidate next to its baseline in t
   kernel and the baseline the PyTorch reference (cuDNN ``conv1d``), plus the hand-written CUDA C
   forward kernels of ``csrc_bench`` when CuPy is importable. On CPU the candidate is the reference
   (the CPU training path) and the baseline a plain padded ``F.conv1d`` block / ``torch.segment_reduce``.
-  Each row has the median time, the ratio (baseline time / candidate time), achieved GB/s and
+  Timed calls rotate through copies of small inputs (:data:`ROTATE_BYTES`), so caches do not
+  flatter them. Each row has the median time, the ratio (baseline time / candidate time), achieved GB/s and
   TFLOP/s from the minimal cost model :func:`op_cost`, the shape's roofline bound on this device
   (:func:`device_roofline`) and the percentage of it reached, and peak memory.
 - **Models**: training-step throughput (forward, full-softmax loss, backward, Adam) of HierTCN and
@@ -397,8 +398,9 @@ def bench_kernels(
                 memory, method = peak_memory_bytes(case.impls[impl], device, exclude=case.inputs)
                 row = {
                     "op": op, "impl": impl, "role": role, "tokens": case.tokens, "segments": case.segments,
-                    "input_copies": case.copies, "channels": channels, "dtype": dtype, "ms": 1e3 * seconds, "peak_bytes": memory,
-                    "memory_method": method, "pass": "fwd" if impl.startswith("cuda_c") else "fwd+bwd",
+                    "input_copies": case.copies, "channels": channels, "dtype": dtype, "ms": 1e3 * seconds,
+                    "peak_bytes": memory, "memory_method": method,
+                    "pass": "fwd" if impl.startswith("cuda_c") else "fwd+bwd",
                 }  # fmt: skip
                 if role == "candidate":
                     row["ratio"] = medians[case.baseline] / seconds
