@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,16 @@ def _train_args(parser):
     _flag(g, "--checkpoint-every", type=int, help="steps between mid-epoch checkpoints (0 = epoch ends only)")
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hiertcn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -111,12 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(handler=cmd_recommend)
 
-    p = sub.add_parser("bench", help="time one training step per model and the kernel ops")
+    p = sub.add_parser("bench", help="kernel ops, HierTCN vs GRU4Rec speed, memory vs FlatTCN; or --scaling")
     _common(p), _data_args(p), _train_args(p)
-    _flag(p, "--models", help="comma-separated model names (default: all)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per model (after one warm-up)")
-    p.add_argument("--tokens", type=int, default=4096, help="packed interactions of the kernel-op timings")
+    _flag(p, "--models", help="comma-separated model names to time (default hiertcn; gru4rec always runs)")
+    p.add_argument("--steps", type=int, default=5, help="timed repeats of every op and step (median; after a warm-up)")
+    p.add_argument("--tokens", type=_int_list, default=[1024, 4096, 16384],
+                   help="comma-separated packed interactions of the kernel-op timings (default 1024,4096,16384)")
     p.add_argument("--channels", type=int, default=128)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="kernel-op dtype")
+    p.add_argument("--history-lengths", type=_int_list, default=[50, 100, 200, 500],
+                   help="events per user of the HierTCN vs FlatTCN memory comparison")
+    p.add_argument("--scaling", action="store_true",
+                   help="instead: HierTCN vs GRU4Rec on synthetic XING logs of --sizes interactions")
+    p.add_argument("--sizes", type=_int_list, default=[10_000, 100_000, 1_000_000, 10_000_000],
+                   help="interactions per log of --scaling (default 10k,100k,1M,10M)")
+    p.add_argument("--budget", type=float, default=60.0,
+                   help="--scaling: seconds of training per (size, model); longer epochs are projected")
     p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("demo", help="synthetic XING log -> HierTCN vs baselines -> table and plots")
@@ -343,24 +364,49 @@ def cmd_recommend(args) -> int:
     return _finish(args, result)
 
 
-def cmd_bench(args) -> int:
-    from .bench import bench_kernels, bench_models
+def _explicit_command(args) -> str:
+    """The command line that repeats this run, every option spelled out (defaults included)."""
+    words = ["hiertcn", args.command]
+    for key, value in vars(args).items():
+        if key in ("command", "handler") or value is None or value is False:
+            continue
+        words.append("--" + key.replace("_", "-"))
+        if value is not True:
+            words.append(",".join(map(str, value)) if isinstance(value, list) else str(value))
+    return shlex.join(words)
 
-    config = config_from_args(args, out="runs/bench")
-    say = _say(args)
+
+def cmd_bench(args) -> int:
+    from . import bench
+    from .plots import plot_memory_vs_history, plot_scaling, plot_time_vs_tokens
+
+    # One torch thread unless --threads: on a shared CPU, OpenMP threads waiting on each other swamp the timings.
+    config = config_from_args(args, out="runs/bench", threads=1)
+    say, out = _say(args), Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = {"command": _explicit_command(args), "commit": bench.git_commit(Path(__file__).parent)}
+    models = _model_names(config) if config.models else ["hiertcn", "gru4rec"] if args.scaling else ["hiertcn"]
+    if args.scaling:
+        rows = bench.scaling_study(args.sizes, models, budget_s=args.budget,
+                                   device=config.device, threads=config.threads, seed=config.seed,
+                                   progress=not args.quiet)  # fmt: skip
+        say(bench.format_scaling_table(rows))
+        result = {**run, "device": bench.device_info(resolve_device(config.device)), "scaling": rows,
+                  "speedup_vs_gru4rec": {str(k): v for k, v in bench.speedups(rows).items()}}  # fmt: skip
+        plot_scaling(rows, out / "scaling.png")
+        (out / "scaling.json").write_text(json.dumps(result, indent=2))
+        say(f"scaling.json and scaling.png in {out}")
+        return _finish(args, result)
     dataset, _ = load_dataset(config, echo=say)
-    models = bench_models(dataset, config, _model_names(config), steps=args.steps)
-    kernels = bench_kernels(tokens=args.tokens, channels=args.channels, device=resolve_device(config.device))
-    say(f"{'model':<16}{'step ms':>10}{'inter/s':>12}")
-    for name, row in models.items():
-        say(f"{name:<16}{row['step_ms']:>10.1f}{row['interactions_per_s']:>12.0f}")
-    say(f"{'op':<28}{'backend':>10}{'fwd+bwd ms':>12}")
-    for row in kernels:
-        say(f"{row['op']:<28}{row['backend']:>10}{row['ms']:>12.2f}")
-    result = {"models": models, "kernels": kernels}
-    Path(config.out).mkdir(parents=True, exist_ok=True)
-    (Path(config.out) / "bench.json").write_text(json.dumps(result, indent=2))
-    say(f"bench.json in {config.out}")
+    result = {**run, **bench.run_bench(
+        dataset, config, models=models, tokens=args.tokens, channels=args.channels,
+        history_lengths=args.history_lengths, repeats=args.steps, dtype=args.dtype, progress=not args.quiet,
+    )}  # fmt: skip
+    say(bench.format_table(result))
+    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    plot_time_vs_tokens(result["kernels"], out / "time_vs_tokens.png")
+    plot_memory_vs_history(result["memory_vs_history"], out / "memory_vs_history.png")
+    say(f"bench.json, time_vs_tokens.png and memory_vs_history.png in {out}")
     return _finish(args, result)
 
 

@@ -1,7 +1,8 @@
-"""PNG plots of a comparison: training curves and metric bars per model (matplotlib, Agg)."""
+"""PNG plots (matplotlib, Agg): training curves and metric bars of a comparison; ``hiertcn bench`` plots."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -58,6 +59,59 @@ def plot_metric_bars(metrics: dict[str, dict[str, float]], path: str | Path, key
     ax.set(ylabel="value", title="Test metrics (full-catalogue ranking)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_time_vs_tokens(kernel_rows: list[dict], path: str | Path) -> Path:
+    """``hiertcn bench``: kernel time vs packed tokens (log-log), one panel per op, one line per implementation."""
+    ops = list(dict.fromkeys(r["op"] for r in kernel_rows))
+    fig, axes = plt.subplots(1, len(ops), figsize=(4.5 * len(ops), 3.8), squeeze=False)
+    for ax, op in zip(axes[0], ops):
+        rows = [r for r in kernel_rows if r["op"] == op]
+        for impl in dict.fromkeys(r["impl"] for r in rows):
+            line = sorted((r["tokens"], r["ms"], r["role"]) for r in rows if r["impl"] == impl)
+            style = "-" if line[0][2] == "candidate" else "--"
+            ax.plot([t for t, _, _ in line], [ms for _, ms, _ in line], style, marker="o", label=impl)
+        ax.set(xscale="log", yscale="log", xlabel="packed tokens T", ylabel="median ms", title=op)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_memory_vs_history(rows: list[dict], path: str | Path) -> Path:
+    """``hiertcn bench``: activation memory vs events per user, HierTCN queue batch vs FlatTCN whole histories."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    history = [r["history"] for r in rows]
+    for key, label in (("flat_tcn_whole", "FlatTCN (whole histories)"), ("hiertcn_queue", "HierTCN (queue batch)")):
+        ax.plot(history, [r[f"{key}_bytes"] / 2**20 for r in rows], marker="o", label=label)
+    method = rows[0]["memory_method"] if rows else ""
+    ax.set(xlabel="events per user", ylabel=f"MiB ({method})", title=f"Training memory, {rows[0]['users'] if rows else 0} users")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_scaling(rows: list[dict], path: str | Path) -> Path:
+    """Scaling study: epoch time and peak memory vs log size (log-log); projected points hollow, dashed."""
+    fig, (time_ax, mem_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        mine = sorted((r for r in rows if r["model"] == model), key=lambda r: r["size"])
+        color = f"C{i}"
+        sizes = [r["size"] for r in mine]
+        for a, b in itertools.pairwise(mine):  # a segment is dashed when it reaches a projected point
+            time_ax.plot([a["size"], b["size"]], [a["epoch_s"], b["epoch_s"]], color=color,
+                         linestyle="--" if a["projected"] or b["projected"] else "-")  # fmt: skip
+        for r in mine:
+            time_ax.plot(r["size"], r["epoch_s"], "o", color=color, markerfacecolor="none" if r["projected"] else color)
+        time_ax.plot([], [], "-o", color=color, label=model)
+        mem_ax.plot(sizes, [max(r["peak_bytes"], 1) / 2**20 for r in mine], "-o", color=color, label=model)
+    time_ax.plot([], [], "o", color="gray", markerfacecolor="none", linestyle="--", label="projected")
+    time_ax.set(xscale="log", yscale="log", xlabel="interactions", ylabel="seconds per epoch", title="Epoch time")
+    method = rows[0]["memory_method"] if rows else ""
+    mem_ax.set(xscale="log", yscale="log", xlabel="interactions", ylabel=f"peak MiB ({method})", title="Peak memory")
+    for ax in (time_ax, mem_ax):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
     return _save(fig, path)
 
 

@@ -140,11 +140,23 @@ def test_tiny_demo_runs_the_whole_job(tmp_path, capsys):
 
 def test_bench_times_models_and_kernel_ops(tiny, tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = ["bench", "--config", str(tiny), "--models", "hiertcn,moving_average", "--steps", "1", "--tokens", "64",
-            "--channels", "8", "--out", str(out), "--json"]  # fmt: skip
+    argv = ["bench", "--config", str(tiny), "--models", "hiertcn,moving_average", "--steps", "1", "--tokens", "64,128",
+            "--channels", "8", "--history-lengths", "20,40", "--out", str(out), "--json"]  # fmt: skip
     assert cli.main(argv) == 0
     result = last_json(capsys)
     assert result == json.loads((out / "bench.json").read_text())
-    assert set(result["models"]) == {"hiertcn", "moving_average"}
+    assert set(result["models"]) == {"hiertcn", "moving_average", "gru4rec"}  # the baseline always runs
     assert all(row["step_ms"] > 0 and row["interactions_per_s"] > 0 for row in result["models"].values())
-    assert {row["op"].split("(")[0] for row in result["kernels"]} == {"tcn_block", "segment_reduce"}
+    assert result["models"]["gru4rec"]["speedup_vs_gru4rec"] == 1.0
+    assert {row["op"] for row in result["kernels"]} == {"tcn_block(relu)", "tcn_block(gated)", "segment_reduce(mean)"}
+    candidates = [row for row in result["kernels"] if row["role"] == "candidate"]
+    assert len(candidates) == 3 * 2
+    assert all(0 < row["tokens"] <= t for row, t in zip(candidates, [64] * 3 + [128] * 3, strict=True))
+    for row in candidates:
+        assert 0 < row["ratio"] < float("inf") and row["gbps"] > 0 and row["tflops"] > 0
+        assert 0 < row["roofline_pct"] and row["roofline_ms"] > 0
+    assert [row["history"] for row in result["memory_vs_history"]] == [20, 40]
+    assert all(0 < row["ratio"] < float("inf") for row in result["memory_vs_history"])
+    assert result["device"]["roofline"]["peak_flops"] > 0 and result["device"]["roofline"]["bandwidth"] > 0
+    assert result["command"].startswith("hiertcn bench ") and "--tokens 64,128" in result["command"]
+    assert (out / "time_vs_tokens.png").stat().st_size > 0 and (out / "memory_vs_history.png").stat().st_size > 0
