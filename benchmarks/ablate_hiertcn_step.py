@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "benchmarks"))
-from test_bench_models import N_ITEMS, synthetic_csr
+from test_bench_models import N_ITEMS
 
 from hiertcn.batching import user_batches
+from hiertcn.bench import fixed_history_csr
 from hiertcn.losses import build_loss
 from hiertcn.models import build_model
 from hiertcn_kernels import reference
@@ -75,7 +76,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    (batch,) = list(user_batches(synthetic_csr(32, 100), batch_users=32))
+    (batch,) = list(user_batches(fixed_history_csr(32, 100), batch_users=32))
     fused = build_loss("softmax")
     variants = {  # name: (step, pad_per_block, segment_autograd, GRU4Rec variant with the same loss)
         "gru4rec, F.cross_entropy": (make_step("gru4rec", batch, cross_entropy), False, False, None),

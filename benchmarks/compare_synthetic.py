@@ -32,11 +32,11 @@ from hiertcn.models import MODEL_NAMES, build_model
 from hiertcn_kernels import pack_sessions
 
 SMALL = {
-    "hiertcn": dict(embedding_dim=64, hidden_dim=64, channels=64, levels=2),
-    "moving_average": dict(embedding_dim=64),
-    "gru4rec": dict(embedding_dim=64, hidden_dim=100),
-    "flat_tcn": dict(embedding_dim=64, channels=(64, 64, 64, 64, 128, 128)),
-    "hrnn": dict(embedding_dim=64, session_dim=64, user_dim=64),
+    "hiertcn": {"embedding_dim": 64, "hidden_dim": 64, "channels": 64, "levels": 2},
+    "moving_average": {"embedding_dim": 64},
+    "gru4rec": {"embedding_dim": 64, "hidden_dim": 100},
+    "flat_tcn": {"embedding_dim": 64, "channels": (64, 64, 64, 64, 128, 128)},
+    "hrnn": {"embedding_dim": 64, "session_dim": 64, "user_dim": 64},
 }
 
 

@@ -473,8 +473,10 @@ def bench_models(dataset, config, names: list[str], *, repeats: int = 3, progres
     return results
 
 
-def fixed_history_csr(n_users: int, events_per_user: int, n_items: int = 2000, seed: int = 0):
-    """Users with exactly ``events_per_user`` events in sessions of 1..20 items (uniform), random items."""
+def fixed_history_csr(n_users: int, events_per_user: int, n_items: int = 2000, seed: int = 0,
+                      session_lengths: np.ndarray | None = None):  # fmt: skip
+    """Users with exactly ``events_per_user`` events, random items, in sessions of 1..20 items (uniform) or of
+    lengths drawn from ``session_lengths`` (an empirical distribution)."""
     from hiertcn_kernels.packing import SessionCSR
 
     rng = np.random.default_rng(seed)
@@ -482,7 +484,8 @@ def fixed_history_csr(n_users: int, events_per_user: int, n_items: int = 2000, s
     for _ in range(n_users):
         left = events_per_user
         while left:
-            length = min(left, int(rng.integers(1, 21)))
+            drawn = rng.integers(1, 21) if session_lengths is None else rng.choice(session_lengths)
+            length = min(left, int(drawn))
             session_ptr.append(session_ptr[-1] + length)
             left -= length
         user_ptr.append(len(session_ptr) - 1)

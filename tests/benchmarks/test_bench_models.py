@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from hiertcn.batching import user_batches
+from hiertcn.bench import fixed_history_csr
 from hiertcn.data.readers import read_log
 from hiertcn.data.synthetic import generate_xing
 from hiertcn.losses import build_loss, linear_cross_entropy
 from hiertcn.models import MODEL_NAMES, build_model
-from hiertcn_kernels.packing import SessionCSR, pack_sessions
+from hiertcn_kernels.packing import pack_sessions
 
 N_ITEMS = 2000
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,28 +44,6 @@ def xing_session_lengths() -> np.ndarray:
         log = read_log(files.interactions, "xing")
     log = log.select(log.interaction_type != 4)
     return np.diff(pack_sessions(log.user, log.item, log.timestamp, session_gap=1800).session_ptr)
-
-
-def synthetic_csr(
-    n_users: int, events_per_user: int, n_items: int = N_ITEMS, seed: int = 0, session_lengths=None
-) -> SessionCSR:
-    """Users with exactly ``events_per_user`` events, random items, in sessions of 1..20 items (uniform) or of
-    lengths drawn from ``session_lengths`` (an empirical distribution)."""
-    rng = np.random.default_rng(seed)
-    user_ptr, session_ptr = [0], [0]
-    for _ in range(n_users):
-        left = events_per_user
-        while left:
-            drawn = rng.integers(1, 21) if session_lengths is None else rng.choice(session_lengths)
-            length = min(left, int(drawn))
-            session_ptr.append(session_ptr[-1] + length)
-            left -= length
-        user_ptr.append(len(session_ptr) - 1)
-    n = session_ptr[-1]
-    return SessionCSR(
-        user_ptr=np.array(user_ptr), session_ptr=np.array(session_ptr), item=rng.integers(0, n_items, n),
-        timestamp=np.cumsum(rng.integers(1, 4000, n)), user_ids=np.arange(n_users), item_ids=np.arange(n_items),
-    )
 
 
 def train_step_fn(name: str, batch):
@@ -88,7 +67,7 @@ def train_step_fn(name: str, batch):
 
 @pytest.fixture(scope="module")
 def train_batch():
-    (batch,) = list(user_batches(synthetic_csr(32, 100), batch_users=32))
+    (batch,) = list(user_batches(fixed_history_csr(32, 100), batch_users=32))
     return batch.to(DEVICE)
 
 
@@ -182,7 +161,7 @@ def test_activation_memory_hiertcn_vs_flat_tcn(benchmark, lengths, recompute):
     (median 4). ``recompute``: HierTCN's and FlatTCN's TCN blocks keep only their input (both or neither).
     """
     session_lengths = xing_session_lengths() if lengths == "xing" else None
-    (whole,) = list(user_batches(synthetic_csr(8, 500, session_lengths=session_lengths), batch_users=8))
+    (whole,) = list(user_batches(fixed_history_csr(8, 500, session_lengths=session_lengths), batch_users=8))
     queue = queue_slice(whole, 10).to(DEVICE)
     whole = whole.to(DEVICE)
     runs = {"hiertcn_queue": ("hiertcn", queue), "hiertcn_whole": ("hiertcn", whole),

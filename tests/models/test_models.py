@@ -127,9 +127,9 @@ def test_hiertcn_gap_decay_changes_only_later_sessions(gap_decay, small_csr):
     assert not torch.allclose(out[first_len:], base[first_len:])
 
 
-@pytest.mark.parametrize("options", [dict(agg="max"), dict(agg="sum"), dict(block="gated"), dict(tied=True)])
+@pytest.mark.parametrize("options", [{"agg": "max"}, {"agg": "sum"}, {"block": "gated"}, {"tied": True}])
 def test_hiertcn_options_build_and_run(options, small_csr):
-    extra = dict(channels=16) if options.get("tied") else {}
+    extra = {"channels": 16} if options.get("tied") else {}
     model = _model("hiertcn", **options, **extra)
     (b,) = list(user_batches(small_csr))
     out, _ = model(b)

@@ -6,11 +6,11 @@ from hiertcn_kernels.packing import SessionCSR
 
 # Small dims so every model runs in milliseconds on CPU.
 TINY = {
-    "hiertcn": dict(embedding_dim=16, hidden_dim=12, channels=16, levels=2),
-    "moving_average": dict(embedding_dim=16),
-    "gru4rec": dict(embedding_dim=16, hidden_dim=20),
-    "flat_tcn": dict(embedding_dim=16, channels=(16, 16, 24)),
-    "hrnn": dict(embedding_dim=16, session_dim=16, user_dim=12),
+    "hiertcn": {"embedding_dim": 16, "hidden_dim": 12, "channels": 16, "levels": 2},
+    "moving_average": {"embedding_dim": 16},
+    "gru4rec": {"embedding_dim": 16, "hidden_dim": 20},
+    "flat_tcn": {"embedding_dim": 16, "channels": (16, 16, 24)},
+    "hrnn": {"embedding_dim": 16, "session_dim": 16, "user_dim": 12},
 }
 
 
