@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from csrc_bench._build import load_module
 from hiertcn_kernels._checks import check_tcn_block
 
 SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 BLOCK_ROWS, BLOCK_OUT, THREADS = 64, 64, 256  # as in conv_block.cu
-
-
-@functools.cache
-def _module():
-    import cupy
-
-    return cupy.RawModule(code=Path(__file__).with_name("conv_block.cu").read_text(), options=("--std=c++17",))
 
 
 def _launch(name, inp, offsets, wt, bias, residual, out, c_out, dilation):
@@ -26,7 +17,7 @@ def _launch(name, inp, offsets, wt, bias, residual, out, c_out, dilation):
     import cupy
 
     n_rows, c_in = inp.shape
-    kernel = _module().get_function(f"{name}_{SUFFIX[inp.dtype]}")
+    kernel = load_module("conv_block.cu").get_function(f"{name}_{SUFFIX[inp.dtype]}")
     grid = ((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS, (c_out + BLOCK_OUT - 1) // BLOCK_OUT)
     # Pointers travel as 64-bit integers, so bf16 (no CuPy dtype) needs no array wrapper; 0 is "none".
     args = (

@@ -9,22 +9,13 @@
 // tanh and sigmoid halves); the K taps and 16-channel input chunks stream through shared memory.
 // Weights arrive as (K, C_in, width) so their tile loads are coalesced. Built at run time by
 // csrc_bench/conv.py (CuPy/NVRTC); check with `nvcc -arch=sm_90 -ptx`.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "dtypes.cuh"
 
 #define BLOCK_ROWS 64
 #define BLOCK_OUT 64
 #define BLOCK_IN 16
 #define PATCH 4
 #define THREADS ((BLOCK_ROWS / PATCH) * (BLOCK_OUT / PATCH))
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-__device__ __forceinline__ void store(float* p, float x) { *p = x; }
-__device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
 
 // Epilogues: what a tile does with its accumulators.
 #define RELU_BLOCK 0   // out = relu(residual + relu(acc + bias)); width = C_out = C_in

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from csrc_bench._build import load_module
 from hiertcn_kernels._checks import REDUCES, check_segment
 
 KERNELS = {torch.float32: "segment_reduce_f32", torch.float16: "segment_reduce_f16", torch.bfloat16: "segment_reduce_bf16"}
 CODES = {"sum": 0, "mean": 1, "max": 2}  # as in segment_reduce.cu
 WARPS_PER_BLOCK = 4  # one warp per segment
-
-
-@functools.cache
-def _module():
-    import cupy
-
-    return cupy.RawModule(code=Path(__file__).with_name("segment_reduce.cu").read_text(), options=("--std=c++17",))
 
 
 def segment_reduce_cuda(values: torch.Tensor, offsets: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
@@ -36,7 +27,7 @@ def segment_reduce_cuda(values: torch.Tensor, offsets: torch.Tensor, reduce: str
     out = torch.empty(n, channels, device=values.device, dtype=values.dtype)
     if n == 0 or channels == 0:
         return out.zero_()
-    kernel = _module().get_function(KERNELS[values.dtype])
+    kernel = load_module("segment_reduce.cu").get_function(KERNELS[values.dtype])
     grid = ((n + WARPS_PER_BLOCK - 1) // WARPS_PER_BLOCK,)
     # Pointers travel as 64-bit integers, so bf16 (no CuPy dtype) needs no array wrapper.
     args = (

@@ -2,16 +2,7 @@
 // kernel races against. One warp per segment; lane l reduces channels l, l+32, ... row by row,
 // accumulating in fp32. reduce: 0 sum, 1 mean, 2 max (first max wins: strict >). Empty -> 0.
 // Built at run time by csrc_bench/segment.py (CuPy/NVRTC); check with `nvcc -arch=sm_90 -ptx`.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-__device__ __forceinline__ void store(float* p, float x) { *p = x; }
-__device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+#include "dtypes.cuh"
 
 template <typename T>
 __device__ __forceinline__ void segment_reduce_warp(const T* __restrict__ values, const long long* __restrict__ offsets,

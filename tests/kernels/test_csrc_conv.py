@@ -2,31 +2,24 @@
 
 import importlib.util
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from cuda_c import CSRC, needs_nvcc, ptx_entries
 
 from hiertcn_kernels import reference as R
 
-SOURCE = Path(__file__).resolve().parents[2] / "csrc_bench" / "conv_block.cu"
 ENTRIES = {f"tcn_block_{op}_{dt}" for op in ("relu", "gate", "project_add") for dt in ("f32", "f16", "bf16")}
 needs_cupy = pytest.mark.skipif(importlib.util.find_spec("cupy") is None, reason="needs cupy")
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@needs_nvcc
 def test_cuda_c_compiles_for_sm90_without_spills(tmp_path):
-    ptx = tmp_path / "conv_block.ptx"
+    assert ptx_entries("conv_block.cu", tmp_path) == ENTRIES
     done = subprocess.run(
-        ["nvcc", "-arch=sm_90", "-ptx", str(SOURCE), "-o", str(ptx)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    entries = {line.split()[2].rstrip("(") for line in ptx.read_text().splitlines() if ".entry" in line}
-    assert entries == ENTRIES
-    done = subprocess.run(
-        ["nvcc", "-arch=sm_90", "-cubin", "-Xptxas", "-v", str(SOURCE), "-o", str(tmp_path / "conv_block.cubin")],
+        ["nvcc", "-arch=sm_90", "-cubin", "-Xptxas", "-v", str(CSRC / "conv_block.cu"), "-o",
+         str(tmp_path / "conv_block.cubin")],
         capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stderr

@@ -1,27 +1,17 @@
 """The CUDA C baseline in csrc_bench: it compiles for an H100, and agrees with the reference."""
 
 import importlib.util
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from cuda_c import needs_nvcc, ptx_entries
 
 from hiertcn_kernels import reference as R
 
-SOURCE = Path(__file__).resolve().parents[2] / "csrc_bench" / "segment_reduce.cu"
 
-
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@needs_nvcc
 def test_cuda_c_compiles_for_sm90(tmp_path):
-    ptx = tmp_path / "segment_reduce.ptx"
-    done = subprocess.run(
-        ["nvcc", "-arch=sm_90", "-ptx", str(SOURCE), "-o", str(ptx)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    entries = {line.split()[2].rstrip("(") for line in ptx.read_text().splitlines() if ".entry" in line}
-    assert entries == {"segment_reduce_f32", "segment_reduce_f16", "segment_reduce_bf16"}
+    assert ptx_entries("segment_reduce.cu", tmp_path) == {"segment_reduce_f32", "segment_reduce_f16", "segment_reduce_bf16"}
 
 
 @pytest.mark.cuda
