@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from hiertcn.batching import user_batches
-from hiertcn.bench import fixed_history_csr
+from hiertcn.bench import fixed_history_csr, saved_tensor_bytes
 from hiertcn.data.readers import read_log
 from hiertcn.data.synthetic import generate_xing
 from hiertcn.losses import build_loss, linear_cross_entropy
@@ -123,18 +123,8 @@ def test_softmax_loss_fused_vs_cross_entropy(benchmark):
 
 def saved_activation_bytes(model, batch) -> int:
     """Bytes of distinct non-parameter tensors autograd keeps for backward during one forward."""
-    params = {p.data_ptr() for p in model.parameters()}
-    seen: dict[tuple[int, int], int] = {}
-
-    def pack(t):
-        if t.data_ptr() not in params and t.numel():
-            seen[(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        state = model.init_state(batch.n_lanes, DEVICE) if model.carries_state else None
-        model(batch, state)
-    return sum(seen.values())
+    state = model.init_state(batch.n_lanes, DEVICE) if model.carries_state else None
+    return saved_tensor_bytes(lambda: model(batch, state), exclude=list(model.parameters()))
 
 
 def queue_slice(batch, windows_per_lane: int):
