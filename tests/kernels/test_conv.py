@@ -74,6 +74,14 @@ def assert_matches_reference(mode, args, dilation, cu_seqlens, tol, *, nonzero=T
         assert err < tol, f"{name}: relative error {err:.3g} >= {tol}"
 
 
+def assert_deterministic(mode, args, dilation, cu_seqlens):
+    """Two runs of the forward and every gradient give the same bits."""
+    first = outputs_and_grads(mode, args, dilation, cu_seqlens)
+    second = outputs_and_grads(mode, args, dilation, cu_seqlens)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 @pytest.fixture
 def triton_backend(monkeypatch):
     monkeypatch.setenv("HIERTCN_BACKEND", "triton")
@@ -170,10 +178,7 @@ def test_empty_inputs(triton_backend, mode):
 def test_deterministic(triton_backend, mode):
     off = offsets_of(LENGTHS * 2)
     args = make_args(mode, (int(off[-1]),), 6, 5)
-    first = outputs_and_grads(mode, args, 2, off)
-    second = outputs_and_grads(mode, args, 2, off)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    assert_deterministic(mode, args, 2, off)
 
 
 @pytest.fixture
@@ -243,10 +248,7 @@ def test_small_chunks_padded_and_deterministic(chunk_rows, mode):
     chunk_rows(7)  # not a multiple of the 16-row tile; padded rows of 19: boundaries everywhere
     args = make_args(mode, (3, 19), 6, 4, hidden=3)
     assert_matches_reference(mode, args, 3, None, 1e-5)
-    first = outputs_and_grads(mode, args, 3, None)
-    second = outputs_and_grads(mode, args, 3, None)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    assert_deterministic(mode, args, 3, None)
 
 
 @pytest.mark.interpreter
@@ -531,10 +533,7 @@ def test_cuda_matches_reference(triton_backend, mode, dtype, tol, t, c):
 def test_cuda_large_padded_and_deterministic(triton_backend, mode):
     args = make_args(mode, (64, 1024), 128, 5, device="cuda")
     assert_matches_reference(mode, args, 8, None, 1e-3)
-    first = outputs_and_grads(mode, args, 8, None)
-    second = outputs_and_grads(mode, args, 8, None)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    assert_deterministic(mode, args, 8, None)
 
 
 @pytest.mark.cuda
