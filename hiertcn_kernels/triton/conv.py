@@ -62,17 +62,24 @@ def _tanh(x):
 
 
 @triton.jit
+def _shifted_x(x_ptr, rows, row_ok, start, shift, ci, ci_ok, C_in):
+    """The ``(rows, ci)`` tile of ``x`` shifted back by ``shift`` rows; rows that would fall before
+    their sequence's ``start`` read as 0."""
+    src = rows - shift
+    src_ok = row_ok & (src >= start)
+    return tl.load(x_ptr + src.to(tl.int64)[:, None] * C_in + ci[None, :],
+                   mask=src_ok[:, None] & ci_ok[None, :], other=0.0)
+
+
+@triton.jit
 def _conv_acc(acc, x_ptr, wt_ptr, rows, row_ok, start, cols, col_ok, C_in, C_out, dilation,
               K: tl.constexpr, BLOCK_I: tl.constexpr):
     """``acc += sum_k x[rows - s_k] @ wt[k][:, cols]``, rows before their sequence start read as 0."""
     for k in range(K):
-        src = rows - (K - 1 - k) * dilation
-        src_ok = row_ok & (src >= start)
         for i0 in range(0, C_in, BLOCK_I):
             ci = i0 + tl.arange(0, BLOCK_I)
             ci_ok = ci < C_in
-            xt = tl.load(x_ptr + src.to(tl.int64)[:, None] * C_in + ci[None, :],
-                         mask=src_ok[:, None] & ci_ok[None, :], other=0.0)
+            xt = _shifted_x(x_ptr, rows, row_ok, start, (K - 1 - k) * dilation, ci, ci_ok, C_in)
             wt = tl.load(wt_ptr + (k * C_in + ci[:, None]) * C_out + cols[None, :],
                          mask=ci_ok[:, None] & col_ok[None, :], other=0.0)
             acc = tl.dot(xt, wt, acc)
@@ -89,13 +96,10 @@ def _gated_preact(x_ptr, wt_ptr, b_ptr, rows, row_ok, start, C_in, H, dilation,
     acc_t = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
     acc_s = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
     for k in range(K):
-        src = rows - (K - 1 - k) * dilation
-        src_ok = row_ok & (src >= start)
         for i0 in range(0, C_in, BLOCK_I):
             ci = i0 + tl.arange(0, BLOCK_I)
             ci_ok = ci < C_in
-            xt = tl.load(x_ptr + src.to(tl.int64)[:, None] * C_in + ci[None, :],
-                         mask=src_ok[:, None] & ci_ok[None, :], other=0.0)
+            xt = _shifted_x(x_ptr, rows, row_ok, start, (K - 1 - k) * dilation, ci, ci_ok, C_in)
             w_off = (k * C_in + ci[:, None]) * (2 * H) + hh[None, :]
             w_mask = ci_ok[:, None] & h_ok[None, :]
             acc_t = tl.dot(xt, tl.load(wt_ptr + w_off, mask=w_mask, other=0.0), acc_t)
