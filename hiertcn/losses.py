@@ -31,6 +31,7 @@ def _proposal(item_counts, name: str) -> torch.Tensor | None:
 
 class _Loss:
     takes_impressions = False  # True: negatives come from impressions when the batch has them
+
     def __call__(self, model, user_emb, targets, batch=None, impressions=None):
         if user_emb.dim() != 2 or targets.shape != (user_emb.shape[0],):
             raise ValueError(
