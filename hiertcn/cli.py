@@ -23,7 +23,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_model
 from .config import SPLITS, Config
 from .train import NonFiniteLossError, fit, resolve_device, seed_everything, write_metrics
 
-TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp")
+TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp", "first/mrr", "later/mrr")
 DATA_KEYS = ("format", "preset", "split", "user_col", "item_col", "time_col", "session_col", "sep", "session_gap",
              "cache_dir", "impressions")  # fmt: skip
 DEMO = {  # sized to finish in about 3 minutes on 2 CPU cores
@@ -196,7 +196,8 @@ def build_for(name: str, dataset, config: Config):
 def format_table(metrics: dict[str, dict[str, float]]) -> str:
     cols = [c for c in (*TABLE_METRICS, "interactions_per_s", "train_time_s", "wait_fraction")
             if any(c in m for m in metrics.values())]  # fmt: skip
-    head = {"interactions_per_s": "inter/s", "train_time_s": "train s", "wait_fraction": "wait"}
+    head = {"interactions_per_s": "inter/s", "train_time_s": "train s", "wait_fraction": "wait",
+            "first/mrr": "mrr first", "later/mrr": "mrr later"}  # fmt: skip
     width = max([len("model"), *map(len, metrics)])
     lines = [f"{'model':<{width}}  " + "  ".join(f"{head.get(c, c):>9}" for c in cols)]
     for name, row in metrics.items():

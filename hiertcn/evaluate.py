@@ -132,10 +132,11 @@ def evaluate(
     if not score_sessions.any():
         raise ValueError(f"no session has a role in roles={tuple(roles)}")
     acc = MetricAccumulator(model.n_items)
-    for ranks, users, _ in score_events(
+    session_starts = csr.session_ptr[:-1]
+    for ranks, users, index in score_events(
         model, csr, score_sessions, batch_users=batch_users, max_tokens=max_tokens, chunk_items=chunk_items,
         max_scores=max_scores, max_session_len=max_session_len, device=device, progress=progress,
         impressions=impressions,
     ):
-        acc.add(ranks, users)
+        acc.add(ranks, users, first=torch.from_numpy(np.isin(index.numpy(), session_starts)))
     return acc.result()

@@ -52,6 +52,13 @@ class MetricAccumulator:
     numbers: every scored event weighs the same), the mean over users of each
     user's per-event mean under ``user/<key>`` (every user weighs the same, the
     official code's averaging), and ``n_events``, ``n_users``.
+
+    When every ``add`` says which events open their session (``first``), the
+    per-event means are also split under ``first/<key>`` (the first event of a
+    session: only the long-term history can predict it) and ``later/<key>``
+    (the rest: mostly the session so far), with ``n_first`` and ``n_later``.
+    The official code's per-step analysis, reduced to the two cases that tell
+    a hierarchical model's two levels apart.
     """
 
     def __init__(self, n_items: int):
@@ -60,15 +67,30 @@ class MetricAccumulator:
         self._n_events = 0
         self._user_sums: dict[int, np.ndarray] = {}
         self._user_counts: dict[int, int] = {}
+        self._first_sum = np.zeros(len(METRIC_KEYS))
+        self._n_first = 0
+        self._split = True  # every add so far said which events are first
 
-    def add(self, ranks: torch.Tensor, users: torch.Tensor | Sequence[int]) -> None:
-        """Add events with their 1-based ``ranks (E,)`` and the user row of each event ``users (E,)``."""
+    def add(
+        self, ranks: torch.Tensor, users: torch.Tensor | Sequence[int],
+        first: torch.Tensor | Sequence[bool] | None = None,
+    ) -> None:
+        """Add events with their 1-based ``ranks (E,)``, the user row of each event ``users (E,)`` and,
+        optionally, whether each event is the first of its session ``first (E,)``."""
         users = torch.as_tensor(users).cpu().long()
         if users.shape != ranks.shape:
             raise ValueError(f"users must have the shape of ranks {tuple(ranks.shape)}, got {tuple(users.shape)}")
         values = metrics_per_event(ranks.cpu(), self.n_items).numpy()
         self._sum += values.sum(0)
         self._n_events += len(values)
+        if first is None:
+            self._split = False
+        else:
+            first = torch.as_tensor(first).cpu().bool().numpy()
+            if first.shape != tuple(ranks.shape):
+                raise ValueError(f"first must have the shape of ranks {tuple(ranks.shape)}, got {first.shape}")
+            self._first_sum += values[first].sum(0)
+            self._n_first += int(first.sum())
         uniq, inverse = np.unique(users.numpy(), return_inverse=True)
         sums = np.zeros((len(uniq), values.shape[1]))
         np.add.at(sums, inverse, values)
@@ -89,4 +111,11 @@ class MetricAccumulator:
         out.update({f"user/{k}": v for k, v in zip(METRIC_KEYS, per_user.tolist())})
         out["n_events"] = self._n_events
         out["n_users"] = len(self._user_sums)
+        if self._split:
+            parts = {"first": (self._first_sum, self._n_first),
+                     "later": (self._sum - self._first_sum, self._n_events - self._n_first)}  # fmt: skip
+            for part, (total, n) in parts.items():
+                means = total / n if n else np.full(len(METRIC_KEYS), np.nan)
+                out.update({f"{part}/{k}": v for k, v in zip(METRIC_KEYS, means.tolist())})
+                out[f"n_{part}"] = n
         return out

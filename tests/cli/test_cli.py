@@ -68,7 +68,8 @@ def test_compare_prints_a_table_and_writes_plots(tiny, tmp_path, capsys):
     metrics = json.loads(captured.out.strip().splitlines()[-1])
     assert list(metrics) == models.split(",")
     assert metrics == json.loads((out / "metrics.json").read_text())
-    assert "inter/s" in captured.err and "moving_average" in captured.err
+    assert "inter/s" in captured.err and "moving_average" in captured.err and "mrr first" in captured.err
+    assert all(0 <= m["first/mrr"] <= 1 and m["n_first"] + m["n_later"] == m["n_events"] for m in metrics.values())
     for png in ("training_curves.png", "metrics.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -53,6 +53,11 @@ def test_every_test_event_is_scored_once_and_matches_direct_scoring(name):
     for key, value in expected.items():
         assert got[key] == pytest.approx(value)
     assert got["n_events"] == len(test_events) and got["n_users"] == 4
+    # The first event of each scored session, and the rest, by hand from the ranks.
+    first = torch.from_numpy(np.isin(index.numpy(), csr.session_ptr[np.flatnonzero(role == TEST)]))
+    assert got["n_first"] == (role == TEST).sum() and got["n_later"] == len(test_events) - got["n_first"]
+    assert got["first/mrr"] == pytest.approx((1 / ranks[first].double()).mean().item())
+    assert got["later/recall@10"] == pytest.approx((ranks[~first] <= 10).double().mean().item())
     assert model.training  # the evaluator restores the mode
 
 

@@ -60,3 +60,23 @@ def test_bad_input_is_rejected():
         target_ranks(torch.rand(5), torch.tensor([0]))
     with pytest.raises(ValueError, match="no events"):
         MetricAccumulator(3).result()
+
+
+def test_accumulator_splits_first_and_later_events():
+    acc = MetricAccumulator(n_items=10)
+    acc.add(torch.tensor([1, 2, 10]), [0, 0, 0], first=torch.tensor([True, False, False]))
+    acc.add(torch.tensor([5, 4]), [3, 3], first=[True, False])
+    out = acc.result()
+    assert out["n_first"] == 2 and out["n_later"] == 3
+    assert out["first/mrr"] == pytest.approx((1 + 0.2) / 2)
+    assert out["later/mrr"] == pytest.approx((0.5 + 0.1 + 0.25) / 3)
+    assert out["later/recall@5"] == pytest.approx(2 / 3) and out["first/mrp"] == pytest.approx((0.1 + 0.5) / 2)
+    # The split is reported only when every add said which events are first.
+    acc.add(torch.tensor([3]), [4])
+    assert "first/mrr" not in acc.result()
+    only_first = MetricAccumulator(n_items=10)
+    only_first.add(torch.tensor([2]), [0], first=[True])
+    out = only_first.result()
+    assert out["first/mrr"] == 0.5 and out["n_later"] == 0 and math.isnan(out["later/mrr"])
+    with pytest.raises(ValueError, match="first"):
+        only_first.add(torch.tensor([2, 3]), [0, 0], first=[True])
