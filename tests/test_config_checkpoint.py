@@ -31,6 +31,9 @@ def test_bad_values_and_files():
         Config(split="random")
     with pytest.raises(ValueError, match="epochs"):
         Config(epochs=0)
+    for bad in ({"lr_decay": 0.0}, {"lr_decay": 1.5}, {"weight_decay": -1.0}, {"clip_norm": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Config(**bad)
     with pytest.raises(FileNotFoundError, match="nope.toml"):
         load_config("nope.toml")
     with pytest.raises(ValueError, match="model_config"):

@@ -127,6 +127,12 @@ def test_fit_learns_and_writes_run_files(tmp_path):
     assert "val_mrr" in result.history[0]
 
 
+def test_lr_decays_once_per_epoch(tmp_path):
+    run_fit(tmp_path, config=small_config(lr_decay=0.5))
+    optimizer = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]
+    assert [g["lr"] for g in optimizer["param_groups"]] == [pytest.approx(0.05 * 0.5**3)]
+
+
 def test_interrupted_run_resumes_to_identical_result(tmp_path):
     config = small_config(checkpoint_every=3)
     whole_model, whole = run_fit(tmp_path, "whole", config)

@@ -161,3 +161,11 @@ def test_bench_times_models_and_kernel_ops(tiny, tmp_path, capsys):
     assert result["device"]["roofline"]["peak_flops"] > 0 and result["device"]["roofline"]["bandwidth"] > 0
     assert result["command"].startswith("hiertcn bench ") and "--tokens 64,128" in result["command"]
     assert (out / "time_vs_tokens.png").stat().st_size > 0 and (out / "memory_vs_history.png").stat().st_size > 0
+
+
+def test_optimiser_flags_reach_the_config():
+    args = cli.build_parser().parse_args(["train", "--lr-decay", "0.5", "--weight-decay", "1e-4"])
+    config = cli.config_from_args(args)
+    assert (config.lr_decay, config.weight_decay) == (0.5, 1e-4)
+    with pytest.raises(ValueError, match="lr_decay"):
+        cli.config_from_args(cli.build_parser().parse_args(["train", "--lr-decay", "2"]))
