@@ -81,7 +81,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="synthetic interactions.csv (truth.npz beside it)")
     parser.add_argument("checkpoints", nargs="+", help="best.pt / last.pt of runs on that log")
-    parser.add_argument("--cache-dir", help="where prepared datasets are cached (as hiertcn compare's --cache-dir)")
+    parser.add_argument(
+        "--cache-dir", help="where prepared datasets are cached (as hiertcn compare's --cache-dir)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

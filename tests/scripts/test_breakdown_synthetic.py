@@ -34,23 +34,31 @@ def test_event_kinds_follow_the_planted_topics():
     assert [KINDS[k] for k in kinds] == expected
 
 
-def test_breakdown_covers_every_test_event(tmp_path):
+def test_breakdown_covers_every_test_event(tmp_path, capsys):
     files = generate_xing(tmp_path / "log", n_users=300, n_items=60, n_topics=6, seed=2)
     cache = tmp_path / "cache"
     dataset, _ = prepare_dataset(files.interactions, cache_dir=cache)
     topic = breakdown_synthetic.dense_item_topic(dataset.csr, files.truth)
     truth = np.load(files.truth)
-    assert topic.tolist() == [int(truth["item_topic"][truth["item_id"] == i][0]) for i in dataset.csr.item_ids]
+    assert topic.tolist() == [
+        int(truth["item_topic"][truth["item_id"] == i][0]) for i in dataset.csr.item_ids
+    ]
 
     torch.manual_seed(0)
     config = {"embedding_dim": 8, "hidden_dim": 8, "channels": 8}
     model = build_model("hiertcn", n_items=dataset.csr.n_items, **config)
     ckpt = save_checkpoint(tmp_path / "best.pt", {"model_name": "hiertcn", "n_items": dataset.csr.n_items,
                                                   "model_config": config, "model": model.state_dict()})  # fmt: skip
-    out = breakdown_synthetic.breakdown(model.eval(), dataset, breakdown_synthetic.event_kinds(dataset.csr, topic))
+    out = breakdown_synthetic.breakdown(
+        model.eval(), dataset, breakdown_synthetic.event_kinds(dataset.csr, topic)
+    )
     n_test = int(np.diff(dataset.csr.session_ptr)[dataset.role == TEST].sum())
     assert out["all"]["n"] == n_test == sum(out[k]["n"] for k in KINDS)
     assert out["first"]["n"] == int((dataset.role == TEST).sum())
     assert all(out[k]["n"] > 0 and 0 < out[k]["mrr"] <= 1 for k in ("all", "first", "walk"))
 
-    assert breakdown_synthetic.main(["--data", str(files.interactions), "--cache-dir", str(cache), str(ckpt)]) == 0
+    argv = ["--data", str(files.interactions), "--cache-dir", str(cache), str(ckpt)]
+    assert breakdown_synthetic.main(argv) == 0 and "after_off_topic" in capsys.readouterr().out
+    assert breakdown_synthetic.main([*argv, "--json"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out).values()
+    assert printed == out
