@@ -80,15 +80,16 @@ class MetricAccumulator:
         users = torch.as_tensor(users).cpu().long()
         if users.shape != ranks.shape:
             raise ValueError(f"users must have the shape of ranks {tuple(ranks.shape)}, got {tuple(users.shape)}")
+        if first is not None:
+            first = torch.as_tensor(first).cpu().bool().numpy()
+            if first.shape != tuple(ranks.shape):
+                raise ValueError(f"first must have the shape of ranks {tuple(ranks.shape)}, got {first.shape}")
         values = metrics_per_event(ranks.cpu(), self.n_items).numpy()
         self._sum += values.sum(0)
         self._n_events += len(values)
         if first is None:
             self._split = False
         else:
-            first = torch.as_tensor(first).cpu().bool().numpy()
-            if first.shape != tuple(ranks.shape):
-                raise ValueError(f"first must have the shape of ranks {tuple(ranks.shape)}, got {first.shape}")
             self._first_sum += values[first].sum(0)
             self._n_first += int(first.sum())
         uniq, inverse = np.unique(users.numpy(), return_inverse=True)

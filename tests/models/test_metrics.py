@@ -80,3 +80,5 @@ def test_accumulator_splits_first_and_later_events():
     assert out["first/mrr"] == 0.5 and out["n_later"] == 0 and math.isnan(out["later/mrr"])
     with pytest.raises(ValueError, match="first"):
         only_first.add(torch.tensor([2, 3]), [0, 0], first=[True])
+    again = only_first.result()  # a rejected add leaves the sums alone
+    assert again["n_events"] == 1 and again["first/mrr"] == 0.5 and again["n_later"] == 0
