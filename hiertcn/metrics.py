@@ -120,3 +120,26 @@ class MetricAccumulator:
                 out.update({f"{part}/{k}": v for k, v in zip(METRIC_KEYS, means.tolist())})
                 out[f"n_{part}"] = n
         return out
+
+
+# The count each prefixed mean of MetricAccumulator.result() averages over; plain keys use "n_events".
+MEAN_WEIGHTS = {"user/": "n_users", "first/": "n_first", "later/": "n_later"}
+
+
+def combine_results(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One result from the ``MetricAccumulator.result()`` of disjoint sets of users (e.g. one per rank).
+
+    Counts (``n_*``) add up; every mean is weighted by the count it averages over, parts with none of
+    those events skipped, so the result equals one accumulator over all the events.
+    """
+    if not parts:
+        raise ValueError("no results to combine")
+    out = {key: sum(p[key] for p in parts) for key in parts[0] if key.startswith("n_")}
+    for key in parts[0]:
+        if key in out:
+            continue
+        weight = next((w for prefix, w in MEAN_WEIGHTS.items() if key.startswith(prefix)), "n_events")
+        counted = [p for p in parts if p[weight]]
+        out[key] = sum(p[key] * p[weight] for p in counted) / out[weight] if counted else float("nan")
+    return out
+

@@ -35,6 +35,7 @@ from .batching import QueueBatcher, user_batches
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data.splits import TEST, TRAIN, VALID
+from .metrics import combine_results
 
 
 class NonFiniteLossError(RuntimeError):
@@ -405,8 +406,8 @@ def fit(
 def evaluate_sharded(evaluate_fn: Callable, model, dataset, roles: tuple[int, ...]) -> dict[str, float]:
     """``evaluate_fn`` on this rank's users, combined exactly across ranks.
 
-    Per-event means are weighted by ``n_events`` and per-user means (``user/<key>``)
-    by ``n_users``, so the result equals one process scoring every user.
+    Every mean is weighted by the count it averages over (:func:`hiertcn.metrics.combine_results`),
+    so the result equals one process scoring every user.
     """
     rank, world = distributed()
     if world == 1:
@@ -421,14 +422,7 @@ def evaluate_sharded(evaluate_fn: Callable, model, dataset, roles: tuple[int, ..
         local = dict(evaluate_fn(model, shard, roles=roles))
     parts = [None] * world
     dist.all_gather_object(parts, local)
-    parts = [p for p in parts if p]
-    events, users = sum(p["n_events"] for p in parts), sum(p["n_users"] for p in parts)
-    out = {"n_events": events, "n_users": users}
-    for key in parts[0]:
-        if key not in out:
-            weight, total = ("n_users", users) if key.startswith("user/") else ("n_events", events)
-            out[key] = sum(p[key] * p[weight] for p in parts) / total
-    return out
+    return combine_results([p for p in parts if p])
 
 
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hiertcn.metrics import METRIC_KEYS, MetricAccumulator, ranking_metrics, target_ranks
+from hiertcn.metrics import METRIC_KEYS, MetricAccumulator, combine_results, ranking_metrics, target_ranks
 
 
 def test_ranks_count_ties_against_target():
@@ -82,3 +82,23 @@ def test_accumulator_splits_first_and_later_events():
         only_first.add(torch.tensor([2, 3]), [0, 0], first=[True])
     again = only_first.result()  # a rejected add leaves the sums alone
     assert again["n_events"] == 1 and again["first/mrr"] == 0.5 and again["n_later"] == 0
+
+
+def test_combined_results_equal_one_accumulator_over_every_user():
+    events = [  # (rank, user, first): user 2 has only first events, so its part has no later events
+        (1, 0, True), (3, 0, False), (10, 0, False), (2, 1, True), (7, 1, False), (4, 2, True), (5, 2, True),
+    ]  # fmt: skip
+    whole = MetricAccumulator(n_items=10)
+    parts = {0: MetricAccumulator(n_items=10), 1: MetricAccumulator(n_items=10)}
+    for rank, user, first in events:
+        for acc in (whole, parts[int(user == 2)]):
+            acc.add(torch.tensor([rank]), [user], first=[first])
+    expected = whole.result()
+    got = combine_results([p.result() for p in parts.values()])
+    assert math.isnan(parts[1].result()["later/mrr"])  # the NaN of an empty part must not leak
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+    assert (got["n_first"], got["n_later"], got["n_users"]) == (4, 3, 3)
+    with pytest.raises(ValueError, match="no results"):
+        combine_results([])
