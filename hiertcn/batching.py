@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from ._ragged import offsets, ranges
+
 
 @dataclass
 class SessionBatch:
@@ -98,11 +100,9 @@ def token_impressions(impressions, positions: np.ndarray) -> dict[str, torch.Ten
         return {}
     imp_ptr, imp_item = impressions
     starts, ends = imp_ptr[positions], imp_ptr[positions + 1]
-    ptr = np.zeros(len(positions) + 1, dtype=np.int64)
-    np.cumsum(ends - starts, out=ptr[1:])
     return {
-        "imp_ptr": torch.from_numpy(ptr),
-        "imp_item": torch.from_numpy(np.ascontiguousarray(imp_item[_ranges(starts, ends)], dtype=np.int64)),
+        "imp_ptr": torch.from_numpy(offsets(ends - starts)),
+        "imp_item": torch.from_numpy(np.ascontiguousarray(imp_item[ranges(starts, ends)], dtype=np.int64)),
     }
 
 
@@ -111,45 +111,36 @@ def token_impressions(impressions, positions: np.ndarray) -> dict[str, torch.Ten
 MAX_SESSION_LEN = 20  # the official cap on a session window
 
 
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(starts[i], ends[i])`` for every i."""
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return np.arange(total, dtype=np.int64) + offsets
-
-
 def _user_batch(csr, users, session_end, max_session_len: int, score_sessions, impressions) -> SessionBatch:
     first_session = csr.user_ptr[users]
-    sessions = _ranges(first_session, session_end)
+    sessions = ranges(first_session, session_end)
     n_sessions_per_user = session_end - first_session
     lo, hi = csr.session_ptr[sessions], csr.session_ptr[sessions + 1]
     n_windows = -(-(hi - lo) // max_session_len)  # ceil; an empty session gives no window
     window_session = np.repeat(np.arange(len(sessions)), n_windows)
-    first_window_of_session = np.concatenate([[0], np.cumsum(n_windows)[:-1]])
+    first_window_of_session = offsets(n_windows)[:-1]
     k = np.arange(len(window_session)) - first_window_of_session[window_session]  # window index in its session
     w_lo = lo[window_session] + k * max_session_len
     w_hi = np.minimum(w_lo + max_session_len, hi[window_session])
-    tokens = _ranges(w_lo, w_hi)
+    tokens = ranges(w_lo, w_hi)
 
+    first_session_of_user = offsets(n_sessions_per_user)[:-1]
     session_is_first = np.zeros(len(sessions), dtype=bool)
-    session_is_first[np.concatenate([[0], np.cumsum(n_sessions_per_user)[:-1]])] = True
+    session_is_first[first_session_of_user] = True
     new_user = session_is_first[window_session] & (k == 0)
     gap = np.zeros(len(window_session), dtype=np.float32)
     resumes = (k == 0) & ~new_user
     gap[resumes] = csr.timestamp[w_lo[resumes]] - csr.timestamp[w_lo[resumes] - 1]
 
-    windows_per_user = np.add.reduceat(n_windows, np.concatenate([[0], np.cumsum(n_sessions_per_user)[:-1]]))
+    windows_per_user = np.add.reduceat(n_windows, first_session_of_user)
     if score_sessions is None:
         target = np.ones(len(tokens), dtype=bool)
     else:
         target = np.repeat(score_sessions[sessions[window_session]], w_hi - w_lo)
     return SessionBatch(
         items=torch.from_numpy(np.ascontiguousarray(csr.item[tokens], dtype=np.int64)),
-        cu_seqlens=torch.from_numpy(np.concatenate([[0], np.cumsum(w_hi - w_lo)]).astype(np.int64)),
-        lane_ptr=torch.from_numpy(np.concatenate([[0], np.cumsum(windows_per_user)]).astype(np.int64)),
+        cu_seqlens=torch.from_numpy(offsets(w_hi - w_lo)),
+        lane_ptr=torch.from_numpy(offsets(windows_per_user)),
         new_user=torch.from_numpy(new_user),
         gap=torch.from_numpy(gap),
         target_mask=torch.from_numpy(target),
@@ -297,8 +288,7 @@ class QueueBatcher:
         session_user = np.repeat(np.arange(csr.n_users), np.diff(np.asarray(csr.user_ptr)))
         window_user = session_user[sessions][session_of_window]
         # user_windows[u]: windows [wptr[u], wptr[u+1]) of user row u.
-        self._wptr = np.zeros(csr.n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(window_user, minlength=csr.n_users), out=self._wptr[1:])
+        self._wptr = offsets(np.bincount(window_user, minlength=csr.n_users))
 
         has_windows = np.flatnonzero(np.diff(self._wptr) > 0)
         if users is None:
@@ -313,7 +303,7 @@ class QueueBatcher:
         timestamp = np.asarray(csr.timestamp)
         previous = timestamp[np.maximum(self._start - 1, 0)]
         self._gap = np.where(self._first_of_user, 0, timestamp[self._start] - previous)
-        self._cum_len = np.concatenate([[0], np.cumsum(self._end - self._start)])
+        self._cum_len = offsets(self._end - self._start)
         self._plan_cache: tuple[int, list] | None = None
 
     @property
@@ -370,11 +360,9 @@ class QueueBatcher:
         windows = np.concatenate(lanes)
         starts, ends = self._start[windows], self._end[windows]
         lengths = ends - starts
-        cu = np.zeros(len(windows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=cu[1:])
-        positions = np.repeat(starts - cu[:-1], lengths) + np.arange(cu[-1])
-        lane_ptr = np.zeros(len(lanes) + 1, dtype=np.int64)
-        np.cumsum([len(lane) for lane in lanes], out=lane_ptr[1:])
+        cu = offsets(lengths)
+        positions = ranges(starts, ends)
+        lane_ptr = offsets([len(lane) for lane in lanes])
         user_of = np.searchsorted(self._wptr, windows, side="right") - 1
         lane_user = np.array([user_of[lane_ptr[q + 1] - 1] if len(lane) else -1 for q, lane in enumerate(lanes)])
         return SessionBatch(

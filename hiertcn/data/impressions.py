@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._ragged import offsets, ranges
 from .log import Impressions
 
 MAX_IMPRESSIONS = 20  # the release's max_impression_len
@@ -77,10 +78,10 @@ def map_impressions(csr, impressions: Impressions, max_per_event: int = MAX_IMPR
     rows = np.flatnonzero(usable)
     rows = rows[np.argsort(row_key[rows], kind="stable")]
     keys = np.unique(row_key[rows])
-    row_start = _offsets(row_len)[:-1][rows]
-    key_items = kept[_ranges(row_start, row_start + row_len[rows])]
+    row_start = offsets(row_len)[:-1][rows]
+    key_items = kept[ranges(row_start, row_start + row_len[rows])]
     key_of_row = np.searchsorted(keys, row_key[rows])
-    key_ptr = _offsets(np.bincount(key_of_row, weights=row_len[rows], minlength=len(keys)).astype(np.int64))
+    key_ptr = offsets(np.bincount(key_of_row, weights=row_len[rows], minlength=len(keys)).astype(np.int64))
 
     # Each event's key, by binary search.
     at = np.minimum(np.searchsorted(keys, event_key), max(len(keys) - 1, 0))
@@ -89,19 +90,5 @@ def map_impressions(csr, impressions: Impressions, max_per_event: int = MAX_IMPR
     length = np.zeros(n, dtype=np.int64)
     start[has] = key_ptr[at[has]]
     length[has] = np.minimum(key_ptr[at[has] + 1] - start[has], max_per_event)
-    return _offsets(length), key_items[_ranges(start, start + length)].astype(np.int64)
+    return offsets(length), key_items[ranges(start, start + length)].astype(np.int64)
 
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
-
-
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(starts[i], ends[i])`` for every i."""
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - _offsets(lengths)[:-1], lengths)

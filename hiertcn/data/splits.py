@@ -30,6 +30,8 @@ import numpy as np
 from hiertcn_kernels._io import atomic_directory
 from hiertcn_kernels.packing import SessionCSR
 
+from .._ragged import offsets
+
 TRAIN, VALID, TEST = 0, 1, 2
 ROLE_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 FORMAT = "hiertcn.Dataset"
@@ -219,8 +221,8 @@ def _filter_held_out(csr: SessionCSR, role: np.ndarray, min_len: int) -> tuple[S
     keep &= keep_session[interaction_session]
     session_user = np.repeat(np.arange(csr.n_users), np.diff(csr.user_ptr))
     filtered = SessionCSR(
-        user_ptr=_offsets(np.bincount(session_user[keep_session], minlength=csr.n_users)),
-        session_ptr=_offsets(kept_lengths[keep_session]),
+        user_ptr=offsets(np.bincount(session_user[keep_session], minlength=csr.n_users)),
+        session_ptr=offsets(kept_lengths[keep_session]),
         item=csr.item[keep],
         timestamp=csr.timestamp[keep],
         user_ids=np.asarray(csr.user_ids).copy(),
@@ -242,12 +244,6 @@ def _check_impressions(imp_ptr, imp_item, csr: SessionCSR) -> None:
         raise ValueError("Dataset.imp_ptr must be non-decreasing")
     if len(imp_item) and (imp_item.min() < 0 or imp_item.max() >= csr.n_items):
         raise ValueError(f"Dataset.imp_item holds item indices outside [0, {csr.n_items})")
-
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
 
 
 def _jsonable(value):

@@ -55,6 +55,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .._ragged import offsets
 from .impressions import iso_year_week
 
 XING_START = 1446336000  # 2015-11-01 00:00:00 UTC, around where the real XING log starts
@@ -228,7 +229,7 @@ def generate_xing(
 
     # Events: all sessions step forward together, position by position.
     n_events = int(sess_len.sum())
-    sess_ptr = np.concatenate([[0], np.cumsum(sess_len)])
+    sess_ptr = offsets(sess_len)
     item = np.empty(n_events, dtype=np.int64)
     itype = np.ones(n_events, dtype=np.int8)
     walk = item_in_topic(sess_topic)
