@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,28 @@ def test_dataset_save_load_roundtrip(csr, tmp_path):
     (tmp_path / "ds" / "role.npy").write_bytes(bytes(role))
     with pytest.raises(ValueError, match="role.npy checksum mismatch"):
         Dataset.load(tmp_path / "ds")
+
+
+def test_dataset_load_names_what_is_wrong(csr, tmp_path):
+    path = split_last_session(csr).save(tmp_path / "ds")
+    header_file = path / "dataset.json"
+    header = json.loads(header_file.read_text())
+
+    def load_with(text):
+        header_file.write_text(text)
+        return Dataset.load(path)
+
+    with pytest.raises(ValueError, match="not a saved Dataset"):
+        Dataset.load(tmp_path)
+    with pytest.raises(ValueError, match="corrupt"):
+        load_with("{not json")
+    with pytest.raises(ValueError, match="header"):
+        load_with(json.dumps({**header, "version": 99}))
+    with pytest.raises(ValueError, match="no role checksum"):
+        load_with(json.dumps({**header, "crc32": {}}))
+    with pytest.raises(ValueError, match="unknown array 'extra'"):
+        load_with(json.dumps({**header, "crc32": {**header["crc32"], "extra": 0}}))
+    header_file.write_text(json.dumps(header))
+    (path / "role.npy").write_bytes(b"\x93NUMPY")  # truncated
+    with pytest.raises(ValueError, match="role.npy is missing, truncated or corrupt"):
+        Dataset.load(path)
