@@ -186,3 +186,41 @@ def test_build_loss_rejects_bad_names_and_keys():
     with pytest.raises(ValueError, match="impressions"):
         build_loss("bpr")(_Table(3, 2), torch.randn(2, 2, dtype=torch.float64), torch.tensor([0, 1]),
                           impressions=torch.tensor([[0, 1, 2]]))
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "match"),
+    [
+        ("sampled_softmax", {"num_negatives": -1}, "num_negatives must be >= 0"),
+        ("sampled_softmax", {"num_negatives": 0, "in_batch": False}, "needs negatives"),
+        ("bpr", {"num_negatives": 0}, "num_negatives must be >= 1"),
+        ("hinge", {"num_negatives": 0}, "num_negatives must be >= 1"),
+    ],
+)
+def test_losses_reject_bad_options(name, config, match):
+    with pytest.raises(ValueError, match=match):
+        build_loss(name, **config)
+
+
+def test_losses_reject_bad_shapes_and_catalogue_mismatch():
+    table, u = _Table(4, 2), torch.randn(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"user_emb must be \(n, D\) and targets \(n,\)"):
+        build_loss()(table, u, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"user_emb must be \(n, D\)"):
+        build_loss()(table, u[0], torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="item_counts has 3 items, model 4"):
+        build_loss("sampled_softmax", item_counts=[1, 2, 3])(table, u, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="item ids >= n_items=4"):
+        build_loss("bpr")(table, u, torch.tensor([0, 1, 2]), impressions=torch.tensor([[1], [2], [4]]))
+
+
+def test_full_impressions_are_the_negatives_without_sampling():
+    table = _Table(5, 3)
+    u, y = torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 4])
+    imp = torch.tensor([[1, 2], [4, 3]])  # no -1 pad: nothing is sampled; item 4 in row 1 is the target
+    s = table.scores(u)
+    bpr = ((-F.logsigmoid(s[0, 0] - s[0, [1, 2]])).mean() + (-F.logsigmoid(s[1, 4] - s[1, 3]))) / 2
+    rng = torch.random.get_rng_state()
+    value = build_loss("bpr", num_negatives=7)(table, u, y, impressions=imp)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # no sample was drawn
+    torch.testing.assert_close(value, bpr)
