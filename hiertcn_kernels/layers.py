@@ -68,6 +68,15 @@ class _Recomputed(torch.autograd.Function):
 class TCNBlock(nn.Module):
     """Residual block: ``relu`` (Bai et al.; official HierTCN) or ``gated`` (WaveNet, ``hidden`` gate units).
 
+    ``dropout``: channel dropout on the residual branch, as in the official
+    ``TemporalBlock`` (noise shape ``(1, 1, C)``): in training, one Bernoulli mask
+    over the branch's ``C`` output channels per forward call, shared by every row,
+    kept channels scaled by ``1 / (1 - dropout)``; the residual path is never
+    dropped. It is applied by scaling the weights that produce those channels
+    (relu: the conv's output rows and bias, as ``relu(s z) = s relu(z)`` for
+    ``s >= 0``; gated: ``out_weight`` rows and ``out_bias``), so the fused kernels
+    run unchanged.
+
     ``recompute``: on the reference path keep only the block's input for backward and
     run the block again there (the fused Triton backward always does this; there the
     flag changes nothing).
@@ -82,11 +91,15 @@ class TCNBlock(nn.Module):
         hidden: int | None = None,
         bias: bool = True,
         recompute: bool = False,
+        dropout: float = 0.0,
     ):
         super().__init__()
         if activation not in ("relu", "gated"):
             raise ValueError(f"activation must be 'relu' or 'gated', got {activation!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dilation = dilation
+        self.dropout = float(dropout)
         self.recompute = recompute
         self.activation = activation
         conv_out = channels if activation == "relu" else 2 * (hidden or channels)
@@ -102,27 +115,55 @@ class TCNBlock(nn.Module):
             self.register_parameter("out_bias", None)
 
     def forward(self, x, cu_seqlens=None):
+        return self.run(x, self.effective_params(), cu_seqlens)
+
+    def effective_params(self) -> tuple:
+        """``(conv_weight, conv_bias, out_weight, out_bias)`` for one forward call: in training with
+        dropout, a fresh branch-channel mask applied (call once per call, however the rows are split)."""
+        params = (self.conv_weight, self.conv_bias, self.out_weight, self.out_bias)
+        if self.training and self.dropout > 0:
+            params = self._drop_branch_channels(*params)
+        return params
+
+    def run(self, x, params: tuple, cu_seqlens=None):
+        """The block on ``x`` with the given :meth:`effective_params`."""
+
         def block(x, conv_weight, conv_bias, out_weight, out_bias):
             return tcn_block(
                 x, conv_weight, conv_bias, dilation=self.dilation, activation=self.activation,
                 out_weight=out_weight, out_bias=out_bias, cu_seqlens=cu_seqlens,
             )
 
-        params = (self.conv_weight, self.conv_bias, self.out_weight, self.out_bias)
         if self.recompute and torch.is_grad_enabled() and not _use_triton(x):
             return _Recomputed.apply(block, x, *params)
         return block(x, *params)
 
+    def _drop_branch_channels(self, conv_weight, conv_bias, out_weight, out_bias):
+        """The parameters with the rows behind each dropped branch channel zeroed, the kept ones scaled."""
+        if self.activation == "relu":
+            weight, bias = conv_weight, conv_bias
+        else:
+            weight, bias = out_weight, out_bias
+        keep = torch.empty(weight.shape[0], device=weight.device, dtype=weight.dtype).bernoulli_(1 - self.dropout)
+        scale = keep / (1 - self.dropout)
+        weight = weight * scale.view(-1, *[1] * (weight.dim() - 1))
+        bias = None if bias is None else bias * scale
+        if self.activation == "relu":
+            return weight, bias, out_weight, out_bias
+        return conv_weight, conv_bias, weight, bias
+
     def extra_repr(self) -> str:
         _, c, k = self.conv_weight.shape
-        extra = ", recompute=True" if self.recompute else ""
+        extra = f", dropout={self.dropout}" if self.dropout else ""
+        extra += ", recompute=True" if self.recompute else ""
         return f"{c}, kernel_size={k}, dilation={self.dilation}, activation={self.activation!r}{extra}"
 
 
 class TemporalConvNet(nn.Module):
     """``levels`` TCN blocks with dilation ``2**level`` (the official HierTCN low level).
 
-    ``dropout`` is applied to each block's output (the official code uses 0).
+    ``dropout``: each block's channel dropout on its residual branch (see
+    :class:`TCNBlock`; the official default is 0).
     On the reference (CPU) path packed input is padded once for all blocks
     rather than once per block; the Triton path stays packed. ``recompute``: see
     :class:`TCNBlock`.
@@ -144,14 +185,14 @@ class TemporalConvNet(nn.Module):
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
-            TCNBlock(channels, kernel_size, 2**level, activation, hidden, recompute=recompute)
+            TCNBlock(channels, kernel_size, 2**level, activation, hidden, recompute=recompute, dropout=dropout)
             for level in range(levels)
         )
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x, cu_seqlens=None):
+        params = [block.effective_params() for block in self.blocks]  # one dropout mask per block and call
         if cu_seqlens is None or _use_triton(x):
-            return self._run_blocks(x, cu_seqlens)
+            return self._run_blocks(x, params, cu_seqlens)
         # Reference path: pad the packed sequences once, run every block padded, unpack once.
         # A causal conv never reads past a row's end, so what the padding holds after one
         # block cannot reach the valid positions of the next.
@@ -159,13 +200,13 @@ class TemporalConvNet(nn.Module):
         check_offsets(cu_seqlens, x.shape[0], x.device)
         layout = reference.bucket_layout(cu_seqlens, max_ratio=self.BUCKET_RATIO)
         if not layout:  # no rows
-            return self._run_blocks(x, cu_seqlens)
-        padded = [self._run_blocks(block) for block in reference.pad_buckets(x, layout)]
+            return self._run_blocks(x, params, cu_seqlens)
+        padded = [self._run_blocks(bucket, params) for bucket in reference.pad_buckets(x, layout)]
         return reference.unpad_buckets(padded, layout, x.shape[0])
 
-    def _run_blocks(self, x, cu_seqlens=None):
-        for block in self.blocks:
-            x = self.dropout(block(x, cu_seqlens=cu_seqlens))
+    def _run_blocks(self, x, params, cu_seqlens=None):
+        for block, block_params in zip(self.blocks, params):
+            x = block.run(x, block_params, cu_seqlens)
         return x
 
     @property

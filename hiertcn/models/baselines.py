@@ -88,7 +88,9 @@ class FlatTCN(Recommender):
 
     Level ``l`` is a residual block with dilation ``2**l``; where the channel
     count changes, a bias-free 1x1 projection comes first (Bai et al.'s downsample).
-    ``recompute``: blocks keep only their input for backward, as in :class:`HierTCN`.
+    ``dropout``: each block's channel dropout on its residual branch, as in the release
+    (:class:`~hiertcn_kernels.TCNBlock`). ``recompute``: blocks keep only their input for
+    backward, as in :class:`HierTCN`.
     """
 
     def __init__(
@@ -105,9 +107,9 @@ class FlatTCN(Recommender):
         prev = embedding_dim
         for level, c in enumerate(channels):
             proj = nn.Linear(prev, c, bias=False) if c != prev else nn.Identity()
-            self.levels.append(nn.ModuleList([proj, TCNBlock(c, kernel_size, 2**level, block, recompute=recompute)]))
+            tcn_block = TCNBlock(c, kernel_size, 2**level, block, recompute=recompute, dropout=dropout)
+            self.levels.append(nn.ModuleList([proj, tcn_block]))
             prev = c
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._init_head(prev, self.item_emb if tied else None)
 
     def forward(self, batch: SessionBatch, state=None):
@@ -115,7 +117,7 @@ class FlatTCN(Recommender):
         x = shift_right(self.item_emb(batch.items), offsets)
         h, valid, rows = pad_segments(x, offsets[:-1], offsets.diff())
         for proj, block in self.levels:
-            h = self.dropout(block(proj(h)))
+            h = block(proj(h))
         user_emb = h.new_empty(x.shape[0], h.shape[-1]).index_put((rows,), h[valid])
         return user_emb, None
 

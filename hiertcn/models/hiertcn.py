@@ -15,8 +15,10 @@ Defaults follow the release's ``args.py``: 128-d items, a 2x128 GRU and
 ``tcn_channel=[128, 128]``, i.e. two TCN levels (kernel 5, dilations 1 and 2:
 receptive field 13 over windows of at most 20 items). The commented checkpoint
 names in that file show some of the authors' runs with four levels
-(``channel128,128,128,128``); pass ``levels=4`` for those. ``recompute``: TCN
-blocks keep only their input for backward (see ``hiertcn_kernels.TCNBlock``).
+(``channel128,128,128,128``); pass ``levels=4`` for those. ``dropout`` (release
+default 0): the release's channel dropout on each TCN block's residual branch
+(see ``hiertcn_kernels.TCNBlock``). ``recompute``: TCN blocks keep only their
+input for backward.
 
 ``has_impression=True`` (the release's option) also concatenates, to each input
 step, the mean embedding of the items impressed with that step's interaction

@@ -307,6 +307,25 @@ def test_temporal_conv_net_layer(monkeypatch, activation):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+def test_temporal_conv_net_dropout_same_on_both_backends(monkeypatch, activation):
+    # Branch dropout scales weights outside the kernels: with the same mask, Triton equals the reference.
+    net = hk.TemporalConvNet(8, levels=2, kernel_size=3, activation=activation, dropout=0.5).train()
+    off = offsets_of([7, 1, 0, 20])
+    x = torch.randn(int(off[-1]), 8, requires_grad=True)
+    results = []
+    for backend in ("reference", "triton"):
+        monkeypatch.setenv("HIERTCN_BACKEND", backend)
+        torch.manual_seed(3)
+        y = net(x, cu_seqlens=off)
+        results.append((y, torch.autograd.grad(y.square().sum(), [x, *net.parameters()])))
+    (y_ref, g_ref), (y, g) = results
+    assert rel_err(y, y_ref) < 1e-5
+    for a, b in zip(g, g_ref):
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_unsupported_dtype_is_rejected_by_forced_triton(triton_backend, dtype):
     # float64 has no kernel; bf16/fp16 kernels need a GPU (the interpreter has no bf16 math).

@@ -62,3 +62,49 @@ def test_segment_agg_layer():
 def test_tcn_block_rejects_unknown_activation():
     with pytest.raises(ValueError, match="activation must be 'relu' or 'gated'"):
         hk.TCNBlock(4, kernel_size=3, activation="tanh")
+
+
+def _branch(block, x):
+    """The block's residual branch without dropout: ``relu(conv(x))`` or ``h @ out_weight.T + out_bias``."""
+    conv = hk.causal_conv1d(x, block.conv_weight, block.conv_bias, dilation=block.dilation)
+    if block.activation == "relu":
+        return torch.relu(conv)
+    a, b = conv.chunk(2, dim=-1)
+    return (torch.tanh(a) * torch.sigmoid(b)) @ block.out_weight.T + block.out_bias
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_tcn_block_dropout_drops_whole_branch_channels_never_the_residual(activation, recompute):
+    torch.manual_seed(0)
+    p, channels = 0.5, 32
+    block = hk.TCNBlock(
+        channels, kernel_size=3, dilation=2, activation=activation, dropout=p, recompute=recompute
+    )
+    finish = torch.relu if activation == "relu" else (lambda v: v)
+    x = torch.randn(3, 9, channels)
+    with torch.no_grad():
+        branch = _branch(block, x)
+        torch.testing.assert_close(block.eval()(x), finish(x + branch))  # eval: no dropout
+    y = block.train()(x)
+    y.sum().backward()
+    y = y.detach()
+    dropped = torch.isclose(y, finish(x)).flatten(0, 1).all(0)
+    kept = torch.isclose(y, finish(x + branch / (1 - p)), atol=1e-5).flatten(0, 1).all(0)
+    # Every channel is either dropped for every row and step or kept (and rescaled) for all of them.
+    assert bool((dropped | kept).all())
+    assert 0 < int((dropped & ~kept).sum()) < channels
+    # A dropped channel gets no gradient through the weights that produce it.
+    producer = block.conv_weight if activation == "relu" else block.out_weight
+    row_grad = producer.grad.flatten(1).abs().sum(1)
+    assert bool((row_grad[dropped] == 0).all()) and bool((row_grad[~dropped] > 0).any())
+
+
+def test_dropout_is_checked_and_reaches_every_block():
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        hk.TCNBlock(4, dropout=1.0)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        hk.TemporalConvNet(4, levels=2, dropout=-0.1)
+    net = hk.TemporalConvNet(4, levels=3, dropout=0.2)
+    assert [b.dropout for b in net.blocks] == [0.2] * 3
+    assert "dropout=0.2" in repr(net.blocks[0])

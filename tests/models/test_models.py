@@ -190,3 +190,10 @@ def test_build_model_rejects_bad_names_and_keys():
         HierTCN(5, embedding_dim=8, hidden_dim=4, channels=8, levels=1)(
             next(user_batches(make_csr([[2]], 5))), torch.zeros(2, 3, 4)
         )
+
+
+def test_tcn_models_give_their_dropout_to_every_block():
+    hier = build_model("hiertcn", n_items=10, dropout=0.3)
+    flat = build_model("flat_tcn", n_items=10, dropout=0.3, channels=(8, 16))
+    blocks = [*hier.tcn.blocks, *(block for _, block in flat.levels)]
+    assert len(blocks) == 4 and all(block.dropout == 0.3 for block in blocks)
