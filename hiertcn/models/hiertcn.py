@@ -17,7 +17,9 @@ receptive field 13 over windows of at most 20 items). The commented checkpoint
 names in that file show some of the authors' runs with four levels
 (``channel128,128,128,128``); pass ``levels=4`` for those. ``dropout`` (release
 default 0): the release's channel dropout on each TCN block's residual branch
-(see ``hiertcn_kernels.TCNBlock``). ``recompute``: TCN blocks keep only their
+(see ``hiertcn_kernels.TCNBlock``). ``output_dropout`` (ours, not the release's):
+element-wise dropout on every TCN block's output, the last one included (see
+``hiertcn_kernels.TemporalConvNet``). ``recompute``: TCN blocks keep only their
 input for backward.
 
 ``has_impression=True`` (the release's option) also concatenates, to each input
@@ -57,6 +59,7 @@ class HierTCN(Recommender):
         block: str = "relu",
         agg: str = "mean",
         dropout: float = 0.0,
+        output_dropout: float = 0.0,
         recompute: bool = False,
         tied: bool = False,
         gap_decay: str = "none",
@@ -88,7 +91,8 @@ class HierTCN(Recommender):
         step_dim = embedding_dim * (2 if self.has_impression else 1)  # item [+ impressions' mean] embedding
         self.project = nn.Linear(step_dim + gru_layers * hidden_dim, channels, bias=False)
         self.tcn = TemporalConvNet(
-            channels, levels, kernel_size, activation=block, dropout=dropout, recompute=recompute
+            channels, levels, kernel_size, activation=block, dropout=dropout, recompute=recompute,
+            output_dropout=output_dropout,
         )
         self._init_head(channels, self.item_emb if tied else None)
 

@@ -108,3 +108,18 @@ def test_dropout_is_checked_and_reaches_every_block():
     net = hk.TemporalConvNet(4, levels=3, dropout=0.2)
     assert [b.dropout for b in net.blocks] == [0.2] * 3
     assert "dropout=0.2" in repr(net.blocks[0])
+
+
+def test_output_dropout_is_element_wise_on_every_block_output():
+    torch.manual_seed(0)
+    net = hk.TemporalConvNet(16, levels=2, kernel_size=3, activation="gated", output_dropout=0.5)
+    x = torch.randn(2, 30, 16)
+    with torch.no_grad():
+        clean = net.eval()(x)
+        noisy = net.train()(x)
+    zeros = noisy == 0
+    assert 0.3 < zeros.float().mean() < 0.7 and not (clean == 0).any()
+    # Zeros fall element by element (not whole channels or steps), and what survives is rescaled.
+    assert zeros.any(1).all() and not zeros.all(1).any()
+    with pytest.raises(ValueError, match=r"output_dropout must be in \[0, 1\)"):
+        hk.TemporalConvNet(4, levels=1, output_dropout=1.0)

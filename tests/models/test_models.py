@@ -197,3 +197,4 @@ def test_tcn_models_give_their_dropout_to_every_block():
     flat = build_model("flat_tcn", n_items=10, dropout=0.3, channels=(8, 16))
     blocks = [*hier.tcn.blocks, *(block for _, block in flat.levels)]
     assert len(blocks) == 4 and all(block.dropout == 0.3 for block in blocks)
+    assert build_model("hiertcn", n_items=10, output_dropout=0.2).tcn.output_dropout.p == 0.2
