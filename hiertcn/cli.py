@@ -351,21 +351,37 @@ def cmd_recommend(args) -> int:
     dataset, _ = load_dataset(config, echo=_say(args))
     _check_catalogue(dataset, saved, args.checkpoint)
     csr = dataset.csr
-    user_ids = np.asarray(csr.user_ids)
+    # String-id logs are stored as codes into info["user_names"] / info["item_names"]; talk in the raw ids.
+    user_names, item_names = dataset.info.get("user_names"), dataset.info.get("item_names")
+    user_keys = _raw_ids(csr.user_ids, user_names)
     if args.users:
-        wanted = np.array([int(u) for u in args.users.split(",")], dtype=np.int64)
-        rows = np.searchsorted(user_ids, wanted)
-        unknown = wanted[(rows >= len(user_ids)) | (user_ids[np.minimum(rows, len(user_ids) - 1)] != wanted)]
-        if unknown.size:
-            raise ValueError(f"--users: unknown user id(s) {', '.join(map(str, unknown))}")
+        row_of = {key: row for row, key in enumerate(user_keys)}
+        wanted = [u.strip() if user_names is not None else _int_id(u) for u in args.users.split(",")]
+        unknown = [str(u) for u in wanted if u not in row_of]
+        if unknown:
+            raise ValueError(f"--users: unknown user id(s) {', '.join(unknown)}")
+        rows = np.array([row_of[u] for u in wanted], dtype=np.int64)
     else:
         rows = np.arange(min(5, csr.n_users))
     items, _ = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
                          impressions=getattr(dataset, "impressions", None))
-    result = {str(user_ids[r]): items[i].tolist() for i, r in enumerate(rows)}
+    result = {str(user_keys[r]): _raw_ids(items[i], item_names) for i, r in enumerate(rows)}
     for user, recs in result.items():
         _say(args)(f"user {user}: {' '.join(map(str, recs))}")
     return _finish(args, result)
+
+
+def _raw_ids(codes, names) -> list:
+    """The raw ids of ``codes``: ints, or the strings they index in ``names`` for a string-id log."""
+    codes = np.asarray(codes).tolist()
+    return codes if names is None else [names[c] for c in codes]
+
+
+def _int_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--users: this log has integer user ids, got {text!r}") from None
 
 
 def _explicit_command(args) -> str:

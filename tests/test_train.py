@@ -1,7 +1,5 @@
 """The training loop with small stand-in models, losses and evaluators (no dependency on hiertcn.models)."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +9,7 @@ from torch import nn
 from hiertcn.batching import QueueBatcher
 from hiertcn.checkpoint import load_checkpoint
 from hiertcn.config import Config
+from hiertcn.data.splits import Dataset
 from hiertcn.train import NonFiniteLossError, Prefetcher, fit
 from hiertcn_kernels.packing import SessionCSR
 
@@ -98,7 +97,7 @@ def planted_dataset(n_users=24, seed=0):
         user_ptr=np.array(user_ptr), session_ptr=np.array(session_ptr), item=np.array(items, dtype=np.int64),
         timestamp=np.array(ts, dtype=np.int64), user_ids=np.arange(n_users), item_ids=np.arange(N_ITEMS),
     )  # fmt: skip
-    return SimpleNamespace(csr=csr, role=np.array(role, dtype=np.int8))
+    return Dataset(csr=csr, role=np.array(role, dtype=np.int8))
 
 
 def small_config(**kw):

@@ -169,3 +169,32 @@ def test_optimiser_flags_reach_the_config():
     assert (config.lr_decay, config.weight_decay) == (0.5, 1e-4)
     with pytest.raises(ValueError, match="lr_decay"):
         cli.config_from_args(cli.build_parser().parse_args(["train", "--lr-decay", "2"]))
+
+
+def test_recommend_speaks_the_raw_string_ids_of_the_log(tmp_path, capsys):
+    # A CSV with string ids goes through the real reader and cache: --users takes the
+    # log's own ids and the recommendations are its own item ids, not internal codes.
+    times = [100 * t + 4000 * (t // 4) for t in range(12)]  # three sessions of four per user
+    rows = ["user,item,ts"] + [f"ann,shoe_{t % 3},{ts}" for t, ts in enumerate(times)]
+    rows += [f"bo,hat_{t % 4},{ts}" for t, ts in enumerate(times)]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    data = ["--data", str(tmp_path / "log.csv"), "--user-col", "user", "--item-col", "item", "--time-col", "ts",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    (tmp_path / "small.toml").write_text(SMALL_MODELS)
+    assert cli.main(["train", *data, "--config", str(tmp_path / "small.toml"), "--epochs", "1", "--quiet",
+                     "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    weights = ["--checkpoint", str(tmp_path / "run" / "best.pt")]
+    assert cli.main(["recommend", *data, *weights, "--users", "bo,ann", "-k", "7", "--json"]) == 0
+    recs = last_json(capsys)
+    assert list(recs) == ["bo", "ann"]
+    catalogue = {f"shoe_{i}" for i in range(3)} | {f"hat_{i}" for i in range(4)}
+    assert all(set(r) == catalogue for r in recs.values())  # k = every item: each raw id once
+
+    assert cli.main(["recommend", *data, *weights, "--users", "bo,cy"]) == 2
+    assert "unknown user id(s) cy" in capsys.readouterr().err
+
+
+def test_recommend_on_integer_ids_rejects_a_non_integer_user(tiny, tmp_path, capsys):
+    assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
+    assert cli.main(["recommend", "--checkpoint", str(tmp_path / "w/best.pt"), "--users", "0,ann"]) == 2
+    assert "integer user ids, got 'ann'" in capsys.readouterr().err
