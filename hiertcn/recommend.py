@@ -50,6 +50,8 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
               impressions=None):
     """``(items (U, k) raw item ids, scores (U, k))`` for the user rows ``user_rows``, best first.
 
+    For a log with string ids the raw ids are codes: item ``c`` is ``dataset.info["item_names"][c]``.
+
     ``impressions``: ``Dataset.impressions``, needed by models that read them (``has_impression``).
     """
     if not 1 <= k <= csr.n_items:
