@@ -263,6 +263,19 @@ def cmd_prepare(args) -> int:
                "test_sessions": int((role == 2).sum())}  # fmt: skip
     if dataset.impressions is not None:
         summary["impressions"] = len(dataset.imp_item)
+    for key in ("skipped_rows", "dropped_sessions", "dropped_interactions", "preset_report"):
+        if key in dataset.info:
+            summary[key] = dataset.info[key]
+    if "preset_report" in summary:
+        from .data.presets import PresetReport
+
+        _say(args)(str(PresetReport.from_dict(summary["preset_report"])))
+    if summary.get("dropped_sessions"):
+        _say(args)(
+            f"split {dataset.info['split']}: dropped {summary['dropped_sessions']} held-out sessions "
+            f"({summary['dropped_interactions']} interactions) left with < {dataset.info['min_test_len']} "
+            "interactions once items unseen in training were removed"
+        )
     _say(args)(json.dumps(summary, indent=2))
     return _finish(args, summary)
 

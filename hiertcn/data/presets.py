@@ -83,6 +83,17 @@ class PresetReport:
             "removed": {name: vars(c) for name, c in self.steps.items()},
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> PresetReport:
+        """The inverse of ``as_dict`` (a cached dataset keeps its report as ``info["preset_report"]``)."""
+        return cls(
+            d["preset"],
+            before=Counts(**d["before"]),
+            after=Counts(**d["after"]),
+            steps={name: Counts(**c) for name, c in d["removed"].items()},
+            rounds=d["rounds"],
+        )
+
     def __str__(self) -> str:
         head = f"{'preset ' + self.preset:<36}{'interactions':>14}{'users':>10}{'items':>10}{'sessions':>10}"
         lines = [

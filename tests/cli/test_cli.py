@@ -117,8 +117,14 @@ def test_end_to_end_on_a_tiny_synthetic_xing_log(tmp_path, capsys):
     config.write_text("n_queues: 4\nmodel_config:\n  hiertcn: {embedding_dim: 8, hidden_dim: 8, channels: 8, levels: 2}\n")
     data = ["--data", str(log), "--cache-dir", str(tmp_path / "cache")]
     assert cli.main(["prepare", *data, "--json"]) == 0
-    summary = last_json(capsys)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["test_sessions"] > 0 and summary["interactions"] > 0
+    # what the preset and the split removed is shown, and adds up to what is left
+    report = summary["preset_report"]
+    assert report["preset"] == "hiertcn-xing" and report["removed"]["items with < 50 interactions"]["items"] > 0
+    assert report["after"]["interactions"] - summary["dropped_interactions"] == summary["interactions"]
+    assert "- items with < 50 interactions" in captured.err and summary["skipped_rows"] == 0
     out = tmp_path / "train"
     argv = ["train", *data, "--config", str(config), "--out", str(out), "--epochs", "1", "--quiet", "--json"]
     assert cli.main(argv + ["--seed", "3"]) == 0

@@ -1,8 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 
 from hiertcn.data.log import InteractionLog
-from hiertcn.data.presets import Counts, apply_preset, session_ids
+from hiertcn.data.presets import Counts, PresetReport, apply_preset, session_ids
 
 
 def make_log(rows, with_type=True):
@@ -35,6 +37,8 @@ def test_hiertcn_xing_reaches_the_fixed_point():
     assert report.steps["users with < 10 or > 500 events"].users == 1
     assert report.before.interactions == 102 and report.after == Counts(50, 5, 1, 50)
     assert "after (3 rounds)" in str(report)
+    again = PresetReport.from_dict(json.loads(json.dumps(report.as_dict())))  # as a cached dataset keeps it
+    assert again == report and str(again) == str(report)
 
 
 def test_one_pass_would_not_be_enough():
