@@ -124,15 +124,15 @@ def _user_batch(csr, users, session_end, max_session_len: int, score_sessions, i
     w_hi = np.minimum(w_lo + max_session_len, hi[window_session])
     tokens = ranges(w_lo, w_hi)
 
-    first_session_of_user = offsets(n_sessions_per_user)[:-1]
-    session_is_first = np.zeros(len(sessions), dtype=bool)
-    session_is_first[first_session_of_user] = True
-    new_user = session_is_first[window_session] & (k == 0)
-    gap = np.zeros(len(window_session), dtype=np.float32)
-    resumes = (k == 0) & ~new_user
-    gap[resumes] = csr.timestamp[w_lo[resumes]] - csr.timestamp[w_lo[resumes] - 1]
+    # As in QueueBatcher: the state resets at each user's first window (empty sessions have none), and every
+    # other window is decayed by the time since the interaction before it (its session's or the last one's).
+    session_lane = np.repeat(np.arange(len(users)), n_sessions_per_user)
+    windows_per_user = np.bincount(session_lane[window_session], minlength=len(users))
+    new_user = np.zeros(len(window_session), dtype=bool)
+    new_user[offsets(windows_per_user)[:-1][windows_per_user > 0]] = True
+    previous = csr.timestamp[np.maximum(w_lo - 1, 0)]
+    gap = np.where(new_user, 0, csr.timestamp[w_lo] - previous).astype(np.float32)
 
-    windows_per_user = np.add.reduceat(n_windows, first_session_of_user)
     if score_sessions is None:
         target = np.ones(len(tokens), dtype=bool)
     else:
@@ -163,7 +163,7 @@ def user_batches(
 
     ``csr``: a :class:`~hiertcn_kernels.packing.SessionCSR`. ``users``: user rows
     (default: all, in order). A session longer than ``max_session_len`` becomes
-    consecutive windows (gap 0, not ``new_user``), as in training.
+    consecutive windows (not ``new_user``; gap: the time since the item before), as in training.
     ``score_sessions``: bool ``(n_sessions,)`` over the CSR's sessions; their
     positions get ``target_mask`` True (default: every position). When given,
     a user's sessions after their last scored one are left out (a causal model

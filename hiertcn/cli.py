@@ -375,7 +375,13 @@ def cmd_recommend(args) -> int:
             raise ValueError(f"--users: unknown user id(s) {', '.join(unknown)}")
         rows = np.array([row_of[u] for u in wanted], dtype=np.int64)
     else:
-        rows = np.arange(min(5, csr.n_users))
+        rows = np.arange(csr.n_users)
+    user_ptr, session_ptr = np.asarray(csr.user_ptr), np.asarray(csr.session_ptr)
+    has_history = session_ptr[user_ptr[rows + 1]] > session_ptr[user_ptr[rows]]
+    if args.users and not has_history.all():
+        empty = ", ".join(str(user_keys[r]) for r in rows[~has_history])
+        raise ValueError(f"--users: no interactions to recommend after for user id(s) {empty} (all were filtered out)")
+    rows = rows[has_history][:5] if not args.users else rows
     items, _ = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
                          impressions=getattr(dataset, "impressions", None))
     result = {str(user_keys[r]): _raw_ids(items[i], item_names) for i, r in enumerate(rows)}

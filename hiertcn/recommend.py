@@ -8,37 +8,52 @@ import torch
 from .batching import SessionBatch, user_batches
 
 
-def with_next_slot(batch: SessionBatch) -> SessionBatch:
+def with_next_slot(batch: SessionBatch, max_session_len: int) -> SessionBatch:
     """``batch`` plus one extra position at the end of every lane, the only targets.
 
     Models shift inputs right, so the representation at that extra position has
     read every real interaction of the lane and none of the placeholder item in it.
+    The slot continues the lane's last window, or, when that window already holds
+    ``max_session_len`` items, starts a new one (gap 0), as the next interaction
+    would in training.
     """
-    cu = batch.cu_seqlens
-    last_window = batch.lane_ptr[1:] - 1
     if (batch.lane_ptr.diff() == 0).any():
         raise ValueError("every lane needs at least one interaction to recommend after")
-    at = cu[last_window + 1]  # insertion points, one per lane, ascending
-    slots = at + torch.arange(len(at))
-    n = batch.n_tokens + len(at)
+    lengths = batch.cu_seqlens.diff()
+    last_window = batch.lane_ptr[1:] - 1
+    full = lengths[last_window] >= max_session_len
+    lengths[last_window[~full]] += 1
+    # Old windows move right by the new windows of earlier lanes; a full lane's new window ends it.
+    lane_of_window = torch.repeat_interleave(torch.arange(batch.n_lanes), batch.lane_ptr.diff())
+    added_before = torch.cumsum(full, 0) - full.long()
+    moved = torch.arange(batch.n_sessions) + added_before[lane_of_window]
+    lane_ptr = torch.cat([batch.lane_ptr[:1], batch.lane_ptr[1:] + torch.cumsum(full, 0)])
+    n_windows = int(lane_ptr[-1])
+    new_lengths = torch.ones(n_windows, dtype=lengths.dtype)
+    new_lengths[moved] = lengths
+    new_user = torch.zeros(n_windows, dtype=torch.bool)
+    new_user[moved] = batch.new_user
+    gap = torch.zeros(n_windows, dtype=batch.gap.dtype)
+    gap[moved] = batch.gap
+    cu_seqlens = torch.cat([lengths.new_zeros(1), torch.cumsum(new_lengths, 0)])
+
+    n = batch.n_tokens + batch.n_lanes
     is_slot = torch.zeros(n, dtype=torch.bool)
-    is_slot[slots] = True
+    is_slot[cu_seqlens[lane_ptr[1:]] - 1] = True
     items = torch.zeros(n, dtype=batch.items.dtype)
     items[~is_slot] = batch.items
-    windows = torch.arange(batch.n_sessions + 1)
-    shift = (last_window[None, :] < windows[:, None]).sum(1)
     impressions = {}
     if batch.has_impressions:  # the slots were shown nothing
-        lengths = torch.zeros(n, dtype=torch.int64)
-        lengths[~is_slot] = batch.imp_ptr.diff()
-        imp_ptr = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        imp_lengths = torch.zeros(n, dtype=torch.int64)
+        imp_lengths[~is_slot] = batch.imp_ptr.diff()
+        imp_ptr = torch.cat([imp_lengths.new_zeros(1), imp_lengths.cumsum(0)])
         impressions = {"imp_ptr": imp_ptr, "imp_item": batch.imp_item}
     return SessionBatch(
         items=items,
-        cu_seqlens=cu + shift,
-        lane_ptr=batch.lane_ptr,
-        new_user=batch.new_user,
-        gap=batch.gap,
+        cu_seqlens=cu_seqlens,
+        lane_ptr=lane_ptr,
+        new_user=new_user,
+        gap=gap,
         target_mask=is_slot,
         lane_user=batch.lane_user,
         **impressions,
@@ -63,7 +78,7 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
         impressions=impressions,
     )
     for batch in batches:
-        batch = with_next_slot(batch).to(device)
+        batch = with_next_slot(batch, max_session_len).to(device)
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None
         user_emb, _ = model(batch, state)
         scores, items = model.scores(user_emb[batch.target_mask]).topk(k, dim=1)

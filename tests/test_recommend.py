@@ -1,17 +1,25 @@
 import numpy as np
+import pytest
 import torch
 
 from hiertcn.batching import user_batches
-from hiertcn.models import build_model
+from hiertcn.models import MODEL_NAMES, build_model
 from hiertcn.recommend import recommend, with_next_slot
+from tests.models.tinylogs import TINY
 from tests.test_train import N_ITEMS, planted_dataset
 
 
-def test_next_slot_scores_equal_those_of_the_true_next_item_position():
-    """The extra slot sees the whole history and nothing else: it matches a batch whose history is one longer."""
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("max_session_len", [50, 5, 1])
+def test_next_slot_scores_equal_those_of_the_true_next_item_position(name, max_session_len):
+    """The extra slot sees the whole history and nothing else: it matches a batch whose history is one longer.
+
+    With short windows some users' last window is full, so the slot must open a new window as training would.
+    """
     data = planted_dataset(n_users=6)
     csr = data.csr
-    model = build_model("hiertcn", n_items=N_ITEMS, embedding_dim=8, hidden_dim=8, channels=8, levels=2).eval()
+    torch.manual_seed(0)
+    model = build_model(name, n_items=N_ITEMS, **TINY[name]).eval()
     # Hide each user's last interaction, ask for a recommendation, compare with the full history's last position.
     keep = np.ones(csr.n_interactions, dtype=bool)
     keep[csr.session_ptr[csr.user_ptr[1:]] - 1] = False
@@ -20,10 +28,13 @@ def test_next_slot_scores_equal_those_of_the_true_next_item_position():
         user_ptr=csr.user_ptr, session_ptr=csr.session_ptr - removed_before[csr.session_ptr],
         item=csr.item[keep], timestamp=csr.timestamp[keep], user_ids=csr.user_ids, item_ids=csr.item_ids,
     )  # fmt: skip
-    items, scores = recommend(model, short, np.arange(6), k=N_ITEMS, max_session_len=50)
-    full = next(iter(user_batches(csr, np.arange(6), max_session_len=50)))
+    last_len = np.diff(short.session_ptr)[short.user_ptr[1:] - 1]
+    if max_session_len < 50:
+        assert (last_len % max_session_len == 0).any()  # some last windows are full
+    items, scores = recommend(model, short, np.arange(6), k=N_ITEMS, max_session_len=max_session_len)
+    full = next(iter(user_batches(csr, np.arange(6), max_session_len=max_session_len)))
     with torch.no_grad():
-        emb, _ = model(full, model.init_state(full.n_lanes))
+        emb, _ = model(full, model.init_state(full.n_lanes) if model.carries_state else None)
         expected = model.scores(emb[full.cu_seqlens[full.lane_ptr[1:]] - 1])
     top = expected.topk(N_ITEMS, dim=1)
     torch.testing.assert_close(torch.from_numpy(scores), top.values)
@@ -31,9 +42,32 @@ def test_next_slot_scores_equal_those_of_the_true_next_item_position():
 
 
 def test_with_next_slot_layout():
-    data = planted_dataset(n_users=3)
-    (batch,) = user_batches(data.csr, np.arange(3), max_session_len=4)
-    slotted = with_next_slot(batch)
-    assert slotted.n_tokens == batch.n_tokens + 3 and int(slotted.target_mask.sum()) == 3
+    data = planted_dataset(n_users=6)
+    (batch,) = user_batches(data.csr, np.arange(6), max_session_len=3)
+    slotted = with_next_slot(batch, 3)
+    assert slotted.n_tokens == batch.n_tokens + 6 and int(slotted.target_mask.sum()) == 6
     assert (slotted.cu_seqlens[slotted.lane_ptr[1:]] - 1 == torch.nonzero(slotted.target_mask)[:, 0]).all()
     assert torch.equal(slotted.items[~slotted.target_mask], batch.items)
+    # A full last window gets a new one-slot window (no reset, gap 0); the others grow by one.
+    lengths, last = batch.cu_seqlens.diff(), batch.lane_ptr[1:] - 1
+    full = lengths[last] == 3
+    assert full.any() and not full.all()
+    assert torch.equal(slotted.lane_ptr.diff(), batch.lane_ptr.diff() + full)
+    new_last = slotted.lane_ptr[1:] - 1
+    assert torch.equal(slotted.cu_seqlens.diff()[new_last], torch.where(full, 1, lengths[last] + 1))
+    assert not slotted.new_user[new_last[full]].any() and (slotted.gap[new_last[full]] == 0).all()
+    assert slotted.new_user.sum() == batch.new_user.sum()
+
+
+def test_recommend_needs_an_interaction_per_user():
+    data = planted_dataset(n_users=3)
+    csr = data.csr
+    empty = type(csr)(
+        user_ptr=np.append(csr.user_ptr, csr.n_sessions), session_ptr=csr.session_ptr, item=csr.item,
+        timestamp=csr.timestamp, user_ids=np.arange(4), item_ids=csr.item_ids,
+    )  # fmt: skip: user row 3 has no sessions
+    model = build_model("hiertcn", n_items=N_ITEMS, **TINY["hiertcn"]).eval()
+    with pytest.raises(ValueError, match="at least one interaction"):
+        recommend(model, empty, np.array([0, 3]), k=3)
+    items, _ = recommend(model, empty, np.array([0, 2]), k=3)
+    assert items.shape == (2, 3)

@@ -1,7 +1,9 @@
 """The CLI on a tiny planted dataset (the data pipeline itself is tested in tests/data)."""
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from hiertcn import cli
@@ -204,3 +206,17 @@ def test_recommend_on_integer_ids_rejects_a_non_integer_user(tiny, tmp_path, cap
     assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
     assert cli.main(["recommend", "--checkpoint", str(tmp_path / "w/best.pt"), "--users", "0,ann"]) == 2
     assert "integer user ids, got 'ann'" in capsys.readouterr().err
+
+
+def test_recommend_names_users_with_nothing_to_recommend_after(tiny, tmp_path, monkeypatch, capsys):
+    assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
+    data = planted_dataset(n_users=20)
+    csr = data.csr
+    with_empty = dataclasses.replace(data, csr=dataclasses.replace(
+        csr, user_ptr=np.insert(csr.user_ptr, 0, 0), user_ids=np.arange(-1, 20)))  # fmt: skip: user -1 has no sessions
+    monkeypatch.setattr(cli, "load_dataset", lambda config, echo=print: (with_empty, tmp_path / "cache"))
+    weights = ["--checkpoint", str(tmp_path / "w/best.pt")]
+    assert cli.main(["recommend", *weights, "--users", "3,-1"]) == 2
+    assert "no interactions to recommend after for user id(s) -1" in capsys.readouterr().err
+    assert cli.main(["recommend", *weights, "-k", "2", "--json"]) == 0  # the default skips the empty user
+    assert list(last_json(capsys)) == ["0", "1", "2", "3", "4"]

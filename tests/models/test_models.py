@@ -25,9 +25,23 @@ def test_user_batches_layout(small_csr):
     assert b.lane_ptr.tolist() == [0, 5, 6, 10]
     assert b.new_user.tolist() == [True, False, False, False, False, True, True, False, False, False]
     ts = small_csr.timestamp
-    assert b.gap[1].item() == ts[3] - ts[2] and b.gap[2].item() == 0 and b.gap[4].item() == ts[28] - ts[27]
+    # as in training (QueueBatcher): the time since the interaction before each window, 0 where the user starts
+    assert b.gap[1].item() == ts[3] - ts[2] and b.gap[2].item() == ts[13] - ts[12]
+    assert b.gap[4].item() == ts[28] - ts[27] and b.gap[[0, 5, 6]].tolist() == [0, 0, 0]
+    assert b.gap[7].item() == ts[35] - ts[34]
     assert torch.equal(b.items, torch.from_numpy(small_csr.item))
     assert b.lane_user.tolist() == [0, 1, 2]
+
+
+def test_user_batches_with_empty_sessions_and_users():
+    # user 0 starts with an empty session, user 1 has none, user 2's middle session is empty
+    csr = make_csr([[0, 3], [0], [2, 0, 2]], n_items=9)
+    (b,) = list(user_batches(csr))
+    assert b.cu_seqlens.diff().tolist() == [3, 2, 2]
+    assert b.lane_ptr.tolist() == [0, 1, 1, 3]  # user 1's lane is empty
+    assert b.new_user.tolist() == [True, True, False]
+    ts = csr.timestamp
+    assert b.gap.tolist() == [0, 0, ts[5] - ts[4]]
 
 
 def test_user_batches_scores_and_truncates(small_csr):
