@@ -282,6 +282,9 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     config = config_from_args(args, out="runs/train")
+    last = Path(config.out) / "last.pt"
+    if args.resume and last.exists():  # the run's own settings, where the command line and --config are silent
+        config = config_from_args(args, **{**load_checkpoint(last)["config"], "out": config.out})
     say = _say(args)
     ddp = _init_distributed(config)
     try:
@@ -310,7 +313,8 @@ def cmd_evaluate(args) -> int:
     model, _ = load_model(args.checkpoint, map_location=resolve_device(config.device))
     dataset, _ = load_dataset(config, echo=_say(args))
     _check_catalogue(dataset, saved, args.checkpoint)
-    metrics = evaluate(model, dataset, roles=(TEST,) if args.role == "test" else (VALID,))
+    metrics = evaluate(model, dataset, roles=(TEST,) if args.role == "test" else (VALID,),
+                       max_session_len=config.max_session_len)
     write_metrics(config.out, metrics)
     _say(args)(format_table({saved["model_name"]: metrics}))
     return _finish(args, metrics)

@@ -15,6 +15,7 @@ shard of users inside ``DistributedDataParallel`` and only rank 0 writes files.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import queue
@@ -221,7 +222,8 @@ def fit(
     """Train ``model`` on ``dataset``'s TRAIN sessions, early-stop on VALID ``mrr``, score TEST.
 
     ``loss_fn(model, user_emb, targets, batch=...)`` defaults to ``build_loss(config.loss)``
-    and ``evaluate_fn(model, dataset, roles=...)`` to :func:`hiertcn.evaluate.evaluate`.
+    and ``evaluate_fn(model, dataset, roles=...)`` to :func:`hiertcn.evaluate.evaluate` with the
+    training windows (``config.max_session_len``).
     ``on_step(step)`` runs after every optimizer step. ``model_name``/``model_config`` (the
     ``build_model`` arguments) go into the checkpoints so they can rebuild the model. Writes ``last.pt``, ``best.pt``,
     ``history.json`` and ``metrics.json`` into ``run_dir`` (rank 0 only).
@@ -231,7 +233,9 @@ def fit(
 
         loss_fn = build_loss(config.loss)
     if evaluate_fn is None:
-        from .evaluate import evaluate as evaluate_fn
+        from .evaluate import evaluate
+
+        evaluate_fn = functools.partial(evaluate, max_session_len=config.max_session_len)  # windows as in training
     run_dir = Path(run_dir)
     rank, world = distributed()
     writes = rank == 0

@@ -38,7 +38,9 @@ def last_json(capsys):
 
 def test_train_writes_metrics_and_prints_them_last(tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(["train", "--config", str(tiny), "--out", str(out), "--epochs", "2", "--quiet", "--json"])
+    # short windows: evaluate must cut sessions as training did (it reads max_session_len from the checkpoint)
+    code = cli.main(["train", "--config", str(tiny), "--out", str(out), "--epochs", "2", "--quiet", "--json",
+                     "--max-session-len", "3"])  # fmt: skip
     assert code == 0
     printed = last_json(capsys)
     assert printed == json.loads((out / "metrics.json").read_text())

@@ -3,11 +3,14 @@ import pytest
 import torch
 from tinylogs import TINY, make_csr
 
+import hiertcn.evaluate
 from hiertcn.batching import user_batches
 from hiertcn.data.splits import TEST
 from hiertcn.evaluate import evaluate, rank_targets, score_events
 from hiertcn.metrics import ranking_metrics
 from hiertcn.models import MODEL_NAMES, build_model
+from hiertcn.train import fit
+from tests.test_train import N_ITEMS, planted_dataset, small_config
 
 
 def _log():
@@ -111,3 +114,18 @@ def test_evaluate_rejects_bad_data():
         evaluate(model, (csr, role), roles=(7,))
     with pytest.raises(TypeError, match="csr"):
         evaluate(model, csr)
+
+
+def test_fit_evaluates_on_the_training_windows(tmp_path, monkeypatch):
+    # Validation and test cut sessions into max_session_len windows exactly as the training batches do.
+    seen = []
+    real = hiertcn.evaluate.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_session_len"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hiertcn.evaluate, "evaluate", spy)
+    model = build_model("hiertcn", n_items=N_ITEMS, embedding_dim=8, hidden_dim=8, channels=8)
+    fit(model, planted_dataset(), small_config(epochs=1, max_session_len=3), run_dir=tmp_path / "w", progress=False)
+    assert len(seen) == 2 and set(seen) == {3}  # one validation, one test
