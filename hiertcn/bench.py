@@ -435,12 +435,11 @@ def bench_models(dataset, config, names: list[str], *, repeats: int = 3, progres
     """
     from tqdm.auto import tqdm
 
-    from .losses import build_loss
     from .models import build_model
-    from .train import batch_source, resolve_device
+    from .train import batch_source, resolve_device, training_loss
 
     device = resolve_device(config.device)
-    loss_fn = build_loss(config.loss)
+    loss_fn = training_loss(config.loss, dataset)
     steps, info = {}, {}
     for name in names:
         torch.manual_seed(config.seed)

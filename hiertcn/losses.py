@@ -31,6 +31,7 @@ def _proposal(item_counts, name: str) -> torch.Tensor | None:
 
 class _Loss:
     takes_impressions = False  # True: negatives come from impressions when the batch has them
+    samples_items = False  # True: draws negatives by ``item_counts`` (popularity), given at construction
 
     def __call__(self, model, user_emb, targets, batch=None, impressions=None):
         if user_emb.dim() != 2 or targets.shape != (user_emb.shape[0],):
@@ -129,17 +130,26 @@ class SampledSoftmaxLoss(_Loss):
     The partition function is estimated by importance sampling: a negative
     candidate ``j`` is weighted by ``1 / ((m + k) q_j)``, the expected number
     of times it appears among the ``m = n - 1`` other in-batch targets and the
-    ``k`` samples, both taken as draws from the popularity ``q`` (from
-    ``item_counts``; uniform without them). That is the log-Q correction:
-    subtract ``log((m + k) q_j)`` from the negative's logit. Candidates equal to a row's own target are masked (accidental hits),
-    so the loss converges to full softmax cross-entropy as ``k`` grows.
+    ``k`` samples, both draws from the popularity ``q`` (``item_counts``: the
+    training targets' counts, which the in-batch targets follow). That is the
+    log-Q correction: subtract ``log((m + k) q_j)`` from the negative's logit.
+    Without in-batch negatives ``item_counts`` may be omitted (uniform samples).
+    Candidates equal to a row's own target are masked (accidental hits), so the
+    loss converges to full softmax cross-entropy as ``k`` (or the batch) grows.
     """
+
+    samples_items = True
 
     def __init__(self, num_negatives: int = 100, in_batch: bool = True, item_counts=None):
         if num_negatives < 0:
             raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
         if num_negatives == 0 and not in_batch:
             raise ValueError("sampled_softmax needs negatives: num_negatives > 0 or in_batch=True")
+        if in_batch and item_counts is None:
+            raise ValueError(
+                "sampled_softmax with in_batch=True needs item_counts (the training targets' item counts): the "
+                "in-batch negatives follow the item popularity and the log-Q correction must know it"
+            )
         self.num_negatives = num_negatives
         self.in_batch = in_batch
         self.popularity = _proposal(item_counts, "sampled_softmax")
@@ -205,6 +215,7 @@ class BPRLoss(_Loss):
     """Bayesian personalised ranking: ``-log sigmoid(s_pos - s_neg)`` averaged over negatives."""
 
     takes_impressions = True
+    samples_items = True
 
     def __init__(self, num_negatives: int = 1, item_counts=None):
         if num_negatives < 1:
@@ -229,6 +240,7 @@ class HingeLoss(_Loss):
     """
 
     takes_impressions = True
+    samples_items = True
 
     def __init__(self, margin: float = 0.1, num_negatives: int = 20, item_counts=None):
         if num_negatives < 1:

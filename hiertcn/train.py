@@ -183,6 +183,22 @@ def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = N
     )
 
 
+def train_item_counts(dataset) -> np.ndarray:
+    """``(n_items,)`` int64: how often each item occurs in the TRAIN sessions (the training targets)."""
+    csr = dataset.csr
+    train = np.asarray(dataset.role)[np.repeat(np.arange(csr.n_sessions), np.diff(csr.session_ptr))] == TRAIN
+    return np.bincount(np.asarray(csr.item)[train], minlength=csr.n_items)
+
+
+def training_loss(name: str, dataset):
+    """``build_loss(name)``; a loss that samples negatives draws them by the TRAIN item popularity."""
+    from .losses import LOSSES, build_loss
+
+    if name in LOSSES and LOSSES[name].samples_items:
+        return build_loss(name, item_counts=train_item_counts(dataset))
+    return build_loss(name)
+
+
 class LossStep(torch.nn.Module):
     """Forward and loss as one module, so DDP sees the loss (not the carried state) as its output.
 
@@ -229,9 +245,7 @@ def fit(
     ``history.json`` and ``metrics.json`` into ``run_dir`` (rank 0 only).
     """
     if loss_fn is None:
-        from .losses import build_loss
-
-        loss_fn = build_loss(config.loss)
+        loss_fn = training_loss(config.loss, dataset)
     if evaluate_fn is None:
         from .evaluate import evaluate
 

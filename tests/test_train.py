@@ -10,7 +10,7 @@ from hiertcn.batching import QueueBatcher
 from hiertcn.checkpoint import load_checkpoint
 from hiertcn.config import Config
 from hiertcn.data.splits import Dataset
-from hiertcn.train import NonFiniteLossError, Prefetcher, fit
+from hiertcn.train import NonFiniteLossError, Prefetcher, fit, train_item_counts, training_loss
 from hiertcn_kernels.packing import SessionCSR
 
 N_ITEMS = 12
@@ -210,3 +210,18 @@ def test_whole_user_batches_cover_train_sessions_once_per_epoch():
     assert lanes.tolist() != torch.cat([b.lane_user for b in source.batches(1)]).tolist()
     resumed = list(source.batches(0, start=2))
     assert [b.lane_user.tolist() for b in resumed] == [b.lane_user.tolist() for b in batches[2:]]
+
+
+@pytest.mark.parametrize("name", ["sampled_softmax", "bpr", "hinge", "softmax"])
+def test_training_loss_samples_by_the_train_popularity(name):
+    data = planted_dataset()
+    csr, role = data.csr, np.asarray(data.role)
+    counts = train_item_counts(data)
+    train_items = [csr.item[a:b] for s, (a, b) in enumerate(zip(csr.session_ptr[:-1], csr.session_ptr[1:])) if role[s] == 0]
+    assert counts.tolist() == np.bincount(np.concatenate(train_items), minlength=csr.n_items).tolist()
+    loss = training_loss(name, data)
+    if name == "softmax":
+        assert not hasattr(loss, "popularity")
+    else:
+        torch.testing.assert_close(loss.popularity, torch.as_tensor(counts / counts.sum()))
+

@@ -222,3 +222,11 @@ def test_recommend_names_users_with_nothing_to_recommend_after(tiny, tmp_path, m
     assert "no interactions to recommend after for user id(s) -1" in capsys.readouterr().err
     assert cli.main(["recommend", *weights, "-k", "2", "--json"]) == 0  # the default skips the empty user
     assert list(last_json(capsys)) == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bpr", "hinge"])
+def test_train_with_each_sampling_loss(tiny, tmp_path, capsys, loss):
+    # fit hands these losses the TRAIN item counts (sampled_softmax refuses in-batch negatives without them)
+    argv = ["train", "--config", str(tiny), "--out", str(tmp_path / loss), "--epochs", "1", "--quiet", "--json"]
+    assert cli.main([*argv, "--loss", loss]) == 0
+    assert 0 < last_json(capsys)["mrr"] <= 1

@@ -133,10 +133,27 @@ def test_sampled_softmax_converges_to_full_softmax(item_counts):
     assert abs(uncorrected(table, u, y).item() - full) > 1.0
 
 
+def test_sampled_softmax_in_batch_negatives_are_corrected_by_popularity():
+    """In-batch negatives are other rows' targets, drawn from the popularity: corrected by it, a large
+    batch estimates the full softmax; corrected as if they were uniform, it does not."""
+    gen = torch.Generator().manual_seed(0)
+    n_items, n = 30, 3000
+    popularity = torch.full((n_items,), 0.5 / (n_items - 1))
+    popularity[0] = 0.5  # item 0 is half of the targets
+    y = torch.multinomial(popularity, n, replacement=True, generator=gen)
+    table, u = _Table(n_items, 4), torch.randn(n, 4, dtype=torch.float64, generator=gen)
+    full = build_loss("softmax")(table, u, y).item()
+    counts = torch.bincount(y, minlength=n_items)
+    in_batch = build_loss("sampled_softmax", num_negatives=0, item_counts=counts)
+    assert in_batch(table, u, y).item() == pytest.approx(full, rel=0.01)
+    as_if_uniform = build_loss("sampled_softmax", num_negatives=0, item_counts=torch.ones(n_items))
+    assert abs(as_if_uniform(table, u, y).item() - full) > 0.2
+
+
 def test_sampled_softmax_in_batch_masks_accidental_hits():
     table = _Table(4, 3)
     u, y = torch.randn(3, 3, dtype=torch.float64), torch.tensor([1, 1, 2])
-    loss = build_loss("sampled_softmax", num_negatives=0, in_batch=True)
+    loss = build_loss("sampled_softmax", num_negatives=0, in_batch=True, item_counts=[1, 1, 1, 1])
     # Row 0 and row 1 share target 1: the other's column is a hit, so only item 2 is a negative for them.
     w, b = table.output_embeddings()
     logit = u @ w.t() + b
@@ -169,7 +186,7 @@ def test_bpr_and_hinge_on_impressions_by_hand():
 def test_every_loss_trains_a_model_and_has_finite_gradients(name):
     model = build_model("moving_average", n_items=8, embedding_dim=6).double()
     u, y = torch.randn(6, 6, dtype=torch.float64, requires_grad=True), torch.randint(0, 8, (6,))
-    cfg = {"num_negatives": 3} if name != "softmax" else {}
+    cfg = {"num_negatives": 3, "item_counts": torch.arange(1, 9)} if name != "softmax" else {}
     value = build_loss(name, **cfg)(model, u, y)
     value.backward()
     assert value.dim() == 0 and torch.isfinite(value)
@@ -193,6 +210,7 @@ def test_build_loss_rejects_bad_names_and_keys():
     [
         ("sampled_softmax", {"num_negatives": -1}, "num_negatives must be >= 0"),
         ("sampled_softmax", {"num_negatives": 0, "in_batch": False}, "needs negatives"),
+        ("sampled_softmax", {"in_batch": True}, "in_batch=True needs item_counts"),
         ("bpr", {"num_negatives": 0}, "num_negatives must be >= 1"),
         ("hinge", {"num_negatives": 0}, "num_negatives must be >= 1"),
     ],
