@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from hiertcn.batching import MAX_SESSION_LEN, user_batches
 from hiertcn.data.splits import TEST
-from hiertcn.metrics import MetricAccumulator, target_ranks
+from hiertcn.metrics import MetricAccumulator, check_ranks, target_ranks
 
 
 def _unpack(data):
@@ -70,7 +70,7 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
         count = torch.zeros_like(y)
         for lo, hi in slices:
             count += (score(lo, hi) >= target_logit[:, None]).sum(1)
-        out.append(count)
+        out.append(check_ranks(count))
     return torch.cat(out) if out else targets.new_zeros(0)
 
 

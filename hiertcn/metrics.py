@@ -26,7 +26,14 @@ def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"target ids must lie in [0, {scores.shape[1]})")
     target_score = scores.gather(1, target.long()[:, None])
     # The target itself is counted by >=, which supplies the "1 +".
-    return (scores >= target_score).sum(1)
+    return check_ranks((scores >= target_score).sum(1))
+
+
+def check_ranks(ranks: torch.Tensor) -> torch.Tensor:
+    """``ranks``, after checking that none is 0: only a NaN target score fails ``>=`` against itself."""
+    if ranks.numel() and bool((ranks == 0).any()):
+        raise ValueError("a target's score is NaN: the model's outputs are not finite, so nothing can be ranked")
+    return ranks
 
 
 def metrics_per_event(ranks: torch.Tensor, n_items: int) -> torch.Tensor:

@@ -105,6 +105,18 @@ def test_chunked_ranking_counts_ties_exactly():
         assert torch.equal(rank_targets(model, u, y, chunk_items=chunk, max_scores=budget), full)
 
 
+def test_nan_target_scores_are_an_error_not_a_perfect_rank():
+    # NaN >= NaN is False, so a NaN target would get rank 0 (recall 1, mrr inf) if nothing checked.
+    model = build_model("moving_average", n_items=10, embedding_dim=4).double()
+    u, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([1, 2, 3, 4, 5])
+    u[3] = float("nan")
+    for chunk in (None, 3):
+        with pytest.raises(ValueError, match="score is NaN"):
+            rank_targets(model, u, y, chunk_items=chunk)
+    with pytest.raises(ValueError, match="score is NaN"):
+        ranking_metrics(model.scores(u), y)
+
+
 def test_evaluate_rejects_bad_data():
     csr, role = _log()
     model = _model("gru4rec")
