@@ -128,7 +128,9 @@ def segment_reduce(values, offsets, reduce="mean"):
         peak = torch.segment_reduce(values, "max", lengths=lengths, axis=0)
         seg = segment_ids(offsets, values.shape[0])
         row = torch.arange(values.shape[0], device=values.device)[:, None].expand_as(values)
-        candidate = torch.where(values == peak[seg], row, values.shape[0])
+        at_peak = peak[seg]
+        # A NaN peak is the segment's NaN: it is the maximum (NaN in, NaN out, as torch's max), not a miss.
+        candidate = torch.where((values == at_peak) | (values.isnan() & at_peak.isnan()), row, values.shape[0])
         first = torch.full_like(peak, values.shape[0], dtype=torch.long)
         first = first.scatter_reduce(0, seg[:, None].expand_as(values), candidate, "amin")
     empty = (lengths == 0)[:, None]

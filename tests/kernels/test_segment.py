@@ -259,6 +259,17 @@ def test_reference_max_ties_gradient_goes_to_first_row():
     assert values.grad.tolist() == [[5.0, 0.0], [0.0, 7.0], [0.0, 0.0]]
 
 
+def test_reference_max_propagates_nan_to_the_first_nan_row():
+    # NaN in a segment is its max (as torch's max): the output is NaN and the gradient goes to the first NaN
+    # row, so a diverged model shows a NaN loss instead of crashing inside the op.
+    nan = float("nan")
+    x = torch.tensor([[1.0, 2.0], [nan, 0.5], [nan, 3.0], [0.25, 1.0]], requires_grad=True)
+    out = R.segment_reduce(x, offsets_of([3, 1]), "max")
+    assert out[0, 0].isnan() and out[0, 1] == 3.0 and out[1].tolist() == [0.25, 1.0]
+    out.backward(torch.ones_like(out))
+    assert x.grad.tolist() == [[0, 0], [1, 0], [0, 1], [1, 1]]
+
+
 @pytest.mark.parametrize("reduce", ["mean", "sum"])
 def test_reference_sum_and_mean_keep_no_copy_of_values_for_backward(reduce):
     """Their gradient is an expand of the output gradient: only the (N,) lengths need keeping."""
