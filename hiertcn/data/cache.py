@@ -25,12 +25,16 @@ from hiertcn_kernels._io import atomic_directory
 FULL_HASH_LIMIT = 256 << 20
 EDGE_BYTES = 1 << 20
 MARKER = "cache.json"
+# Part of every key: bump it when reading, presets, packing or splitting change what an entry holds, so
+# entries built by older code are not served (2: ISO offsets and integral-decimal ids on the text pass,
+# session counts of the preset report).
+DATA_REVISION = 2
 
 log = logging.getLogger(__name__)
 
 
 def cache_key(source_path=None, **params) -> str:
-    """A hex key for (hiertcn version, source, params).
+    """A hex key for (hiertcn version, ``DATA_REVISION``, source, params).
 
     The source (a file, or a directory: every file in it) is fingerprinted by
     the SHA-256 of its bytes when at most ``FULL_HASH_LIMIT`` bytes, otherwise
@@ -41,6 +45,7 @@ def cache_key(source_path=None, **params) -> str:
     """
     payload = {
         "version": __version__,
+        "revision": DATA_REVISION,
         "source": None if source_path is None else fingerprint(Path(source_path)),
         "params": params,
     }

@@ -114,14 +114,27 @@ class PresetReport:
 class _Filtering:
     """A keep-mask over the log with O(N) counts: users, items and sessions are dense codes."""
 
-    def __init__(self, log: InteractionLog, session: np.ndarray, preset: str):
+    def __init__(self, log: InteractionLog, preset: str, session_gap: float):
         self.log = log
         self.preset = preset
+        self.session_gap = session_gap
         self.keep = np.ones(len(log), dtype=bool)
         self.user = np.unique(log.user, return_inverse=True)[1].astype(np.int64)
         self.item = np.unique(log.item, return_inverse=True)[1].astype(np.int64)
-        self.session = session
+        self.by_time = np.lexsort((log.timestamp, log.user))
+        self.session: np.ndarray | None = None  # fixed session ids (hrnn-xing); None: re-split as the packer
         self.report = PresetReport(preset, before=self.counts())
+
+    def _n_sessions(self) -> int:
+        if self.session is not None:
+            return self._distinct(self.session)
+        # The packer's rule on the kept rows: removing a row can open a gap and split a session.
+        rows = self.by_time[self.keep[self.by_time]]
+        user, time = self.user[rows], self.log.timestamp[rows]
+        starts = (user[1:] != user[:-1]) | (np.diff(time) >= self.session_gap)
+        if self.log.session is not None:
+            starts |= self.log.session[rows][1:] != self.log.session[rows][:-1]
+        return int(starts.sum()) + (len(rows) > 0)
 
     def _distinct(self, codes: np.ndarray) -> int:
         return int(np.count_nonzero(np.bincount(codes[self.keep])))
@@ -131,7 +144,7 @@ class _Filtering:
             int(self.keep.sum()),
             self._distinct(self.user),
             self._distinct(self.item),
-            self._distinct(self.session),
+            self._n_sessions(),
         )
 
     def apply(self, name: str, drop: np.ndarray) -> bool:
@@ -180,8 +193,7 @@ def apply_preset(
     """Filter ``log`` by preset ``name`` (see the module docstring); returns the kept rows and the report."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
-    session = session_ids(log.user, log.timestamp, session_gap=session_gap, session=log.session)
-    f = _Filtering(log, session, name)
+    f = _Filtering(log, name, session_gap)
     if name == "hiertcn-xing":
         _drop_deletes(f)
         f.fixed_point(

@@ -41,7 +41,7 @@ COMMON_COLUMNS = {
     "time": ("timestamp", "created_at", "time", "ts", "datetime", "date"),
 }
 _MS_THRESHOLD = 1e11  # unix seconds pass 1e11 only in the year 5138; milliseconds pass it in 1973
-_INT_RE = r"^\s*-?\d+\s*$"
+_INT_RE = r"^\s*-?\d+(\.0*)?\s*$"  # "7.0" too: pandas writes int columns with gaps so
 _NUM_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 _BLOCK_SIZE = 4 << 20
 _SHOWN_LINES = 10
@@ -73,7 +73,7 @@ def detect_format(path: str | Path) -> str:
     if path.name in ("u.data", "ratings.dat"):
         return "movielens"
     with open(path, "rb") as f:
-        first = f.readline().decode("utf-8", errors="replace").strip()
+        first = f.readline().decode("utf-8-sig", errors="replace").strip()
     if first.split("\t") == XING_HEADER:
         return "xing"
     if first.split("\t") == XING_IMPRESSIONS_HEADER:
@@ -85,7 +85,7 @@ def detect_format(path: str | Path) -> str:
 
 def _first_line(path: Path) -> str:
     with open(path, "rb") as f:
-        return f.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+        return f.readline().decode("utf-8-sig", errors="replace").rstrip("\r\n")
 
 
 def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
@@ -206,21 +206,18 @@ def _ids(col: pa.ChunkedArray, what: str, integer: bool) -> tuple[np.ndarray, np
         return values, None, invalid
     if pa.types.is_floating(col.type):
         values = col.to_numpy(zero_copy_only=False)
-        invalid = ~np.isfinite(values) | (values != np.round(values))
+        invalid = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2.0**63)
         return np.where(invalid, 0, values).astype(np.int64), None, invalid
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         text = pc.utf8_trim_whitespace(col)
-        invalid = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
+        empty = pc.fill_null(pc.equal(text, ""), True)
+        digits = pc.replace_substring_regex(text, r"\.0*$", "")  # "7.0" -> "7"
+        is_int = pc.and_(pc.fill_null(pc.match_substring_regex(text, _INT_RE), False), _fits_int64(digits))
+        invalid = empty.to_numpy(zero_copy_only=False)
         if integer:
-            invalid |= ~pc.fill_null(pc.match_substring_regex(text, _INT_RE), False).to_numpy(
-                zero_copy_only=False
-            )
-        if (
-            integer
-            or pc.all(pc.or_(pc.match_substring_regex(text, _INT_RE), pc.equal(text, ""))).as_py()
-            is not False
-        ):
-            return pc.cast(pc.if_else(invalid, "0", text), pa.int64()).to_numpy(), None, invalid
+            invalid |= ~is_int.to_numpy(zero_copy_only=False)
+        if integer or pc.all(pc.or_(is_int, empty)).as_py() is not False:
+            return pc.cast(pc.if_else(invalid, "0", digits), pa.int64()).to_numpy(), None, invalid
         names = pc.unique(text.filter(pa.array(~invalid)))
         sorted_names = names.take(pc.array_sort_indices(names))
         codes = pc.index_in(text, value_set=sorted_names).fill_null(0)
@@ -228,13 +225,26 @@ def _ids(col: pa.ChunkedArray, what: str, integer: bool) -> tuple[np.ndarray, np
     raise TypeError(f"{what} column has unsupported type {col.type}")
 
 
+def _fits_int64(digits: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Whether each integer text (``-?\\d+``) fits in int64; a longer id is a string id or a bad row."""
+    magnitude = pc.utf8_ltrim(digits, characters="-")
+    n = pc.utf8_length(magnitude)
+    too_big = pc.or_(pc.greater(n, 19), pc.and_(pc.equal(n, 19), pc.greater(magnitude, "9223372036854775807")))
+    return pc.invert(pc.fill_null(too_big, False))
+
+
 def _iso_seconds(text: pa.ChunkedArray) -> pa.ChunkedArray:
-    """ISO 8601 text (``T`` or space, optional fraction, ``Z``/``+00:00``, or a bare date) to int64 seconds, null if bad."""
-    text = pc.replace_substring_regex(text, r"(\.\d+)?(Z|[+-]00:?00)?$", "")
+    """ISO 8601 text (``T`` or space, optional fraction, ``Z`` or a ``+hh:mm``/``-hhmm`` offset, or a bare
+    date) to int64 UTC seconds, null if bad."""
+    offset = pc.extract_regex(text, r"(?P<sign>[+-])(?P<hh>\d{2}):?(?P<mm>\d{2})$")  # null without one
+    hours, minutes = (pc.cast(pc.struct_field(offset, f), pa.int64()) for f in ("hh", "mm"))
+    east = pc.multiply(pc.add(pc.multiply(hours, 3600), pc.multiply(minutes, 60)),
+                       pc.if_else(pc.equal(pc.struct_field(offset, "sign"), "-"), -1, 1))  # fmt: skip
+    text = pc.replace_substring_regex(text, r"(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$", "")
     text = pc.replace_substring_regex(text, r"^(\d{4}-\d{2}-\d{2})$", r"\1T00:00:00")
     text = pc.replace_substring_regex(text, r"^(\d{4}-\d{2}-\d{2}) ", r"\1T")
     parsed = pc.strptime(text, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
-    return parsed.cast(pa.int64())
+    return pc.subtract(parsed.cast(pa.int64()), pc.fill_null(east, 0))
 
 
 def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,13 @@ def test_key_changes_with_every_input(source, tmp_path):
     assert base != cache_key(source, preset="hiertcn-xing", session_gap=1800, split="last_session")
 
 
+def test_key_changes_with_the_data_revision(source, monkeypatch):
+    # Code that changes what an entry holds bumps DATA_REVISION, so older entries are not served.
+    base = cache_key(source, split="last_session")
+    monkeypatch.setattr(cache_module, "DATA_REVISION", cache_module.DATA_REVISION + 1)
+    assert cache_key(source, split="last_session") != base
+
+
 def test_key_of_a_huge_file_uses_size_mtime_and_edges(source, monkeypatch):
     monkeypatch.setattr(cache_module, "FULL_HASH_LIMIT", 8)
     monkeypatch.setattr(cache_module, "EDGE_BYTES", 4)

@@ -5,6 +5,7 @@ import pytest
 
 from hiertcn.data.log import InteractionLog
 from hiertcn.data.presets import Counts, PresetReport, apply_preset, session_ids
+from hiertcn_kernels import pack_sessions
 
 
 def make_log(rows, with_type=True):
@@ -39,6 +40,22 @@ def test_hiertcn_xing_reaches_the_fixed_point():
     assert "after (3 rounds)" in str(report)
     again = PresetReport.from_dict(json.loads(json.dumps(report.as_dict())))  # as a cached dataset keeps it
     assert again == report and str(again) == str(report)
+
+
+def test_session_counts_are_those_the_packer_will_make():
+    # A delete between two clicks bridges them into one session; once the preset drops it, the 2000 s gap
+    # splits them, as pack_sessions will: the report counts the sessions that are actually packed.
+    rows = []
+    for user in range(60):
+        rows += [(user, 1, 100 * k, 1) for k in range(11)] + [(user, 2, 2000, 4), (user, 1, 3000, 1)]
+    log = make_log(rows)
+    assert len(np.unique(session_ids(log.user, log.timestamp))) == 60
+    out, report = apply_preset(log, "hiertcn-xing")
+    packed = pack_sessions(out.user, out.item, out.timestamp, session_gap=1800)
+    assert report.before.sessions == 60 and report.after.sessions == packed.n_sessions == 120
+    removed = report.steps["interaction_type == 4 (delete)"]
+    assert removed.sessions == -60  # dropping the deletes split every user's session in two
+    assert sum(c.sessions for c in report.steps.values()) == report.before.sessions - report.after.sessions
 
 
 def test_one_pass_would_not_be_enough():

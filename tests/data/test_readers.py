@@ -227,3 +227,41 @@ def test_common_column_names_are_found(tmp_path):
     log = read_log(path)
     np.testing.assert_array_equal(log.item, [31, 1029])
     np.testing.assert_array_equal(log.timestamp, [1260759144, 1260759179])
+
+
+@pytest.mark.parametrize("bad_row", ["", "1,9,garbage\n"])
+def test_iso_offsets_are_utc_on_both_parsing_passes(tmp_path, bad_row):
+    # A bad row sends the file through the careful text pass; offsets must mean the same there.
+    text = "user_id,item_id,timestamp\n1,2,2020-01-01T10:00:00+02:00\n1,3,2020-01-01T10:00:00-0130\n" + bad_row
+    text += "2,3,2020-01-01T08:00:00Z\n"
+    log = read_log(write(tmp_path / "log.csv", text), skip_bad_rows=True)
+    np.testing.assert_array_equal(log.timestamp, [1577865600, 1577878200, 1577865600])  # 08:00Z, 11:30Z, 08:00Z
+    assert len(log.skipped_lines) == (1 if bad_row else 0)
+
+
+def test_integral_decimal_ids_are_integers_whatever_else_is_in_the_file(tmp_path):
+    # pandas writes an int column with a missing value as 1.0, 2.0, ...; with or without a bad row (which
+    # sends the file through the text pass) those are the integer ids 1, 2.
+    for extra in ("", ",10.0,400\n"):
+        path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1.0,10.0,100\n2.0,10.0,200\n" + extra)
+        log = read_log(path, skip_bad_rows=True)
+        assert log.user_names is None and log.item_names is None
+        assert log.user.tolist() == [1, 2] and log.item.tolist() == [10, 10]
+
+
+def test_ids_beyond_int64_are_string_ids_or_bad_rows(tmp_path):
+    big = "99999999999999999999999"
+    log = read_log(write(tmp_path / "log.csv", f"user_id,item_id,timestamp\n1,{big},5\n2,3,6\n"))
+    assert list(log.item_names) == ["3", big]  # ids are labels: too long for int64, so strings
+    xing = "user_id\titem_id\tinteraction_type\tcreated_at\n1\t2\t1\t100\n1\t" + big + "\t1\t200\n"
+    path = write(tmp_path / "interactions.csv", xing)  # XING declares integer ids: a bad row, by line
+    with pytest.raises(ValueError, match=r"at line\(s\) 3;"):
+        read_log(path)
+    assert read_log(path, skip_bad_rows=True).skipped_lines.tolist() == [3]
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    path = tmp_path / "interactions.csv"
+    path.write_bytes(b"\xef\xbb\xbfuser_id\titem_id\tinteraction_type\tcreated_at\n1\t2\t1\t100\n1\t3\t1\t200\n")
+    log = read_log(path)  # detected as XING despite the mark
+    assert log.user.tolist() == [1, 1] and log.timestamp.tolist() == [100, 200]
