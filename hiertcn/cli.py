@@ -457,7 +457,7 @@ def cmd_demo(args) -> int:
     from .data.synthetic import generate_xing
 
     size = DEMO["tiny" if args.tiny else "full"]
-    out = Path(getattr(args, "out", "hiertcn-demo"))
+    out = Path(config_from_args(args, out="hiertcn-demo").out)  # --out, else the --config file's, else this
     config = config_from_args(
         args, out=str(out), epochs=size["epochs"], max_time=size["max_time"], lr=size["lr"],
         cache_dir=str(out / "cache"), format="xing", checkpoint_every=0, validate=False,

@@ -8,12 +8,15 @@ plus an optional ``model_config`` table of keyword arguments per model name::
     [model_config.hiertcn]
     levels = 3
 
-Unknown keys are rejected by name, so a typo never silently falls back to a default.
+Unknown keys are rejected by name, so a typo never silently falls back to a default, and
+values of the wrong type by name too (a float may be written as text, as YAML 1.1 reads ``1e-3``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +105,8 @@ class Config:
             raise ValueError(
                 f"unknown key(s) {', '.join(map(repr, unknown))} in {source}; valid keys: {', '.join(self.keys())}"
             )
+        hints = typing.get_type_hints(type(self))
+        values = {key: _typed(key, value, hints[key], source) for key, value in values.items()}
         model_config = values.get("model_config", {})
         if not isinstance(model_config, dict) or not all(isinstance(v, dict) for v in model_config.values()):
             raise ValueError(f"model_config in {source} must map model names to tables of keyword arguments")
@@ -109,6 +114,33 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _typed(key: str, value: Any, hint: Any, source: str) -> Any:
+    """``value`` as the field's type: ints (integral floats too), floats (numbers, or text such as YAML's
+    ``1e-3``), bools, strings, lists (a comma-separated string too) and tables; else a ValueError naming it."""
+    choices = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in choices:
+        return None
+    for choice in choices:
+        kind = typing.get_origin(choice) or choice
+        if isinstance(value, bool):
+            if kind is bool:
+                return value
+        elif kind is int and isinstance(value, (int, float)) and float(value).is_integer():
+            return int(value)
+        elif kind is float and isinstance(value, (int, float)):
+            return float(value)
+        elif kind is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif (kind in (str, dict) and isinstance(value, kind)) or (kind is list and isinstance(value, (list, str))):
+            return value
+    wanted = " or ".join("none" if c is type(None) else getattr(typing.get_origin(c) or c, "__name__", str(c))
+                         for c in choices)  # fmt: skip
+    raise ValueError(f"{key} in {source} must be {wanted}, got {value!r}")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -41,6 +41,23 @@ def test_bad_values_and_files():
     assert Config(models="hiertcn, gru4rec").models == ["hiertcn", "gru4rec"]
 
 
+def test_values_of_the_wrong_type_are_named(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 as a string: a float given as text is taken; other mismatches are named.
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("lr: 1e-3\nepochs: 4.0\nmax_time: 60\n")
+    config = load_config(yaml)
+    assert (config.lr, config.epochs, config.max_time) == (0.001, 4, 60.0)
+    assert isinstance(config.epochs, int) and isinstance(config.max_time, float)
+    for text, match in (("epochs: 2.5\n", "epochs in .*run.yaml must be int, got 2.5"),
+                        ("lr: fast\n", "lr in .* must be float, got 'fast'"),
+                        ("validate: 'no'\n", "validate in .* must be bool"),
+                        ("data: 3\n", "data in .* must be str or none, got 3"),
+                        ("patience: true\n", "patience in .* must be int, got True")):  # fmt: skip
+        yaml.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_config(yaml)
+
+
 def test_checkpoint_round_trip_is_atomic(tmp_path):
     path = tmp_path / "ck" / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.arange(3.0)}})

@@ -138,15 +138,20 @@ def test_end_to_end_on_a_tiny_synthetic_xing_log(tmp_path, capsys):
     assert last_json(capsys)["mrr"] == first["mrr"]  # --seed repeats a CPU run exactly
 
 
-def test_tiny_demo_runs_the_whole_job(tmp_path, capsys):
+@pytest.mark.parametrize("out_from", ["flag", "config"])
+def test_tiny_demo_runs_the_whole_job(tmp_path, capsys, monkeypatch, out_from):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the default folder
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--tiny", "--quiet", "--models", "hiertcn,moving_average", "--out", str(out), "--json"]) == 0
+    (tmp_path / "demo.toml").write_text(f'out = "{out}"\n')
+    where = ["--out", str(out)] if out_from == "flag" else ["--config", str(tmp_path / "demo.toml")]
+    assert cli.main(["demo", "--tiny", "--quiet", "--models", "hiertcn,moving_average", *where, "--json"]) == 0
     captured = capsys.readouterr()
     metrics = json.loads(captured.out.strip().splitlines()[-1])
     assert list(metrics) == ["hiertcn", "moving_average"] and all(m["n_events"] > 0 for m in metrics.values())
     for name in ("data/interactions.csv", "metrics.json", "training_curves.png", "metrics.png", "hiertcn/best.pt"):
         assert (out / name).is_file(), name
     assert str(out / "metrics.json") in captured.err  # it says where everything went
+    assert not (tmp_path / "hiertcn-demo").exists()
 
 
 def test_bench_times_models_and_kernel_ops(tiny, tmp_path, capsys):
