@@ -280,10 +280,26 @@ def fit(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         run = ckpt["run"]
-        lane_state = ckpt["lane_state"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        mine = ckpt  # a checkpoint of one process
+        if "ranks" in ckpt:  # each rank carries its own users' lanes and RNG
+            if len(ckpt["ranks"]) != world:
+                raise ValueError(f"{last_path} was written by {len(ckpt['ranks'])} rank(s); resume it with as many, "
+                                 f"not {world}")  # fmt: skip
+            mine = ckpt["ranks"][rank]
+        lane_state = None if mine["lane_state"] is None else mine["lane_state"].to(device)
+        torch.set_rng_state(mine["rng"]["torch"].cpu())
+        if device.type == "cuda" and mine["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(mine["rng"]["cuda"].cpu(), device)
+
+    def save_last() -> None:
+        """``last.pt`` with every rank's carried lane state and RNG (a collective: every rank calls it)."""
+        mine = {"lane_state": None if lane_state is None else lane_state.detach().cpu(), "rng": _rng_state(device)}
+        ranks = [mine]
+        if world > 1:
+            ranks = [None] * world
+            dist.all_gather_object(ranks, mine)
+        if writes:
+            save_checkpoint(last_path, {**checkpoint_payload(), "ranks": ranks})
 
     def checkpoint_payload() -> dict[str, Any]:
         return {
@@ -296,10 +312,7 @@ def fit(
             "scheduler": scheduler.state_dict(),
             "run": run,
             "lane_state": lane_state,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            },
+            "rng": _rng_state(device),
         }
 
     has_valid = config.validate and bool((np.asarray(dataset.role) == VALID).any())
@@ -357,10 +370,10 @@ def fit(
                 )
                 if config.max_time is not None:
                     out_of_time = _any_rank(run["train_time"] + now - epoch_start >= config.max_time, world, device)
-                if writes and config.checkpoint_every and run["step"] % config.checkpoint_every == 0:
+                if config.checkpoint_every and run["step"] % config.checkpoint_every == 0:
                     _account(run, epoch_start, loader, epoch_wait0)
                     epoch_start, epoch_wait0 = time.perf_counter(), loader.wait_s
-                    save_checkpoint(last_path, checkpoint_payload())
+                    save_last()
                 if on_step is not None:
                     on_step(run["step"])
                 if out_of_time:
@@ -392,8 +405,7 @@ def fit(
         run["history"].append(row)
         run["epoch"], run["batch"] = epoch + 1, 0
         run["epoch_loss"], run["epoch_targets"] = 0.0, 0
-        if writes:
-            save_checkpoint(last_path, checkpoint_payload())
+        save_last()
         if out_of_time:
             break
 
@@ -473,6 +485,13 @@ def _take(iterable, n: int):
         if i >= n:
             return
         yield item
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
 
 
 def _weights_payload(payload: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -12,13 +13,26 @@ from tests.test_train import TinyLaneGRU, ce_loss, lane_evaluate, planted_datase
 CONFIG = {"epochs": 4, "lr": 0.05, "n_queues": 2, "checkpoint_every": 0}
 
 
-def _rank(rank, world, init_file, run_dir, overrides=None):
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step):
+    def on_step(done):
+        if done == step:
+            raise _Killed(f"stopped after step {step}")
+
+    return on_step
+
+
+def _rank(rank, world, init_file, run_dir, overrides=None, resume=False, kill_at=None):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         model = TinyLaneGRU()
+        on_step = None if kill_at is None else _kill_at(kill_at)
         result = fit(model, planted_dataset(n_users=32), small_config(**{**CONFIG, **(overrides or {})}), run_dir=run_dir, progress=False,
-                     loss_fn=ce_loss, evaluate_fn=lane_evaluate)  # fmt: skip
+                     loss_fn=ce_loss, evaluate_fn=lane_evaluate, resume=resume, on_step=on_step)  # fmt: skip
         torch.save({"metrics": result.metrics, "weights": model.state_dict()}, f"{run_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -54,3 +68,17 @@ def test_ranks_stop_together_on_the_time_limit(tmp_path):
     mp.spawn(_rank, args=(2, tmp_path / "init", tmp_path / "ddp", overrides), nprocs=2, join=True)
     steps = [torch.load(tmp_path / "ddp" / f"rank{r}.pt")["metrics"]["steps"] for r in range(2)]
     assert steps == [1, 1]
+
+
+def test_a_killed_two_rank_run_resumes_exactly(tmp_path):
+    # Mid-epoch checkpoints keep every rank's carried lane state: a resumed run ends with the same weights.
+    overrides = {"epochs": 2, "checkpoint_every": 1}
+    mp.spawn(_rank, args=(2, tmp_path / "init-a", tmp_path / "whole", overrides), nprocs=2, join=True)
+    with pytest.raises(mp.ProcessRaisedException, match="stopped after step 3"):
+        mp.spawn(_rank, args=(2, tmp_path / "init-b", tmp_path / "killed", overrides, False, 3), nprocs=2, join=True)
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["run"]["batch"] > 0  # mid-epoch
+    mp.spawn(_rank, args=(2, tmp_path / "init-c", tmp_path / "killed", overrides, True), nprocs=2, join=True)
+    whole, resumed = (torch.load(tmp_path / run / "rank1.pt")["weights"] for run in ("whole", "killed"))
+    for a, b in zip(whole.values(), resumed.values(), strict=True):
+        assert torch.equal(a, b)
+
