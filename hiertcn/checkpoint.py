@@ -2,7 +2,8 @@
 
 A checkpoint is one ``torch.save`` dict: ``format_version``, ``hiertcn_version``,
 the run ``config``, the model's ``model_name``/``model_config``/``n_items`` (enough
-to rebuild it with ``build_model``), its ``model`` state dict, and, for resuming,
+to rebuild it with ``build_model``), the ``catalogue`` fingerprint (which item each
+output row is), its ``model`` state dict, and, for resuming,
 ``optimizer``, ``scheduler``, the batcher position, the carried lane state and
 the RNG states. It is written to a temporary file in the same folder and renamed
 into place, so a run killed while saving leaves the previous checkpoint intact.
@@ -14,9 +15,11 @@ import os
 import pickle
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -65,6 +68,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def catalogue_fingerprint(dataset) -> int:
+    """CRC32 of the dataset's item ids (and names, for string ids): which item each output row scores."""
+    crc = zlib.crc32(np.ascontiguousarray(dataset.csr.item_ids, dtype=np.int64).tobytes())
+    names = getattr(dataset, "info", {}).get("item_names")
+    return crc if names is None else zlib.crc32("\n".join(names).encode(), crc)
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint was written for and load its weights (in eval mode)."""
     from .models import build_model
@@ -73,6 +83,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     missing = [k for k in ("model_name", "n_items", "model") if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it holds no model")
+    if payload["model_name"] is None:
+        raise CheckpointError(
+            f"checkpoint {path} holds a {payload.get('model_class', 'model')} trained by fit() without model_name "
+            "and model_config, so it cannot be rebuilt: build the model yourself and load_state_dict(payload['model']), "
+            "or pass both to fit()"
+        )
     model = build_model(payload["model_name"], n_items=payload["n_items"], **payload.get("model_config", {}))
     model.load_state_dict(payload["model"])
     return model.to(map_location).eval(), payload

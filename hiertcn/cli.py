@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model
+from .checkpoint import CheckpointError, catalogue_fingerprint, load_checkpoint, load_model
 from .config import SPLITS, Config
 from .train import NonFiniteLossError, fit, resolve_device, seed_everything, write_metrics
 
@@ -490,6 +490,11 @@ def _check_catalogue(dataset, saved, path) -> None:
         raise ValueError(
             f"checkpoint {path} was trained on {saved['n_items']} items but this dataset has "
             f"{dataset.csr.n_items}; pass the --data/--preset/--split it was trained with"
+        )
+    if saved.get("catalogue", catalogue_fingerprint(dataset)) != catalogue_fingerprint(dataset):
+        raise ValueError(
+            f"checkpoint {path} was trained on another catalogue of {saved['n_items']} items (other item ids); "
+            "pass the --data/--preset/--split it was trained with"
         )
 
 

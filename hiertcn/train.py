@@ -33,7 +33,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .batching import QueueBatcher, user_batches
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import catalogue_fingerprint, load_checkpoint, save_checkpoint
 from .config import Config
 from .data.splits import TEST, TRAIN, VALID
 from .metrics import combine_results
@@ -291,6 +291,8 @@ def fit(
         if device.type == "cuda" and mine["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(mine["rng"]["cuda"].cpu(), device)
 
+    catalogue = catalogue_fingerprint(dataset)
+
     def save_last() -> None:
         """``last.pt`` with every rank's carried lane state and RNG (a collective: every rank calls it)."""
         mine = {"lane_state": None if lane_state is None else lane_state.detach().cpu(), "rng": _rng_state(device)}
@@ -304,9 +306,11 @@ def fit(
     def checkpoint_payload() -> dict[str, Any]:
         return {
             "config": config.to_dict(),
-            "model_name": model_name or type(model).__name__,
+            "model_name": model_name,  # None: load_model cannot rebuild it (a model outside build_model)
+            "model_class": type(model).__name__,
             "model_config": model_config or {},
             "n_items": dataset.csr.n_items,
+            "catalogue": catalogue,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -495,5 +499,5 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
 
 
 def _weights_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    keep = ("config", "model_name", "model_config", "n_items", "model")
+    keep = ("config", "model_name", "model_class", "model_config", "n_items", "catalogue", "model")
     return {k: payload[k] for k in keep}

@@ -225,3 +225,11 @@ def test_training_loss_samples_by_the_train_popularity(name):
     else:
         torch.testing.assert_close(loss.popularity, torch.as_tensor(counts / counts.sum()))
 
+
+def test_a_model_fit_without_its_build_model_name_is_named_not_rebuilt(tmp_path):
+    from hiertcn.checkpoint import CheckpointError, load_model
+
+    run_fit(tmp_path, config=small_config(epochs=1))
+    with pytest.raises(CheckpointError, match="holds a TinyLaneGRU trained by fit\\(\\) without model_name"):
+        load_model(tmp_path / "run" / "best.pt")
+

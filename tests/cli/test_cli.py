@@ -235,3 +235,12 @@ def test_train_with_each_sampling_loss(tiny, tmp_path, capsys, loss):
     argv = ["train", "--config", str(tiny), "--out", str(tmp_path / loss), "--epochs", "1", "--quiet", "--json"]
     assert cli.main([*argv, "--loss", loss]) == 0
     assert 0 < last_json(capsys)["mrr"] <= 1
+
+
+def test_evaluate_refuses_another_catalogue_of_the_same_size(tiny, tmp_path, monkeypatch, capsys):
+    assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
+    data = planted_dataset(n_users=20)
+    other = dataclasses.replace(data, csr=dataclasses.replace(data.csr, item_ids=data.csr.item_ids + 100))
+    monkeypatch.setattr(cli, "load_dataset", lambda config, echo=print: (other, tmp_path / "cache"))
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "w/best.pt"), "--out", str(tmp_path / "ev")]) == 2
+    assert "another catalogue of 12 items" in capsys.readouterr().err
