@@ -136,8 +136,12 @@ def generate_xing(
     n_impressed: int = 10,
 ) -> XingFiles:
     """Write a synthetic XING log into ``out_dir`` (created if missing); see the module docstring."""
-    for name, value in (("n_users", n_users), ("n_items", n_items), ("n_topics", n_topics)):
-        if int(value) < 1:
+    counts = (("n_users", n_users), ("n_items", n_items), ("n_topics", n_topics), ("n_neighbours", n_neighbours),
+              ("n_impressed", n_impressed))  # fmt: skip
+    for name, value in counts:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if n_topics < 2:
         raise ValueError(f"n_topics must be >= 2 (a stable and an emerging topic), got {n_topics}")
@@ -152,8 +156,6 @@ def generate_xing(
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {p}")
     for name, value in (
-        ("n_neighbours", n_neighbours),
-        ("n_impressed", n_impressed),
         ("sessions_median", sessions_median),
         ("session_len_median", session_len_median),
         ("click_gap_mean", click_gap_mean),

@@ -144,3 +144,9 @@ def test_neither_long_term_nor_last_item_alone_predicts_well(small):
 
     assert accuracy(majority, first) > accuracy(previous, first) + 0.03
     assert accuracy(previous, later) > accuracy(majority, later) + 0.2
+
+
+@pytest.mark.parametrize(("arg", "value"), [("n_users", 2.5), ("n_neighbours", 1.5), ("n_users", True)])
+def test_counts_must_be_ints(tmp_path, arg, value):
+    with pytest.raises(TypeError, match=f"{arg} must be an int"):
+        generate_xing(tmp_path, **{**SMALL, arg: value})
