@@ -289,7 +289,11 @@ def cmd_train(args) -> int:
     ddp = _init_distributed(config)
     try:
         rank = torch.distributed.get_rank() if ddp else 0
+        if rank != 0:  # rank 0 prepares (and caches) the dataset alone; the others then read the cache
+            torch.distributed.barrier()
         dataset, _ = load_dataset(config, echo=say if rank == 0 else lambda *a: None)
+        if ddp and rank == 0:
+            torch.distributed.barrier()
         seed_everything(config.seed)
         model, options = build_for(config.model, dataset, config)
         result = fit(model, dataset, config, run_dir=config.out, resume=args.resume, progress=not args.quiet,

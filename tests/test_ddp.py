@@ -1,6 +1,7 @@
 """Two gloo ranks under DistributedDataParallel against one process on the same data."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -82,3 +83,23 @@ def test_a_killed_two_rank_run_resumes_exactly(tmp_path):
     for a, b in zip(whole.values(), resumed.values(), strict=True):
         assert torch.equal(a, b)
 
+
+
+def test_torchrun_trains_from_a_cold_cache(tmp_path):
+    # The README's DDP command on a log no rank has prepared yet: rank 0 builds the cache, the other waits.
+    import subprocess
+    import sys
+
+    from hiertcn.data.synthetic import generate_xing
+
+    log = generate_xing(tmp_path / "xing", n_users=120, n_items=80, seed=1).interactions
+    (tmp_path / "small.toml").write_text("n_queues = 4\n[model_config.hiertcn]\nembedding_dim = 8\nhidden_dim = 8\n"
+                                         "channels = 8\n")  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hiertcn",
+           "train", "--data", str(log), "--cache-dir", str(tmp_path / "cache"), "--config", str(tmp_path / "small.toml"),
+           "--epochs", "1", "--quiet", "--json", "--out", str(tmp_path / "run")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["n_events"] > 0
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one entry, built once
