@@ -32,6 +32,7 @@ def _loss_and_grads(block, backend, monkeypatch):
 
 
 @pytest.mark.parametrize("block", ["relu", "gated"])
+@pytest.mark.interpreter
 def test_triton_and_reference_give_the_same_training_loss(block, monkeypatch):
     _require_kernels()
     ref_loss, ref_grads = _loss_and_grads(block, "reference", monkeypatch)
