@@ -13,6 +13,7 @@ yourself to run kernels on CPU tensors.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -34,6 +35,12 @@ def backend_name() -> str:
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def launch_device(x: torch.Tensor):
+    """Context for a kernel launch on ``x``: its GPU (Triton launches on the current device and stream,
+    which need not be ``x``'s), or nothing for CPU tensors (the interpreter)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def use_triton(x: torch.Tensor) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import reference
@@ -9,12 +11,24 @@ from ._backend import backend_name, triton_ops, use_triton
 from ._checks import check_conv, check_tcn_block
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The fused gated kernel keeps the whole gate width in one tile: up to 512 fits sm_90's shared memory.
+MAX_FUSED_GATE = 512
 
 
-def _use_triton(x) -> bool:
+def _use_triton(x, weight=None, activation="conv") -> bool:
     # float64 has no Triton kernel: auto dispatch keeps it on the reference; a forced
     # HIERTCN_BACKEND=triton reaches the kernel module, which rejects it with a TypeError.
-    return use_triton(x) and (x.dtype in _TRITON_DTYPES or backend_name() == "triton")
+    if not (use_triton(x) and (x.dtype in _TRITON_DTYPES or backend_name() == "triton")):
+        return False
+    if weight is None or (weight.shape[1] > 0 and not (activation == "gated" and weight.shape[0] // 2 > MAX_FUSED_GATE)):
+        return True
+    # Shapes the fused kernels do not cover run on the reference (cuDNN on CUDA), unless Triton is forced.
+    what = (f"C_in={weight.shape[1]}" if weight.shape[1] == 0 else f"a gated block with hidden size {weight.shape[0] // 2}")
+    if backend_name() == "triton":
+        raise ValueError(f"the fused Triton kernels cover C_in >= 1 and gated hidden sizes up to {MAX_FUSED_GATE}, "
+                         f"not {what}; unset HIERTCN_BACKEND to run it on the reference")  # fmt: skip
+    warnings.warn(f"{what}: beyond the fused Triton kernels, running the PyTorch reference", stacklevel=3)
+    return False
 
 
 def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
@@ -24,7 +38,7 @@ def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
     position before the start of ``t``'s own sequence reads as zero. ``weight``: ``(C_out, C_in, K)``.
     """
     check_conv(x, weight, bias, dilation, cu_seqlens)
-    if _use_triton(x):
+    if _use_triton(x, weight):
         return triton_ops("conv", x).causal_conv1d(x, weight, bias, dilation=dilation, cu_seqlens=cu_seqlens)
     return reference.causal_conv1d(x, weight, bias, dilation=dilation, cu_seqlens=cu_seqlens)
 
@@ -41,6 +55,6 @@ def tcn_block(
     check_tcn_block(x, conv_weight, conv_bias, dilation, activation, out_weight, out_bias, cu_seqlens)
     kwargs = {"dilation": dilation, "activation": activation, "out_weight": out_weight, "out_bias": out_bias,
                   "cu_seqlens": cu_seqlens}
-    if _use_triton(x):
+    if _use_triton(x, conv_weight, activation):
         return triton_ops("conv", x).tcn_block(x, conv_weight, conv_bias, **kwargs)
     return reference.tcn_block(x, conv_weight, conv_bias, **kwargs)

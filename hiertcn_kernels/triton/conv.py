@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import interpreting
+from .._backend import interpreting, launch_device
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -73,7 +73,7 @@ def _shifted_x(x_ptr, rows, row_ok, start, shift, ci, ci_ok, C_in):
 
 @triton.jit
 def _conv_acc(acc, x_ptr, wt_ptr, rows, row_ok, start, cols, col_ok, C_in, C_out, dilation,
-              K: tl.constexpr, BLOCK_I: tl.constexpr):
+              K: tl.constexpr, BLOCK_I: tl.constexpr, DOT_PREC: tl.constexpr):
     """``acc += sum_k x[rows - s_k] @ wt[k][:, cols]``, rows before their sequence start read as 0."""
     for k in range(K):
         for i0 in range(0, C_in, BLOCK_I):
@@ -82,14 +82,14 @@ def _conv_acc(acc, x_ptr, wt_ptr, rows, row_ok, start, cols, col_ok, C_in, C_out
             xt = _shifted_x(x_ptr, rows, row_ok, start, (K - 1 - k) * dilation, ci, ci_ok, C_in)
             wt = tl.load(wt_ptr + (k * C_in + ci[:, None]) * C_out + cols[None, :],
                          mask=ci_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = tl.dot(xt, wt, acc)
+            acc = tl.dot(xt, wt, acc, input_precision=DOT_PREC)
     return acc
 
 
 @triton.jit
 def _gated_preact(x_ptr, wt_ptr, b_ptr, rows, row_ok, start, C_in, H, dilation,
                   K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr,
-                  BLOCK_I: tl.constexpr, BLOCK_H: tl.constexpr):
+                  BLOCK_I: tl.constexpr, BLOCK_H: tl.constexpr, DOT_PREC: tl.constexpr):
     """Both halves of the gated pre-activation, ``(BLOCK_T, BLOCK_H)`` each, x loaded once."""
     hh = tl.arange(0, BLOCK_H)
     h_ok = hh < H
@@ -102,8 +102,8 @@ def _gated_preact(x_ptr, wt_ptr, b_ptr, rows, row_ok, start, C_in, H, dilation,
             xt = _shifted_x(x_ptr, rows, row_ok, start, (K - 1 - k) * dilation, ci, ci_ok, C_in)
             w_off = (k * C_in + ci[:, None]) * (2 * H) + hh[None, :]
             w_mask = ci_ok[:, None] & h_ok[None, :]
-            acc_t = tl.dot(xt, tl.load(wt_ptr + w_off, mask=w_mask, other=0.0), acc_t)
-            acc_s = tl.dot(xt, tl.load(wt_ptr + w_off + H, mask=w_mask, other=0.0), acc_s)
+            acc_t = tl.dot(xt, tl.load(wt_ptr + w_off, mask=w_mask, other=0.0), acc_t, input_precision=DOT_PREC)
+            acc_s = tl.dot(xt, tl.load(wt_ptr + w_off + H, mask=w_mask, other=0.0), acc_s, input_precision=DOT_PREC)
     if HAS_BIAS:
         acc_t += tl.load(b_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
         acc_s += tl.load(b_ptr + H + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
@@ -114,7 +114,8 @@ def _gated_preact(x_ptr, wt_ptr, b_ptr, rows, row_ok, start, C_in, H, dilation,
 def _fwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, bout_ptr, y_ptr, T, C_in, C_out, dilation,
                 K: tl.constexpr, RELU: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
                 HAS_OUT_BIAS: tl.constexpr,
-                BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
+                BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
+                DOT_PREC: tl.constexpr):
     """Plain conv or RELU block: grid (row tiles, out-channel tiles). GATED block: grid (row tiles, 1)."""
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < T
@@ -123,7 +124,7 @@ def _fwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, bout_ptr, y_ptr, T, C
     if GATED:
         H = C_out // 2
         a_t, a_s = _gated_preact(x_ptr, wt_ptr, b_ptr, rows, row_ok, start, C_in, H, dilation,
-                                 K, HAS_BIAS, BLOCK_T, BLOCK_I, BLOCK_O)
+                                 K, HAS_BIAS, BLOCK_T, BLOCK_I, BLOCK_O, DOT_PREC)
         h = (_tanh(a_t) * tl.sigmoid(a_s)).to(y_ptr.dtype.element_ty)
         hh = tl.arange(0, BLOCK_O)
         for c0 in range(0, C_in, BLOCK_C):
@@ -133,7 +134,7 @@ def _fwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, bout_ptr, y_ptr, T, C
             wo = tl.load(wout_ptr + cc[None, :] * H + hh[:, None], mask=(hh < H)[:, None] & cc_ok[None, :], other=0.0)
             mask = row_ok[:, None] & cc_ok[None, :]
             y = tl.load(x_ptr + rows64[:, None] * C_in + cc[None, :], mask=mask, other=0.0).to(tl.float32)
-            y = tl.dot(h, wo, y)
+            y = tl.dot(h, wo, y, input_precision=DOT_PREC)
             if HAS_OUT_BIAS:
                 y += tl.load(bout_ptr + cc, mask=cc_ok, other=0.0).to(tl.float32)[None, :]
             tl.store(y_ptr + rows64[:, None] * C_in + cc[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -141,13 +142,16 @@ def _fwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, bout_ptr, y_ptr, T, C
         cols = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
         col_ok = cols < C_out
         acc = tl.zeros((BLOCK_T, BLOCK_O), dtype=tl.float32)
-        acc = _conv_acc(acc, x_ptr, wt_ptr, rows, row_ok, start, cols, col_ok, C_in, C_out, dilation, K, BLOCK_I)
+        acc = _conv_acc(acc, x_ptr, wt_ptr, rows, row_ok, start, cols, col_ok, C_in, C_out, dilation, K, BLOCK_I,
+                        DOT_PREC)
         if HAS_BIAS:
             acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         mask = row_ok[:, None] & col_ok[None, :]
         if RELU:  # C_out == C_in: residual
             res = tl.load(x_ptr + rows64[:, None] * C_in + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            acc = tl.maximum(res + tl.maximum(acc, 0.0), 0.0)
+            # NaN propagates as in torch's relu (the default maximum would turn it into 0)
+            acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+            acc = tl.maximum(res + acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
         tl.store(y_ptr + rows64[:, None] * C_out + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -155,7 +159,8 @@ def _fwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, bout_ptr, y_ptr, T, C
 def _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr, h_ptr, rows, row_ok, own,
               C_in, C_out, dilation,
               K: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr, WANT_H: tl.constexpr,
-              BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
+              BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr,
+              DOT_PREC: tl.constexpr):
     """Phase 1 on one row tile: recompute the pre-activation, write ``da`` for every row of the
     tile and, for the program's own rows only (``own``), the residual part of ``dx`` (relu) and
     the gate output ``h`` (gated). ``da_ptr`` is addressed by global row."""
@@ -164,7 +169,7 @@ def _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr,
     if GATED:
         H = C_out // 2
         a_t, a_s = _gated_preact(x_ptr, wt_ptr, b_ptr, rows, row_ok, start, C_in, H, dilation,
-                                 K, HAS_BIAS, BLOCK_T, BLOCK_I, BLOCK_O)
+                                 K, HAS_BIAS, BLOCK_T, BLOCK_I, BLOCK_O, DOT_PREC)
         th = _tanh(a_t)
         sg = tl.sigmoid(a_s)
         hh = tl.arange(0, BLOCK_O)
@@ -181,7 +186,7 @@ def _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr,
             dy = tl.load(dy_ptr + rows64[:, None] * C_in + cc[None, :], mask=row_ok[:, None] & cc_ok[None, :],
                          other=0.0)
             wo = tl.load(wout_ptr + cc[:, None] * H + hh[None, :], mask=cc_ok[:, None] & h_ok[None, :], other=0.0)
-            dh = tl.dot(dy, wo, dh)
+            dh = tl.dot(dy, wo, dh, input_precision=DOT_PREC)
         da_t = dh * sg * (1.0 - th * th)
         da_s = dh * th * sg * (1.0 - sg)
         da_off = rows64[:, None] * C_out + hh[None, :]
@@ -193,7 +198,7 @@ def _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr,
             col_ok = cols < C_out
             acc = tl.zeros((BLOCK_T, BLOCK_O), dtype=tl.float32)
             acc = _conv_acc(acc, x_ptr, wt_ptr, rows, row_ok, start, cols, col_ok, C_in, C_out, dilation, K,
-                            BLOCK_I)
+                            BLOCK_I, DOT_PREC)
             if HAS_BIAS:
                 acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
             mask = row_ok[:, None] & col_ok[None, :]
@@ -208,7 +213,7 @@ def _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr,
 @triton.jit
 def _dx_rows(res_ptr, da_ptr, start_ptr, wt_ptr, dx_ptr, rows, row_ok, T, C_in, C_out, dilation,
              K: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr,
-             BLOCK_O: tl.constexpr):
+             BLOCK_O: tl.constexpr, DOT_PREC: tl.constexpr):
     """Phase 2 on one row tile: ``dx[t] = res[t] + sum_k da[t + s_k] @ wt[k]^T`` over rows
     ``t + s_k`` of ``t``'s own sequence (``da_ptr`` addressed by global row)."""
     rows64 = rows.to(tl.int64)
@@ -231,13 +236,14 @@ def _dx_rows(res_ptr, da_ptr, start_ptr, wt_ptr, dx_ptr, rows, row_ok, T, C_in, 
                              mask=dst_ok[:, None] & co_ok[None, :], other=0.0)
                 wt = tl.load(wt_ptr + (k * C_in + ci[None, :]) * C_out + co[:, None],
                              mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
-                acc = tl.dot(da, wt, acc)
+                acc = tl.dot(da, wt, acc, input_precision=DOT_PREC)
         tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _tn_chunk(a_ptr, b_ptr, start_ptr, part_ptr, bsum_ptr, chunk, r0, r1, C_a, C_b, dilation,
-              K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
+              K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr,
+              DOT_PREC: tl.constexpr):
     """Phase 3: ``part[chunk, k] = sum_t a[t - s_k]^T b[t]`` and ``bsum[chunk] = sum_t b[t]`` over the
     chunk's rows ``[r0, r1)`` (shifted rows in-sequence only; ``b_ptr`` addressed by global row).
     Each (tap, a-tile, b-tile) accumulates over the whole chunk in registers, then stores once."""
@@ -260,7 +266,7 @@ def _tn_chunk(a_ptr, b_ptr, start_ptr, part_ptr, bsum_ptr, chunk, r0, r1, C_a, C
                                   mask=ci_ok[:, None] & src_ok[None, :], other=0.0)
                     b = tl.load(b_ptr + rows.to(tl.int64)[:, None] * C_b + co[None, :],
                                 mask=row_ok[:, None] & co_ok[None, :], other=0.0)
-                    acc = tl.dot(a_t, b, acc)
+                    acc = tl.dot(a_t, b, acc, input_precision=DOT_PREC)
                     bsum += tl.sum(b.to(tl.float32), axis=0)
                 part_off = ((chunk * K + k) * C_a + ci[:, None]).to(tl.int64) * C_b + co[None, :]
                 tl.store(part_ptr + part_off, acc, mask=ci_ok[:, None] & co_ok[None, :])
@@ -275,7 +281,8 @@ def _bwd_kernel(x_ptr, start_ptr, halo_end_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr,
                 K: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
                 WANT_W: tl.constexpr, WANT_OUT: tl.constexpr,
                 ACT_BLOCK_T: tl.constexpr, ACT_BLOCK_I: tl.constexpr, ACT_BLOCK_O: tl.constexpr,
-                BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr):
+                BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr,
+                DOT_PREC: tl.constexpr):
     """The whole backward of one row chunk ``[r0, r1)``: program ``chunk`` runs three phases
     (see the module docstring). ``ACT`` is False for the plain conv: then ``da`` is ``dy``."""
     chunk = tl.program_id(0)
@@ -289,7 +296,7 @@ def _bwd_kernel(x_ptr, start_ptr, halo_end_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr,
             rows = t0 + tl.arange(0, ACT_BLOCK_T)
             _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr, h_ptr,
                       rows, rows < halo_end, rows < r1, C_in, C_out, dilation,
-                      K, GATED, HAS_BIAS, WANT_OUT, ACT_BLOCK_T, ACT_BLOCK_I, ACT_BLOCK_O, BLOCK_C)
+                      K, GATED, HAS_BIAS, WANT_OUT, ACT_BLOCK_T, ACT_BLOCK_I, ACT_BLOCK_O, BLOCK_C, DOT_PREC)
         # Phase 1's global writes (window, dx, h) become visible to all of this program's threads.
         tl.debug_barrier()
     else:
@@ -299,13 +306,13 @@ def _bwd_kernel(x_ptr, start_ptr, halo_end_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr,
     for t0 in range(r0, r1, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         _dx_rows(res_ptr, da_ptr, start_ptr, wt_ptr, dx_ptr, rows, rows < r1, T, C_in, C_out, dilation,
-                 K, ACT, BLOCK_T, BLOCK_I, BLOCK_O)
+                 K, ACT, BLOCK_T, BLOCK_I, BLOCK_O, DOT_PREC)
     if WANT_W:
         _tn_chunk(x_ptr, da_ptr, start_ptr, dw_part_ptr, db_part_ptr, chunk, r0, r1, C_in, C_out, dilation,
-                  K, BLOCK_T, BLOCK_I, BLOCK_O)
+                  K, BLOCK_T, BLOCK_I, BLOCK_O, DOT_PREC)
     if WANT_OUT:
         _tn_chunk(h_ptr, dy_ptr, start_ptr, dwo_part_ptr, dbo_part_ptr, chunk, r0, r1, C_out // 2, C_in, 0,
-                  1, BLOCK_T, BLOCK_I, BLOCK_O)
+                  1, BLOCK_T, BLOCK_I, BLOCK_O, DOT_PREC)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,7 +337,7 @@ def _channel_block(c: int) -> int:
     return _pow2(c, 32 if interpreting() else 64)
 
 
-def _block_opts(gated: bool, c_in: int, c_out: int) -> dict:
+def _block_opts(gated: bool, c_in: int, c_out: int, dot_prec: str = "tf32") -> dict:
     """Tiles and launch options of the forward kernel and the backward's phase 1, by channel count.
 
     GPU choices are free of register spills on sm_90 in fp32 and bf16 (``ptxas -v``, C = 128/256):
@@ -345,15 +352,15 @@ def _block_opts(gated: bool, c_in: int, c_out: int) -> dict:
     block_h = _pow2(c_out // 2, 1 << 30)
     if interpreting():
         return {"BLOCK_T": 16, "BLOCK_I": _channel_block(c_in), "BLOCK_O": block_h}
-    wide = block_h > 128
+    wide = block_h > 128 or dot_prec == "tf32x3"  # 3xTF32 holds more per product: as for a wide gate
     return {"BLOCK_T": 16 if wide else 32, "BLOCK_I": _pow2(c_in, 32), "BLOCK_O": block_h, "num_warps": 8,
                 "num_stages": 1 if wide else 2}
 
 
-def _bwd_opts(gated: bool, c_in: int, c_out: int) -> dict:
+def _bwd_opts(gated: bool, c_in: int, c_out: int, dot_prec: str = "tf32") -> dict:
     """Tiles and launch options of ``_bwd_kernel``: phase 1 (``ACT_*``, ``BLOCK_C``) tiles like the
     forward; phases 2 and 3 use ``BLOCK_T`` rows and ``BLOCK_I`` x ``BLOCK_O`` channel tiles."""
-    act = _block_opts(gated, c_in, c_out)
+    act = _block_opts(gated, c_in, c_out, dot_prec)
     opts = {"ACT_BLOCK_T": act["BLOCK_T"], "ACT_BLOCK_I": act["BLOCK_I"], "ACT_BLOCK_O": act["BLOCK_O"],
             "BLOCK_C": _channel_block(c_in), "BLOCK_T": _row_block(),
             "BLOCK_I": _channel_block(max(c_in, c_out // 2)),
@@ -365,6 +372,9 @@ def _bwd_opts(gated: bool, c_in: int, c_out: int) -> dict:
         if not gated:
             opts["ACT_BLOCK_T"] = 32
         opts.update(num_warps=8, num_stages=1 if gated else 2)
+        if dot_prec == "tf32x3":  # three products per dot: narrower tiles keep phases 2-3 spill-free
+            opts.update(BLOCK_I=min(opts["BLOCK_I"], 32), BLOCK_O=min(opts["BLOCK_O"], 32),
+                        BLOCK_C=min(opts["BLOCK_C"], 32), num_stages=1)
     return opts
 
 
@@ -389,6 +399,12 @@ def _check_dtype(x: torch.Tensor) -> None:
         raise TypeError(f"x has dtype {x.dtype}; Triton's interpreter (CPU tensors) supports float32 only")
 
 
+def _dot_precision(x: torch.Tensor) -> str:
+    """fp32 dots as in the cuDNN conv this replaces: TF32 while ``torch.backends.cudnn.allow_tf32`` (torch's
+    default), else 3xTF32 (about fp32 accuracy). 16-bit inputs ignore it; the interpreter's dots are exact."""
+    return "tf32" if x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32 else "tf32x3"
+
+
 def _forward(x, start, wt, bias, out_weight, out_bias, dilation, mode):
     t, c_in = x.shape
     k, _, c_out = wt.shape
@@ -396,14 +412,16 @@ def _forward(x, start, wt, bias, out_weight, out_bias, dilation, mode):
     y = _empty(t, c_in if gated else c_out, like=x)
     if t == 0:
         return y
-    opts = _block_opts(gated, c_in, c_out)
+    dot_prec = _dot_precision(x)
+    opts = _block_opts(gated, c_in, c_out, dot_prec)
     n_o = 1 if gated else triton.cdiv(c_out, opts["BLOCK_O"])
-    _fwd_kernel[(triton.cdiv(t, opts["BLOCK_T"]), n_o)](
-        x, start, wt, x if bias is None else bias, x if out_weight is None else out_weight,
-        x if out_bias is None else out_bias, y, t, c_in, c_out, dilation,
-        K=k, RELU=mode == "relu", GATED=gated, HAS_BIAS=bias is not None, HAS_OUT_BIAS=out_bias is not None,
-        BLOCK_C=_channel_block(c_in), **opts,
-    )
+    with launch_device(x):
+        _fwd_kernel[(triton.cdiv(t, opts["BLOCK_T"]), n_o)](
+            x, start, wt, x if bias is None else bias, x if out_weight is None else out_weight,
+            x if out_bias is None else out_bias, y, t, c_in, c_out, dilation,
+            K=k, RELU=mode == "relu", GATED=gated, HAS_BIAS=bias is not None, HAS_OUT_BIAS=out_bias is not None,
+            BLOCK_C=_channel_block(c_in), DOT_PREC=dot_prec, **opts,
+        )
     return y
 
 
@@ -460,12 +478,14 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
     def buf(p):  # absent buffers: any pointer, never touched (their constexpr flag is off)
         return x if p is None else p
 
-    _bwd_kernel[(n_chunks,)](
-        x, start, halo_end if act else start, wt, buf(bias), buf(out_weight), dy, buf(win), buf(h), dx,
-        buf(dw_part), buf(db_part), buf(dwo_part), buf(dbo_part), t, c_in, c_out, dilation, rows, win_rows,
-        K=k, ACT=act, GATED=gated, HAS_BIAS=bias is not None, WANT_W=want_w, WANT_OUT=want_out,
-        **_bwd_opts(gated, c_in, c_out),
-    )
+    dot_prec = _dot_precision(x)
+    with launch_device(x):
+        _bwd_kernel[(n_chunks,)](
+            x, start, halo_end if act else start, wt, buf(bias), buf(out_weight), dy, buf(win), buf(h), dx,
+            buf(dw_part), buf(db_part), buf(dwo_part), buf(dbo_part), t, c_in, c_out, dilation, rows, win_rows,
+            K=k, ACT=act, GATED=gated, HAS_BIAS=bias is not None, WANT_W=want_w, WANT_OUT=want_out,
+            DOT_PREC=dot_prec, **_bwd_opts(gated, c_in, c_out, dot_prec),
+        )
     # Deterministic reductions over the chunk axis (no atomics anywhere).
     dw = dw_part.sum(0).permute(2, 1, 0).to(wt.dtype) if want_w else None  # (K, C_in, C_out) -> (C_out, C_in, K)
     db = db_part.sum(0).to(x.dtype) if want_w and bias is not None else None

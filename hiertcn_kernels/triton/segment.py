@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .._backend import interpreting
+from .._backend import interpreting, launch_device
 
 _SUM, _MEAN, _MAX = 0, 1, 2
 _REDUCE_CODES = {"sum": _SUM, "mean": _MEAN, "max": _MAX}
@@ -114,7 +114,7 @@ def _segment_reduce_kernel(
         local = j + step  # (BLOCK_T,) row within the piece
         row = start[:, None, None] + local[None, :, None]
         mask = (local[None, :, None] < length[:, None, None]) & chan_ok[None, None, :]
-        offs = row * stride_src_t + chan[None, None, :] * stride_src_c
+        offs = row * stride_src_t + chan.to(tl.int64)[None, None, :] * stride_src_c  # strided: C*T may pass 2^31
         if REDUCE == 2:
             v = tl.load(src + offs, mask=mask, other=float("-inf")).to(ACC_DTYPE)
             # A lane moves only on a strict increase (or its first row): it keeps its first maximum.
@@ -175,7 +175,8 @@ def _segment_broadcast_kernel(
     else:
         seg = piece.to(tl.int64)
     seg_mask = in_range[:, None] & chan_ok[None, :]
-    rows = tl.load(src + seg[:, None] * stride_src_n + chan[None, :] * stride_src_c, mask=seg_mask, other=0.0)
+    rows = tl.load(src + seg[:, None] * stride_src_n + chan.to(tl.int64)[None, :] * stride_src_c, mask=seg_mask,
+                   other=0.0)
     if MODE == 1:
         _, seg_len = _piece_rows(seg_ptr, seg, in_range)
         rows = (rows.to(ACC_DTYPE) / tl.maximum(seg_len, 1).to(ACC_DTYPE)[:, None]).to(rows.dtype)
@@ -242,16 +243,17 @@ def _launch_reduce(src, src_idx, ptr, count_ptr, out, out_idx, code, tile, tilin
     n, c = out.shape
     block_c = _channel_block(c, tiling)
     grid = (triton.cdiv(n, block_n), triton.cdiv(c, block_c))
-    _segment_reduce_kernel[grid](
-        src, src.stride(0), src.stride(1),
-        src if src_idx is None else src_idx,
-        ptr, count_ptr,
-        out, out if out_idx is None else out_idx,
-        n, c,
-        REDUCE=code, HAS_SRC_IDX=src_idx is not None, STORE_IDX=out_idx is not None,
-        ACC_DTYPE=_acc_dtype(src.dtype)[1], IDX_DTYPE=_idx_dtype(out_idx),
-        BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=num_warps,
-    )
+    with launch_device(src):
+        _segment_reduce_kernel[grid](
+            src, src.stride(0), src.stride(1),
+            src if src_idx is None else src_idx,
+            ptr, count_ptr,
+            out, out if out_idx is None else out_idx,
+            n, c,
+            REDUCE=code, HAS_SRC_IDX=src_idx is not None, STORE_IDX=out_idx is not None,
+            ACC_DTYPE=_acc_dtype(src.dtype)[1], IDX_DTYPE=_idx_dtype(out_idx),
+            BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=num_warps,
+        )
 
 
 def _reduce_levels(src, src_idx, ptr, counts, reduce, out_dtype, idx_dtype):
@@ -310,15 +312,16 @@ def _broadcast(src, offsets, total, mode, argmax=None):
     block_n, block_t, num_warps = tile
     block_c = _channel_block(c, tiling)
     grid = (triton.cdiv(ptr.numel() - 1, block_n), triton.cdiv(c, block_c))
-    _segment_broadcast_kernel[grid](
-        src, src.stride(0), src.stride(1),
-        src if argmax is None else argmax,
-        ptr, ptr if piece_seg is None else piece_seg, offsets,
-        out, ptr.numel() - 1, c,
-        MODE=mode, HAS_PIECE_SEG=piece_seg is not None,
-        ACC_DTYPE=_acc_dtype(src.dtype)[1], IDX_DTYPE=_idx_dtype(argmax),
-        BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=num_warps,
-    )
+    with launch_device(src):
+        _segment_broadcast_kernel[grid](
+            src, src.stride(0), src.stride(1),
+            src if argmax is None else argmax,
+            ptr, ptr if piece_seg is None else piece_seg, offsets,
+            out, ptr.numel() - 1, c,
+            MODE=mode, HAS_PIECE_SEG=piece_seg is not None,
+            ACC_DTYPE=_acc_dtype(src.dtype)[1], IDX_DTYPE=_idx_dtype(argmax),
+            BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=num_warps,
+        )
     return out
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import hiertcn_kernels as hk
 from hiertcn_kernels import reference as R
+from hiertcn_kernels.conv import MAX_FUSED_GATE
 
 MODES = ("conv", "relu", "gated")
 # Tiles are 16 rows in the interpreter: 17 and 40 straddle tiles, 0 and 1 are the edge cases.
@@ -307,6 +308,17 @@ def test_temporal_conv_net_layer(monkeypatch, activation):
 
 
 @pytest.mark.interpreter
+def test_forced_triton_names_shapes_beyond_the_fused_kernels(triton_backend):
+    # A gate wider than one tile would not fit sm_90's shared memory; auto dispatch runs such blocks on the
+    # reference (test_cuda_gated_blocks_beyond_the_fused_kernel_run_on_the_reference), a forced backend says so.
+    x, w, b, ow, ob = make_args("gated", (2, 10), 8, 3, hidden=MAX_FUSED_GATE + 1)
+    with pytest.raises(ValueError, match=f"hidden sizes up to {MAX_FUSED_GATE}, not a gated block with hidden size"):
+        hk.tcn_block(x, w, b, activation="gated", out_weight=ow, out_bias=ob)
+    with pytest.raises(ValueError, match="not C_in=0"):
+        hk.causal_conv1d(torch.randn(2, 10, 0), torch.randn(4, 0, 3))
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("activation", ["relu", "gated"])
 def test_temporal_conv_net_dropout_same_on_both_backends(monkeypatch, activation):
     # Branch dropout scales weights outside the kernels: with the same mask, Triton equals the reference.
@@ -537,14 +549,33 @@ def _sessions(total, max_len, device, seed=0):
     return offsets_of(lengths.tolist(), device)
 
 
+@pytest.fixture(params=[False, True], ids=["fp32-exact", "tf32"])
+def allow_tf32(request, monkeypatch):
+    """fp32 convs on both sides follow torch.backends.cudnn.allow_tf32: off, both are about fp32 (our
+    kernels use 3xTF32); on (torch's default), both use TF32 (ours truncates, cuDNN rounds)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", request.param)
+    return request.param
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, None), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)])
 @pytest.mark.parametrize("t,c", [(2**16, 64), (2**18, 128), (2**16, 256), (2**16, 100)])
-def test_cuda_matches_reference(triton_backend, mode, dtype, tol, t, c):
+def test_cuda_matches_reference(triton_backend, allow_tf32, mode, dtype, tol, t, c):
+    if dtype != torch.float32 and allow_tf32:
+        pytest.skip("allow_tf32 concerns float32 only")
+    tol = tol or (3e-3 if allow_tf32 else 1e-4)
     off = _sessions(t, 20, "cuda")
     args = make_args(mode, (t,), c, 5, dtype=dtype, device="cuda")
     assert_matches_reference(mode, args, 4, off, tol)
+
+
+@pytest.mark.cuda
+def test_cuda_gated_blocks_beyond_the_fused_kernel_run_on_the_reference(monkeypatch):
+    monkeypatch.delenv("HIERTCN_BACKEND", raising=False)
+    args = make_args("gated", (4096,), 64, 5, device="cuda", hidden=MAX_FUSED_GATE + 64)
+    with pytest.warns(UserWarning, match="hidden size 576: beyond the fused Triton kernels"):
+        assert_matches_reference("gated", args, 2, _sessions(4096, 20, "cuda"), 1e-4)
 
 
 @pytest.mark.cuda
@@ -595,19 +626,20 @@ def compile_for(fn, dtype, arch, consts, **options):
                                 capture_output=True, text=True, check=True).stderr
         assert re.search(r"(?<![0-9])0 bytes spill stores", report), (where, report)
 
-for dtype, arch in [("fp32", 90), ("bf16", 90), ("fp16", 80)]:
+for dtype, arch, prec in [("fp32", 90, "tf32"), ("fp32", 90, "tf32x3"), ("bf16", 90, "tf32"), ("fp16", 80, "tf32")]:
     for c in (128, 256):
         for gated in (False, True):
-            opts = C._block_opts(gated, c, 2 * c if gated else c)
-            flags = dict(K=5, HAS_BIAS=True, BLOCK_C=64, **{k: v for k, v in opts.items() if k.startswith("BLOCK")})
+            opts = C._block_opts(gated, c, 2 * c if gated else c, prec)
+            flags = dict(K=5, HAS_BIAS=True, BLOCK_C=64, DOT_PREC=prec,
+                         **{k: v for k, v in opts.items() if k.startswith("BLOCK")})
             launch = {k: v for k, v in opts.items() if not k.startswith("BLOCK")}
             compile_for(C._fwd_kernel, dtype, arch, dict(flags, RELU=not gated, GATED=gated, HAS_OUT_BIAS=True), **launch)
-            bwd = C._bwd_opts(gated, c, 2 * c if gated else c)
+            bwd = C._bwd_opts(gated, c, 2 * c if gated else c, prec)
             # Block (with and without weight gradients: phase 3 changes register allocation), plain conv.
             for act, want in [(True, True), (True, False)] + [(False, True)] * (not gated):
                 compile_for(C._bwd_kernel, dtype, arch,
                             dict(K=5, ACT=act, GATED=gated, HAS_BIAS=True, WANT_W=want, WANT_OUT=gated and want,
-                                 **{k: v for k, v in bwd.items() if k.isupper()}),
+                                 DOT_PREC=prec, **{k: v for k, v in bwd.items() if k.isupper()}),
                             **{k: v for k, v in bwd.items() if not k.isupper()})
 print("compiled")
 """
