@@ -237,7 +237,7 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` on ``dataset``'s TRAIN sessions, early-stop on VALID ``mrr``, score TEST.
 
-    ``loss_fn(model, user_emb, targets, batch=...)`` defaults to ``build_loss(config.loss)``
+    ``loss_fn(model, user_emb, targets, batch=...)`` defaults to :func:`training_loss` of ``config.loss``
     and ``evaluate_fn(model, dataset, roles=...)`` to :func:`hiertcn.evaluate.evaluate` with the
     training windows (``config.max_session_len``).
     ``on_step(step)`` runs after every optimizer step. ``model_name``/``model_config`` (the
@@ -280,7 +280,7 @@ def fit(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         run = ckpt["run"]
-        mine = ckpt  # a checkpoint of one process
+        mine = ckpt  # written before checkpoints kept every rank's state: lane_state and rng at the top
         if "ranks" in ckpt:  # each rank carries its own users' lanes and RNG
             if len(ckpt["ranks"]) != world:
                 raise ValueError(f"{last_path} was written by {len(ckpt['ranks'])} rank(s); resume it with as many, "
@@ -315,8 +315,6 @@ def fit(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "run": run,
-            "lane_state": lane_state,
-            "rng": _rng_state(device),
         }
 
     has_valid = config.validate and bool((np.asarray(dataset.role) == VALID).any())
