@@ -495,7 +495,8 @@ def _check_catalogue(dataset, saved, path) -> None:
             f"checkpoint {path} was trained on {saved['n_items']} items but this dataset has "
             f"{dataset.csr.n_items}; pass the --data/--preset/--split it was trained with"
         )
-    if saved.get("catalogue", catalogue_fingerprint(dataset)) != catalogue_fingerprint(dataset):
+    fingerprint = catalogue_fingerprint(dataset)
+    if saved.get("catalogue", fingerprint) != fingerprint:
         raise ValueError(
             f"checkpoint {path} was trained on another catalogue of {saved['n_items']} items (other item ids); "
             "pass the --data/--preset/--split it was trained with"

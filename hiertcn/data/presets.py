@@ -40,14 +40,19 @@ def session_ids(
     if session_gap <= 0:
         raise ValueError(f"session_gap must be positive, got {session_gap}")
     order = np.lexsort((timestamp, user))
-    u, t = user[order], timestamp[order]
-    new = np.ones(len(u), dtype=bool)
-    new[1:] = (u[1:] != u[:-1]) | (np.diff(t) >= session_gap)
-    if session is not None:
-        new[1:] |= session[order][1:] != session[order][:-1]
-    ids = np.empty(len(u), dtype=np.int64)
+    new = _session_starts(user[order], timestamp[order], None if session is None else session[order], session_gap)
+    ids = np.empty(len(order), dtype=np.int64)
     ids[order] = np.cumsum(new) - 1
     return ids
+
+
+def _session_starts(user, timestamp, session, session_gap) -> np.ndarray:
+    """On rows in (user, time) order: True where a session starts (the packer's rule)."""
+    new = np.ones(len(user), dtype=bool)
+    new[1:] = (user[1:] != user[:-1]) | (np.diff(timestamp) >= session_gap)
+    if session is not None:
+        new[1:] |= session[1:] != session[:-1]
+    return new
 
 
 @dataclass(frozen=True)
@@ -130,11 +135,8 @@ class _Filtering:
             return self._distinct(self.session)
         # The packer's rule on the kept rows: removing a row can open a gap and split a session.
         rows = self.by_time[self.keep[self.by_time]]
-        user, time = self.user[rows], self.log.timestamp[rows]
-        starts = (user[1:] != user[:-1]) | (np.diff(time) >= self.session_gap)
-        if self.log.session is not None:
-            starts |= self.log.session[rows][1:] != self.log.session[rows][:-1]
-        return int(starts.sum()) + (len(rows) > 0)
+        session = None if self.log.session is None else self.log.session[rows]
+        return int(_session_starts(self.user[rows], self.log.timestamp[rows], session, self.session_gap).sum())
 
     def _distinct(self, codes: np.ndarray) -> int:
         return int(np.count_nonzero(np.bincount(codes[self.keep])))
