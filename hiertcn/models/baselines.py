@@ -163,14 +163,16 @@ class HRNN(Recommender):
             ul = u[lanes] * (~batch.new_user[windows]).to(u.dtype)[:, None]
             h0 = torch.tanh(self.session_init(ul))
             padded, valid, rows = pad_segments(emb, starts[windows], lengths[windows])
-            seq, _ = self.session_gru(padded, h0[None])
-            # The state before position t: h0 at t=0, then the GRU output after item t-1.
-            before = torch.cat([h0[:, None], seq[:, :-1]], dim=1)
-            outs.append(before[valid])
-            out_rows.append(rows)
-            last = seq[torch.arange(len(windows), device=seq.device), (lengths[windows] - 1).clamp(min=0)]
-            last = torch.where((lengths[windows] > 0)[:, None], last, h0)
-            u = u.index_copy(0, lanes, self.user_cell(last, ul))
+            if padded.shape[1]:  # else every window of the slot is empty (hand-built batches only)
+                seq, _ = self.session_gru(padded, h0[None])
+                # The state before position t: h0 at t=0, then the GRU output after item t-1.
+                before = torch.cat([h0[:, None], seq[:, :-1]], dim=1)
+                outs.append(before[valid])
+                out_rows.append(rows)
+                last = seq[torch.arange(len(windows), device=seq.device), (lengths[windows] - 1).clamp(min=0)]
+                # An empty window leaves the user state as it was.
+                ul = torch.where((lengths[windows] > 0)[:, None], self.user_cell(last, ul), ul)
+            u = u.index_copy(0, lanes, ul)
         if not outs:
             return emb.new_zeros(0, self.session_gru.hidden_size), u
         return torch.cat(outs)[torch.argsort(torch.cat(out_rows))], u

@@ -38,7 +38,7 @@ from torch import nn
 from hiertcn.batching import SessionBatch
 from hiertcn_kernels import TemporalConvNet, segment_expand, segment_reduce
 
-from .base import Recommender, check_state, lane_slots, shift_right
+from .base import Recommender, check_state, lane_slots, shift_right, window_lengths
 
 GAP_DECAYS = ("none", "fixed", "learned")
 
@@ -111,10 +111,11 @@ class HierTCN(Recommender):
     def session_context(self, batch: SessionBatch, summaries: torch.Tensor, state: torch.Tensor):
         """GRU over each lane's windows: the state before every window ``(S, layers*H)`` and the final state."""
         h = state
+        lengths = window_lengths(batch)
         before, order = [], []
         for lanes, windows in lane_slots(batch):
-            hl = h[:, lanes]
-            hl = hl * (~batch.new_user[windows]).to(hl.dtype)[None, :, None]
+            reset = h[:, lanes] * (~batch.new_user[windows]).to(h.dtype)[None, :, None]
+            hl = reset
             if self.gap_decay != "none":
                 hl = hl * self._decay(hl, batch.gap[windows].to(hl.dtype))[None, :, None]
             before.append(hl.permute(1, 0, 2).reshape(len(lanes), -1))
@@ -123,7 +124,8 @@ class HierTCN(Recommender):
             for layer, cell in enumerate(self.cells):
                 x = cell(x, hl[layer])
                 new.append(x)
-            h = h.index_copy(1, lanes, torch.stack(new))
+            # An empty window (hand-built batches only) steps nothing: the state passes it undecayed.
+            h = h.index_copy(1, lanes, torch.where((lengths[windows] > 0)[None, :, None], torch.stack(new), reset))
         if not before:
             return summaries.new_zeros(0, self.gru_layers * self.hidden_dim), h
         context = torch.cat(before)[torch.argsort(torch.cat(order))]

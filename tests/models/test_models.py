@@ -212,3 +212,39 @@ def test_tcn_models_give_their_dropout_to_every_block():
     blocks = [*hier.tcn.blocks, *(block for _, block in flat.levels)]
     assert len(blocks) == 4 and all(block.dropout == 0.3 for block in blocks)
     assert build_model("hiertcn", n_items=10, output_dropout=0.2).tcn.output_dropout.p == 0.2
+
+
+def _insert_empty_windows(batch, where):
+    """``batch`` with a zero-length window inserted before window ``j`` of lane ``lane`` for each ``(lane, j)``."""
+    cu, lane_ptr = batch.cu_seqlens.tolist(), batch.lane_ptr.tolist()
+    windows = [list(range(lane_ptr[q], lane_ptr[q + 1])) for q in range(batch.n_lanes)]
+    for lane, j in sorted(where, reverse=True):
+        windows[lane].insert(j, None)
+    new_user = [bool(batch.new_user[w]) if w is not None else False for lane in windows for w in lane]
+    gap = [float(batch.gap[w]) if w is not None else 0.0 for lane in windows for w in lane]
+    sizes = [len(lane) for lane in windows]
+    lengths = [cu[w + 1] - cu[w] if w is not None else 0 for lane in windows for w in lane]
+    return dataclasses.replace(
+        batch, cu_seqlens=torch.tensor([0, *np.cumsum(lengths).tolist()]), new_user=torch.tensor(new_user),
+        gap=torch.tensor(gap, dtype=batch.gap.dtype), lane_ptr=torch.tensor([0, *np.cumsum(sizes).tolist()]),
+    )
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_empty_windows_change_nothing(name, small_csr):
+    """A zero-length window in a hand-built batch is a no-op: same outputs, same carried state."""
+    model = _model(name)
+    (batch,) = list(user_batches(small_csr, max_session_len=10))
+    # Lane 0 holds 5 windows, lane 1 one, lane 2 four: empty windows inside lane 0, after its end, and
+    # after lane 2's end, so the batch's last slot is empty in every lane that has one.
+    holey = _insert_empty_windows(batch, [(0, 2), (0, 5), (2, 4)])
+    assert holey.cu_seqlens.diff().tolist() == [3, 10, 0, 10, 5, 2, 0, 1, 4, 2, 5, 7, 0]
+    assert holey.lane_ptr.tolist() == [0, 7, 8, 13]
+    state = model.init_state(batch.n_lanes)
+    if state is not None:
+        state = torch.randn(state.shape, dtype=torch.float64)
+    out, new_state = model(batch, state)
+    out_holey, new_state_holey = model(holey, state)
+    torch.testing.assert_close(out_holey, out, rtol=1e-12, atol=1e-12)
+    if new_state is not None:
+        torch.testing.assert_close(new_state_holey, new_state, rtol=1e-12, atol=1e-12)
