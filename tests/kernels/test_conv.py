@@ -268,8 +268,13 @@ def test_only_requested_gradients(poisoned, mode, wanted):
 
 
 @pytest.mark.interpreter
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Fixed draws and seeded data: a chance cancellation can leave a gradient's reference tiny next to its terms,
+# and fp32 rounding relative to it over the tolerance; derandomized, the test passes or fails the same way
+# every run, and a failure names its seed.
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
+    seed=st.integers(0, 2**31 - 1),
     lengths=st.lists(st.integers(0, 24), min_size=1, max_size=5),
     padded=st.booleans(),
     c=st.integers(1, 9),
@@ -277,7 +282,8 @@ def test_only_requested_gradients(poisoned, mode, wanted):
     dilation=st.integers(1, 5),
     mode=st.sampled_from(MODES),
 )
-def test_random_varlen_batches(triton_backend, lengths, padded, c, k, dilation, mode):
+def test_random_varlen_batches(triton_backend, seed, lengths, padded, c, k, dilation, mode):
+    torch.manual_seed(seed)
     if max(lengths) == 0:  # all-empty batches are test_empty_inputs' job
         lengths = lengths + [1]
     if padded:  # (B, L, C) with B = number of lengths drawn, L = the longest
