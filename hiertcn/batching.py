@@ -173,10 +173,10 @@ def user_batches(
     ``impressions``: ``(imp_ptr, imp_item)`` over the CSR's interactions
     (``Dataset.impressions``); the batches then carry each token's impressions.
     """
-    if not isinstance(max_session_len, int) or max_session_len < 1:
-        raise ValueError(f"max_session_len must be a positive int, got {max_session_len!r}")
-    if not isinstance(batch_users, int) or batch_users < 1:
-        raise ValueError(f"batch_users must be a positive int, got {batch_users!r}")
+    for name, value in (("max_session_len", max_session_len), ("batch_users", batch_users)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    max_session_len, batch_users = int(max_session_len), int(batch_users)
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens must be positive or None, got {max_tokens!r}")
     check_impressions(impressions, csr)

@@ -72,10 +72,11 @@ class Config:
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
-        for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "batch_users", "prefetch"):
+        for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "batch_users", "prefetch",
+                     "session_gap"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("patience", "checkpoint_every", "session_gap", "threads"):
+        for name in ("patience", "checkpoint_every", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.lr <= 0:

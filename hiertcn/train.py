@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ._ragged import offsets
 from .batching import QueueBatcher, user_batches
 from .checkpoint import catalogue_fingerprint, load_checkpoint, save_checkpoint
 from .config import Config
@@ -132,8 +133,8 @@ class WholeUserBatches:
         self.csr, self.include, self.seed, self.impressions = csr, include, seed, impressions
         self.batch_users, self.max_session_len = batch_users, max_session_len
         users = np.arange(csr.n_users) if users is None else np.asarray(users, dtype=np.int64)
-        per_user = np.add.reduceat(include, csr.user_ptr[:-1]) if csr.n_sessions else np.zeros(csr.n_users)
-        per_user[np.diff(csr.user_ptr) == 0] = 0  # reduceat reads one element for empty ranges
+        included = offsets(np.asarray(include, dtype=np.int64))  # included sessions before each session
+        per_user = included[csr.user_ptr[1:]] - included[csr.user_ptr[:-1]]
         self.users = users[per_user[users] > 0]
 
     def n_batches(self, epoch: int) -> int:

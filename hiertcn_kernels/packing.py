@@ -186,15 +186,9 @@ def pack_sessions(user, item, timestamp, *, session_gap=1800, session=None) -> S
     disables gap cuts). Users and items are factorised to dense indices in
     ascending raw-id order.
     """
-    user = _int64_array(user, "user")
-    n = len(user)
-    if n == 0:
-        raise ValueError("the interaction log is empty (user has length 0)")
-    item = _int64_array(item, "item", n)
-    timestamp = _timestamp_array(timestamp, n)
-    has_session = session is not None
-    session = _int64_array(session, "session", n) if has_session else np.empty(0, np.int64)
-    gap = _gap_threshold(session_gap)
+    user, item, timestamp, session, gap = checked_log(user, item, timestamp, session, session_gap)
+    n, has_session = len(user), session is not None
+    session = session if has_session else np.empty(0, np.int64)
 
     with _threads_for(n):
         user_lo, user_hi, _, _ = _min_max2(user, user, numba.get_num_threads())
@@ -213,6 +207,18 @@ def pack_sessions(user, item, timestamp, *, session_gap=1800, session=None) -> S
 
 
 # ---------------------------------------------------------------- argument checks
+def checked_log(user, item, timestamp, session, session_gap):
+    """:func:`pack_sessions`' arguments checked: int64 ``user, item, timestamp, session`` (or None) and the gap."""
+    user = _int64_array(user, "user")
+    n = len(user)
+    if n == 0:
+        raise ValueError("the interaction log is empty (user has length 0)")
+    item = _int64_array(item, "item", n)
+    timestamp = _timestamp_array(timestamp, n)
+    session = None if session is None else _int64_array(session, "session", n)
+    return user, item, timestamp, session, _gap_threshold(session_gap)
+
+
 
 
 def _int64_array(a, name: str, n: int | None = None) -> np.ndarray:

@@ -134,7 +134,8 @@ def segment_reduce(values, offsets, reduce="mean"):
         first = torch.full_like(peak, values.shape[0], dtype=torch.long)
         first = first.scatter_reduce(0, seg[:, None].expand_as(values), candidate, "amin")
     empty = (lengths == 0)[:, None]
-    gathered = values.gather(0, first.masked_fill(empty, 0)) if values.shape[0] else peak.nan_to_num(0.0)
+    # No rows: zeros that stay in the graph, like the mean and sum of empty segments.
+    gathered = values.gather(0, first.masked_fill(empty, 0)) if values.shape[0] else values.sum(0).expand_as(peak)
     return gathered.masked_fill(empty, 0.0)
 
 

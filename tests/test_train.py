@@ -212,6 +212,19 @@ def test_whole_user_batches_cover_train_sessions_once_per_epoch():
     assert [b.lane_user.tolist() for b in resumed] == [b.lane_user.tolist() for b in batches[2:]]
 
 
+def test_whole_user_batches_skip_users_left_without_sessions():
+    from hiertcn.data.splits import split_by_time
+    from hiertcn.train import WholeUserBatches
+    from hiertcn_kernels import pack_sessions
+
+    # User 1 only appears after the cutoff, on an item never trained on: the split empties their row.
+    csr = pack_sessions(np.array([0, 0, 0, 1, 1]), np.array([0, 1, 0, 2, 3]), np.array([0, 10, 20, 5000, 5010]))
+    data = split_by_time(csr, cutoff=1000)
+    assert data.csr.user_ptr.tolist() == [0, 1, 1]
+    source = WholeUserBatches(data.csr, include=data.role == 0, batch_users=4, max_session_len=20)
+    assert source.users.tolist() == [0] and [b.lane_user.tolist() for b in source.batches(0)] == [[0]]
+
+
 @pytest.mark.parametrize("name", ["sampled_softmax", "bpr", "hinge", "softmax"])
 def test_training_loss_samples_by_the_train_popularity(name):
     data = planted_dataset()

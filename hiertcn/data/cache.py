@@ -27,8 +27,8 @@ EDGE_BYTES = 1 << 20
 MARKER = "cache.json"
 # Part of every key: bump it when reading, presets, packing or splitting change what an entry holds, so
 # entries built by older code are not served (2: ISO offsets and integral-decimal ids on the text pass,
-# session counts of the preset report).
-DATA_REVISION = 2
+# session counts of the preset report; 3: the user split's rounding, so a zero fraction gets no users).
+DATA_REVISION = 3
 
 log = logging.getLogger(__name__)
 

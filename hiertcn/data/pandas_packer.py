@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from hiertcn_kernels.packing import SessionCSR
+from hiertcn_kernels.packing import SessionCSR, checked_log
 
 
 def pack_sessions_pandas(user, item, timestamp, *, session_gap=1800, session=None) -> SessionCSR:
     """Same contract as :func:`hiertcn_kernels.pack_sessions`, written with sort_values, shift and cumsum."""
     import pandas as pd
 
+    user, item, timestamp, session, session_gap = checked_log(user, item, timestamp, session, session_gap)
     df = pd.DataFrame({"user": user, "item": item, "timestamp": timestamp})
     if session is not None:
         df["session"] = session

@@ -147,12 +147,13 @@ def split_by_user(csr: SessionCSR, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> 
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
     order = np.random.default_rng(seed).permutation(csr.n_users)
-    n_train = round(fractions[0] * csr.n_users)
-    n_valid = round(fractions[1] * csr.n_users)
+    # Cuts at the rounded cumulative fractions: a zero fraction gets no users, the three always add up.
+    train_end = round(fractions[0] * csr.n_users)
+    valid_end = max(train_end, round((fractions[0] + fractions[1]) * csr.n_users)) if fractions[2] else csr.n_users
     user_role = np.empty(csr.n_users, np.int8)
-    user_role[order[:n_train]] = TRAIN
-    user_role[order[n_train : n_train + n_valid]] = VALID
-    user_role[order[n_train + n_valid :]] = TEST
+    user_role[order[:train_end]] = TRAIN
+    user_role[order[train_end:valid_end]] = VALID
+    user_role[order[valid_end:]] = TEST
     role = np.repeat(user_role, np.diff(csr.user_ptr))
     info = {"split": "user", "fractions": list(fractions), "seed": seed}
     return _finish(csr, role, info)
@@ -188,11 +189,14 @@ def split_by_time(csr: SessionCSR, cutoff: int, valid_cutoff: int | None = None,
     """
     if valid_cutoff is not None and valid_cutoff > cutoff:
         raise ValueError(f"valid_cutoff ({valid_cutoff}) must not be after cutoff ({cutoff})")
-    start = csr.timestamp[csr.session_ptr[:-1]]
+    # Empty sessions (a hand-built CSR may have them) have no start time; they stay TRAIN.
+    nonempty = np.diff(csr.session_ptr) > 0
+    start = np.zeros(csr.n_sessions, np.int64)
+    start[nonempty] = csr.timestamp[csr.session_ptr[:-1][nonempty]]
     role = np.full(csr.n_sessions, TRAIN, np.int8)
     if valid_cutoff is not None:
-        role[start >= valid_cutoff] = VALID
-    role[start >= cutoff] = TEST
+        role[nonempty & (start >= valid_cutoff)] = VALID
+    role[nonempty & (start >= cutoff)] = TEST
     info = {"split": "time", "cutoff": int(cutoff), "valid_cutoff": None if valid_cutoff is None else int(valid_cutoff),
             "min_test_len": min_test_len}
     return _finish(csr, role, info, min_test_len)

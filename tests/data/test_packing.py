@@ -103,7 +103,8 @@ def test_accepts_any_integer_dtype(dtype):
     assert_same_csr(csr, pack_sessions(user.astype(np.int64), item.astype(np.int64), ts.astype(np.int64), session_gap=20))
 
 
-def test_bad_inputs_raise_clear_errors():
+@pytest.mark.parametrize("pack_sessions", [pack_sessions, pack_sessions_pandas])  # the same contract
+def test_bad_inputs_raise_clear_errors(pack_sessions):
     u, i, t = np.array([1, 2]), np.array([3, 4]), np.array([5, 6])
     with pytest.raises(ValueError, match="timestamp contains NaN"):
         pack_sessions(u, i, np.array([1.0, np.nan]))
@@ -127,6 +128,8 @@ def test_bad_inputs_raise_clear_errors():
         pack_sessions(u, i, t, session_gap=0)
     with pytest.raises(TypeError, match="session_gap"):
         pack_sessions(u, i, t, session_gap="30")
+    with pytest.raises(ValueError, match="session_gap must be positive"):
+        pack_sessions(u, i, t, session_gap=float("nan"))
 
 
 # ---------------------------------------------------------------- save / load / validate

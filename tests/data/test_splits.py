@@ -108,6 +108,23 @@ def test_split_by_time_uses_session_start(csr):
         split_by_time(csr, 10, valid_cutoff=20)
 
 
+def test_split_by_user_gives_a_zero_fraction_no_users():
+    # Python's round() halves to even, so 5 users at 0.5/0.5 once gave 2 + 2 and the leftover user to TEST.
+    for n_users, fractions, expect in ((5, (0.5, 0.5, 0.0), [2, 3, 0]), (7, (0.8, 0.2, 0.0), [6, 1, 0]),
+                                       (7, (0.8, 0.0, 0.2), [6, 0, 1]), (7, (0.0, 0.5, 0.5), [0, 4, 3])):
+        csr = pack_sessions(np.arange(n_users), np.zeros(n_users, np.int64), np.zeros(n_users, np.int64))
+        counts = np.bincount(split_by_user(csr, fractions=fractions).role, minlength=3)
+        assert counts.tolist() == expect, fractions
+
+
+def test_split_by_time_keeps_empty_sessions_in_train():
+    # a hand-built CSR: user 0's middle and last sessions are empty
+    csr = SessionCSR(np.array([0, 4]), np.array([0, 2, 2, 4, 4]), np.array([0, 1, 0, 1]), np.array([1, 2, 30, 31]),
+                     np.array([5]), np.array([0, 1]))
+    ds = split_by_time(csr, cutoff=10, min_test_len=1)
+    assert ds.role.tolist() == [TRAIN, TRAIN, TEST, TRAIN]
+
+
 def test_bad_split_arguments(csr):
     with pytest.raises(ValueError, match="fractions"):
         split_by_user(csr, fractions=(0.8, 0.3, 0.1))

@@ -64,6 +64,11 @@ def test_segment_max_ties_go_to_first_and_empty_is_zero():
     assert out.tolist() == [[3.0, 2.0], [0.0, 0.0], [5.0, 6.0]]
     out.sum().backward()
     assert values.grad.tolist() == [[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+    # No rows at all: zeros that stay in the autograd graph, as for mean and sum.
+    no_rows = torch.zeros(0, 2, requires_grad=True)
+    for reduce in ("max", "mean", "sum"):
+        out = R.segment_reduce(no_rows, torch.tensor([0, 0]), reduce)
+        assert out.tolist() == [[0.0, 0.0]] and out.requires_grad, reduce
 
 
 def test_segment_expand_gradcheck():

@@ -59,6 +59,12 @@ def test_user_batches_scores_and_truncates(small_csr):
 def test_user_batches_token_budget(small_csr):
     batches = list(user_batches(small_csr, max_tokens=20))
     assert [b.lane_user.tolist() for b in batches] == [[0], [1, 2]]
+    # numpy integers (a config read from an array) work like ints; bools and floats do not
+    numpy_args = list(user_batches(small_csr, max_session_len=np.int64(5), batch_users=np.int32(2)))
+    assert [b.lane_user.tolist() for b in numpy_args] == [[0, 1], [2]]
+    for bad in ({"max_session_len": 2.0}, {"batch_users": True}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a positive int"):
+            next(user_batches(small_csr, **bad))
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
