@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--users", help="comma-separated raw user ids (default: the first 5 users)")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--at", type=_request_time, metavar="TIME",
+                   help="time of the request: unix seconds, ISO 8601 (UTC unless it has an offset) or 'now'; "
+                        "a session gap or more after a user's last interaction starts a new session "
+                        "(default: continue the last session)")
     p.set_defaults(handler=cmd_recommend)
 
     p = sub.add_parser("bench", help="kernel ops, HierTCN vs GRU4Rec speed, memory vs FlatTCN; or --scaling")
@@ -391,7 +395,8 @@ def cmd_recommend(args) -> int:
         raise ValueError(f"--users: no interactions to recommend after for user id(s) {empty} (all were filtered out)")
     rows = rows[has_history][:5] if not args.users else rows
     items, _ = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
-                         impressions=getattr(dataset, "impressions", None))
+                         impressions=getattr(dataset, "impressions", None), at=args.at,
+                         session_gap=config.session_gap)
     result = {str(user_keys[r]): _raw_ids(items[i], item_names) for i, r in enumerate(rows)}
     for user, recs in result.items():
         _say(args)(f"user {user}: {' '.join(map(str, recs))}")
@@ -402,6 +407,16 @@ def _raw_ids(codes, names) -> list:
     """The raw ids of ``codes``: ints, or the strings they index in ``names`` for a string-id log."""
     codes = np.asarray(codes).tolist()
     return codes if names is None else [names[c] for c in codes]
+
+
+def _request_time(text: str) -> int:
+    """``--at``: unix seconds, ISO 8601 text as the readers parse it, or ``now``."""
+    from .data.readers import time_seconds
+
+    try:
+        return int(time.time()) if text == "now" else time_seconds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}, or 'now'") from None
 
 
 def _int_id(text: str) -> int:

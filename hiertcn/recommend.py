@@ -8,20 +8,26 @@ import torch
 from .batching import SessionBatch, user_batches
 
 
-def with_next_slot(batch: SessionBatch, max_session_len: int) -> SessionBatch:
+def with_next_slot(
+    batch: SessionBatch, max_session_len: int, gap: torch.Tensor | None = None, session_gap: float = 1800
+) -> SessionBatch:
     """``batch`` plus one extra position at the end of every lane, the only targets.
 
     Models shift inputs right, so the representation at that extra position has
     read every real interaction of the lane and none of the placeholder item in it.
-    The slot continues the lane's last window, or, when that window already holds
-    ``max_session_len`` items, starts a new one (gap 0), as the next interaction
-    would in training.
+    ``gap``: ``(Q,)`` seconds from each lane's last interaction to the request,
+    or None when unknown. As the next interaction would in training, the slot
+    starts a new window when the gap is at least ``session_gap`` (a new session)
+    or the last window already holds ``max_session_len`` items; otherwise it
+    continues the last window. A new window carries the gap (0 when unknown).
     """
     if (batch.lane_ptr.diff() == 0).any():
         raise ValueError("every lane needs at least one interaction to recommend after")
     lengths = batch.cu_seqlens.diff()
     last_window = batch.lane_ptr[1:] - 1
-    full = lengths[last_window] >= max_session_len
+    full = lengths[last_window] >= max_session_len  # "full": the slot opens a window
+    if gap is not None:
+        full |= gap >= session_gap
     lengths[last_window[~full]] += 1
     # Old windows move right by the new windows of earlier lanes; a full lane's new window ends it.
     lane_of_window = torch.repeat_interleave(torch.arange(batch.n_lanes), batch.lane_ptr.diff())
@@ -33,8 +39,10 @@ def with_next_slot(batch: SessionBatch, max_session_len: int) -> SessionBatch:
     new_lengths[moved] = lengths
     new_user = torch.zeros(n_windows, dtype=torch.bool)
     new_user[moved] = batch.new_user
-    gap = torch.zeros(n_windows, dtype=batch.gap.dtype)
-    gap[moved] = batch.gap
+    window_gap = torch.zeros(n_windows, dtype=batch.gap.dtype)
+    window_gap[moved] = batch.gap
+    if gap is not None:
+        window_gap[lane_ptr[1:][full] - 1] = gap[full].to(window_gap.dtype)
     cu_seqlens = torch.cat([lengths.new_zeros(1), torch.cumsum(new_lengths, 0)])
 
     n = batch.n_tokens + batch.n_lanes
@@ -53,7 +61,7 @@ def with_next_slot(batch: SessionBatch, max_session_len: int) -> SessionBatch:
         cu_seqlens=cu_seqlens,
         lane_ptr=lane_ptr,
         new_user=new_user,
-        gap=gap,
+        gap=window_gap,
         target_mask=is_slot,
         lane_user=batch.lane_user,
         **impressions,
@@ -62,23 +70,41 @@ def with_next_slot(batch: SessionBatch, max_session_len: int) -> SessionBatch:
 
 @torch.no_grad()
 def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, batch_users: int = 256,
-              impressions=None):
+              impressions=None, at: int | None = None, session_gap: float = 1800):
     """``(items (U, k) raw item ids, scores (U, k))`` for the user rows ``user_rows``, best first.
 
     For a log with string ids the raw ids are codes: item ``c`` is ``dataset.info["item_names"][c]``.
 
     ``impressions``: ``Dataset.impressions``, needed by models that read them (``has_impression``).
+    ``at``: the time of the request (the log's timestamp unit, seconds). When it
+    is ``session_gap`` or more after a user's last interaction the next item
+    starts a new session, with that gap; None: it continues the last session.
     """
     if not 1 <= k <= csr.n_items:
         raise ValueError(f"k must be in [1, {csr.n_items}], got {k}")
+    user_rows = np.asarray(user_rows, dtype=np.int64)
+    user_ptr, session_ptr = np.asarray(csr.user_ptr), np.asarray(csr.session_ptr)
+    end = session_ptr[user_ptr[user_rows + 1]]
+    if (end == session_ptr[user_ptr[user_rows]]).any():
+        raise ValueError("every user needs at least one interaction to recommend after")
+    last_time = None
+    if at is not None:
+        last_time = np.asarray(csr.timestamp)[end - 1]
+        if (last_time > at).any():
+            late = np.flatnonzero(last_time > at)
+            raise ValueError(
+                f"at={at} is before the last interaction of {len(late)} user(s) (user row {int(user_rows[late[0]])}: "
+                f"{int(last_time[late[0]])}); recommend after a user's history"
+            )
+        last_time = dict(zip(user_rows.tolist(), last_time.tolist()))
     device = next(model.parameters()).device
     top_items, top_scores = [], []
     batches = user_batches(
-        csr, np.asarray(user_rows), max_session_len=max_session_len, batch_users=batch_users,
-        impressions=impressions,
+        csr, user_rows, max_session_len=max_session_len, batch_users=batch_users, impressions=impressions,
     )
     for batch in batches:
-        batch = with_next_slot(batch, max_session_len).to(device)
+        gap = None if at is None else torch.tensor([at - last_time[u] for u in batch.lane_user.tolist()])
+        batch = with_next_slot(batch, max_session_len, gap, session_gap).to(device)
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None
         user_emb, _ = model(batch, state)
         scores, items = model.scores(user_emb[batch.target_mask]).topk(k, dim=1)

@@ -41,6 +41,41 @@ def test_next_slot_scores_equal_those_of_the_true_next_item_position(name, max_s
     assert (items == csr.item_ids[top.indices.numpy()]).all()
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_late_request_scores_as_the_first_item_of_a_new_session(name):
+    """``at`` a session gap after the history: the slot is the first position of a new session, with its gap."""
+    data = planted_dataset(n_users=6)
+    csr = data.csr
+    torch.manual_seed(0)
+    options = {"gap_decay": "fixed", "gap_bandwidth": 3000.0} if name == "hiertcn" else {}  # the gap must count
+    model = build_model(name, n_items=N_ITEMS, **TINY[name], **options).eval()
+    # Drop each user's last session; the request comes at that session's start.
+    last_session = csr.user_ptr[1:] - 1
+    keep_session = np.ones(csr.n_sessions, dtype=bool)
+    keep_session[last_session] = False
+    lengths = np.diff(csr.session_ptr)
+    keep = np.repeat(keep_session, lengths)
+    short = type(csr)(
+        user_ptr=csr.user_ptr - np.arange(csr.n_users + 1), session_ptr=np.concatenate([[0], np.cumsum(lengths[keep_session])]),
+        item=csr.item[keep], timestamp=csr.timestamp[keep], user_ids=csr.user_ids, item_ids=csr.item_ids,
+    )  # fmt: skip
+    at = csr.timestamp[csr.session_ptr[last_session]]  # one request time per user: score them one by one
+    full = next(iter(user_batches(csr, np.arange(6))))
+    with torch.no_grad():
+        emb, _ = model(full, model.init_state(full.n_lanes) if model.carries_state else None)
+        expected = model.scores(emb[full.cu_seqlens[full.lane_ptr[1:] - 1]])  # each last session's first position
+    for u in range(6):
+        _, scores = recommend(model, short, [u], k=N_ITEMS, at=int(at[u]), session_gap=1800)
+        torch.testing.assert_close(torch.from_numpy(scores[0]), expected[u].topk(N_ITEMS).values)
+    # The same request without a time continues the last session instead: different scores for the
+    # hierarchical models, whose state only moves at a session start.
+    if name in ("hiertcn", "hrnn"):
+        _, continued = recommend(model, short, [0], k=N_ITEMS)
+        assert not np.allclose(continued[0], expected[0].topk(N_ITEMS).values.numpy())
+    with pytest.raises(ValueError, match="before the last interaction"):
+        recommend(model, short, [0, 1], k=3, at=int(short.timestamp[0]))
+
+
 def test_with_next_slot_layout():
     data = planted_dataset(n_users=6)
     (batch,) = user_batches(data.csr, np.arange(6), max_session_len=3)
@@ -57,6 +92,14 @@ def test_with_next_slot_layout():
     assert torch.equal(slotted.cu_seqlens.diff()[new_last], torch.where(full, 1, lengths[last] + 1))
     assert not slotted.new_user[new_last[full]].any() and (slotted.gap[new_last[full]] == 0).all()
     assert slotted.new_user.sum() == batch.new_user.sum()
+    # With the request's gap: a session gap or more opens a window carrying it, less continues the last window.
+    gap = torch.tensor([5000.0, 10.0, 5000.0, 10.0, 5000.0, 10.0])
+    timed = with_next_slot(batch, 3, gap, session_gap=1800)
+    opens = full | (gap >= 1800)
+    assert torch.equal(timed.lane_ptr.diff(), batch.lane_ptr.diff() + opens)
+    new_last = timed.lane_ptr[1:] - 1
+    assert torch.equal(timed.gap[new_last[opens]], gap[opens])
+    assert torch.equal(timed.cu_seqlens.diff()[new_last], torch.where(opens, 1, lengths[last] + 1))
 
 
 def test_recommend_needs_an_interaction_per_user():

@@ -233,6 +233,17 @@ def _fits_int64(digits: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.invert(pc.fill_null(too_big, False))
 
 
+def time_seconds(text: str) -> int:
+    """One time as a text time column is read: integer unix seconds, or ISO 8601 (UTC unless it has an offset)."""
+    try:
+        return int(text)
+    except ValueError:
+        seconds = _iso_seconds(pa.chunked_array([[text]]))[0].as_py()
+    if seconds is None:
+        raise ValueError(f"expected unix seconds or ISO 8601, got {text!r}")
+    return seconds
+
+
 def _iso_seconds(text: pa.ChunkedArray) -> pa.ChunkedArray:
     """ISO 8601 text (``T`` or space, optional fraction, ``Z`` or a ``+hh:mm``/``-hhmm`` offset, or a bare
     date) to int64 UTC seconds, null if bad."""

@@ -215,6 +215,31 @@ def test_recommend_on_integer_ids_rejects_a_non_integer_user(tiny, tmp_path, cap
     assert "integer user ids, got 'ann'" in capsys.readouterr().err
 
 
+def test_recommend_at_a_request_time(tiny, tmp_path, monkeypatch, capsys):
+    assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
+    from hiertcn import recommend as module
+
+    asked, real = [], module.recommend
+
+    def spy(*args, **kw):
+        asked.append((kw["at"], kw["session_gap"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, "recommend", spy)
+    weights = ["--checkpoint", str(tmp_path / "w/best.pt"), "--users", "0", "-k", "2", "--json"]
+    for at, seconds in (("86400", 86400), ("1970-01-02", 86400), ("1970-01-02T01:00:00+01:00", 86400)):
+        assert cli.main(["recommend", *weights, "--at", at]) == 0, capsys.readouterr().err
+        assert asked[-1] == (seconds, 1800) and len(last_json(capsys)["0"]) == 2
+    assert cli.main(["recommend", *weights, "--at", "now", "--session-gap", "60"]) == 0
+    assert asked[-1][0] > 1_700_000_000 and asked[-1][1] == 60
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["recommend", *weights, "--at", "yesterday"])
+    assert "expected unix seconds or ISO 8601, got 'yesterday', or 'now'" in capsys.readouterr().err
+    assert cli.main(["recommend", *weights, "--at", "1"]) == 2  # the planted log's user 0 has later events
+    assert "before the last interaction" in capsys.readouterr().err
+
+
 def test_recommend_names_users_with_nothing_to_recommend_after(tiny, tmp_path, monkeypatch, capsys):
     assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
     data = planted_dataset(n_users=20)
