@@ -25,7 +25,7 @@ from .train import NonFiniteLossError, fit, resolve_device, seed_everything, wri
 
 TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp", "first/mrr", "later/mrr")
 DATA_KEYS = ("format", "preset", "split", "user_col", "item_col", "time_col", "session_col", "sep", "session_gap",
-             "cache_dir", "impressions")  # fmt: skip
+             "cache_dir", "impressions", "skip_bad_rows")  # fmt: skip
 DEMO = {  # sized to finish in about 3 minutes on 2 CPU cores
     "full": {"n_users": 1000, "n_items": 500, "epochs": 4, "max_time": 40.0, "lr": 3e-3},
     "tiny": {"n_users": 150, "n_items": 120, "epochs": 1, "max_time": 5.0, "lr": 3e-3},
@@ -46,7 +46,8 @@ def _common(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _flag(parser, "--seed", type=int, help="seed of every random choice (runs repeat exactly on CPU)")
     _flag(parser, "--device", help="auto | cpu | cuda | cuda:N")
-    _flag(parser, "--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    _flag(parser, "--threads", type=int, help="torch CPU threads (0: torch's choice; the default, except bench and "
+          "demo, which use 1)")
 
 
 def _data_args(parser):
@@ -58,6 +59,8 @@ def _data_args(parser):
     for col in ("user", "item", "time", "session"):
         _flag(g, f"--{col}-col", dest=f"{col}_col", help=f"{col} column of a generic CSV/Parquet log")
     _flag(g, "--sep", help="field separator of a CSV log")
+    _flag(g, "--skip-bad-rows", action="store_true", help="drop (and count) rows that cannot be parsed instead of "
+          "stopping at the first ones")
     _flag(g, "--session-gap", type=int, help="seconds of inactivity that start a new session (default 1800)")
     _flag(g, "--cache-dir", help="where prepared datasets are cached")
     _flag(g, "--impressions", help="XING impressions.csv; 'auto' (default): impressions.csv next to a XING "
@@ -166,10 +169,32 @@ def config_from_args(args, **defaults) -> Config:
         from .config import read_config_file
 
         config = config.updated(read_config_file(args.config), source=args.config)
-    config = config.updated(given, source="command-line flags")
+    config = _absolute_paths(config.updated(given, source="command-line flags"))
+    resolve_device(config.device)  # a device this machine lacks fails now, not after preparing the data
     if config.threads:
         torch.set_num_threads(config.threads)
     return config
+
+
+def _absolute_paths(config: Config) -> Config:
+    """Data paths made absolute, so a checkpoint's config finds its data from any working directory."""
+    for key in ("data", "cache_dir", "impressions"):
+        value = getattr(config, key)
+        if value is not None and not (key == "impressions" and value in ("auto", "none")):
+            setattr(config, key, str(Path(value).expanduser().resolve()))
+    return config
+
+
+def writable_out(out) -> Path:
+    """``out`` created if needed; a ValueError now, before any training, when it cannot be written."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"out {out}: cannot create the folder ({err.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"out {out}: the folder is not writable")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -236,6 +261,9 @@ def _model_names(config: Config) -> list[str]:
     unknown = [n for n in names if n not in MODEL_NAMES]
     if unknown:
         raise ValueError(f"--models: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # each model trains into --out/<name>: a second run would overwrite the first
+        raise ValueError(f"--models: {', '.join(twice)} listed more than once")
     return names
 
 
@@ -281,14 +309,18 @@ def cmd_prepare(args) -> int:
             "interactions once items unseen in training were removed"
         )
     _say(args)(json.dumps(summary, indent=2))
+    for role in ("train", "test"):
+        if not summary[f"{role}_sessions"]:
+            print(f"hiertcn prepare: warning: no {role} sessions, so train will refuse this split "
+                  f"({dataset.info.get('split')}); try another --split or check --session-gap", file=sys.stderr)
     return _finish(args, summary)
 
 
 def cmd_train(args) -> int:
     config = config_from_args(args, out="runs/train")
-    last = Path(config.out) / "last.pt"
-    if args.resume and last.exists():  # the run's own settings, where the command line and --config are silent
-        config = config_from_args(args, **{**load_checkpoint(last)["config"], "out": config.out})
+    if args.resume:
+        config = _resumed_config(args, Path(config.out) / "last.pt")
+    writable_out(config.out)
     say = _say(args)
     ddp = _init_distributed(config)
     try:
@@ -308,8 +340,37 @@ def cmd_train(args) -> int:
     if rank != 0:
         return 0
     say(format_table({config.model: result.metrics}))
+    if result.stopped == "max_time":
+        say(f"stopped at max_time ({config.max_time:g} s of training, {result.metrics['epochs']} epoch(s) done); "
+            "--resume with a larger --max-time to go on")
+    elif result.stopped == "patience":
+        say(f"stopped early: no better validation mrr for {config.patience} epoch(s)")
     say(f"checkpoints and metrics.json in {config.out}")
     return _finish(args, result.metrics)
+
+
+# What a resumed run may change: when and where it stops, checkpoints and runs. Everything else shaped
+# the saved weights, optimiser and batches, so a new value means a new run.
+RESUME_MAY_CHANGE = ("epochs", "max_time", "patience", "checkpoint_every", "device", "threads", "prefetch",
+                     "cache_dir", "out")  # fmt: skip
+
+
+def _resumed_config(args, last: Path) -> Config:
+    """The run's own settings from ``last``, with the flags that may change on a resume applied."""
+    if not last.is_file():
+        raise ValueError(f"--resume: there is no {last} to continue (run without --resume to start the run)")
+    saved = {k: v for k, v in load_checkpoint(last)["config"].items() if k in Config.keys()}
+    config = config_from_args(args, **{**saved, "out": str(last.parent)})
+    before = _absolute_paths(Config.from_dict(saved, source=str(last)))
+    changed = [f"{key} {getattr(config, key)!r} (the run's: {getattr(before, key)!r})" for key in Config.keys()
+               if key not in RESUME_MAY_CHANGE and getattr(config, key) != getattr(before, key)]  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"--resume continues {last.parent} with its own settings, but this asks for {'; '.join(changed)}. "
+            f"Start a new run (another --out) to change them; a resume may change only "
+            f"{', '.join(RESUME_MAY_CHANGE)}"
+        )
+    return config
 
 
 def cmd_evaluate(args) -> int:
@@ -330,6 +391,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_compare(args) -> int:
     config = config_from_args(args, out="runs/compare")
+    _model_names(config)  # bad names fail before the data is prepared
+    writable_out(config.out)
     say = _say(args)
     dataset, _ = load_dataset(config, echo=say)
     results = run_comparison(dataset, config, progress=not args.quiet, echo=say)
@@ -444,8 +507,7 @@ def cmd_bench(args) -> int:
 
     # One torch thread unless --threads: on a shared CPU, OpenMP threads waiting on each other swamp the timings.
     config = config_from_args(args, out="runs/bench", threads=1)
-    say, out = _say(args), Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    say, out = _say(args), writable_out(config.out)
     run = {"command": _explicit_command(args), "commit": bench.git_commit(Path(__file__).parent)}
     models = _model_names(config) if config.models else ["hiertcn", "gru4rec"] if args.scaling else ["hiertcn"]
     if args.scaling:
@@ -483,6 +545,10 @@ def cmd_demo(args) -> int:
         threads=1,  # torch's OpenMP threads + the loader thread thrash a busy 2-core machine (40x slower seen)
     )  # fmt: skip
     say = _say(args)
+    writable_out(out)
+    _model_names(config)
+    if config.data is not None:
+        say(f"note: demo trains on its own synthetic log, not data = {config.data}; use compare for your log")
     start = time.perf_counter()
     files = generate_xing(out / "data", n_users=size["n_users"], n_items=size["n_items"], seed=config.seed)
     say(f"synthetic XING log: {files.interactions}")
@@ -522,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as err:
+    except (ValueError, OSError, CheckpointError, NonFiniteLossError) as err:  # OSError: a disk or permission
         print(f"hiertcn {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ values of the wrong type by name too (a float may be written as text, as YAML 1.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Config:
     time_col: str | None = None
     session_col: str | None = None
     sep: str | None = None
+    skip_bad_rows: bool = False  # drop (and count) unparsable rows instead of raising
     session_gap: int = 1800
     cache_dir: str | None = None
     impressions: str = "auto"  # XING impressions.csv path | auto (next to a XING log, if present) | none
@@ -86,6 +88,10 @@ class Config:
         for name in ("weight_decay", "clip_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"{f.name} must be a number, got nan")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time!r}")
         if isinstance(self.models, str):
@@ -111,6 +117,12 @@ class Config:
         model_config = values.get("model_config", {})
         if not isinstance(model_config, dict) or not all(isinstance(v, dict) for v in model_config.values()):
             raise ValueError(f"model_config in {source} must map model names to tables of keyword arguments")
+        from .models import MODEL_NAMES  # (imports torch: only here)
+
+        unknown = sorted(set(model_config) - set(MODEL_NAMES))
+        if unknown:  # a misspelt table would leave its model at the defaults without a word
+            raise ValueError(f"model_config in {source} names unknown model(s) {', '.join(map(repr, unknown))}; "
+                             f"models: {', '.join(MODEL_NAMES)}")  # fmt: skip
         return dataclasses.replace(self, **values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,7 +149,9 @@ def _typed(key: str, value: Any, hint: Any, source: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        elif (kind in (str, dict) and isinstance(value, kind)) or (kind is list and isinstance(value, (list, str))):
+        elif (kind in (str, dict) and isinstance(value, kind)) or (kind is list and isinstance(value, str)):
+            return value
+        elif kind is list and isinstance(value, list) and all(isinstance(v, typing.get_args(choice)) for v in value):
             return value
     wanted = " or ".join("none" if c is type(None) else getattr(typing.get_origin(c) or c, "__name__", str(c))
                          for c in choices)  # fmt: skip

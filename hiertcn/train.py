@@ -50,6 +50,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss) of every step
     run_dir: Path | None = None
+    stopped: str = "epochs"  # why training ended: "epochs", "patience" (early stopping) or "max_time"
 
 
 class Prefetcher:
@@ -105,9 +106,20 @@ class _LoaderError:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a ValueError for one this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this machine (this torch build) has no CUDA device; use cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -245,6 +257,16 @@ def fit(
     ``build_model`` arguments) go into the checkpoints so they can rebuild the model. Writes ``last.pt``, ``best.pt``,
     ``history.json`` and ``metrics.json`` into ``run_dir`` (rank 0 only).
     """
+    roles = np.asarray(dataset.role)
+    for role, name in ((TRAIN, "TRAIN"), (TEST, "TEST")):
+        if not (roles == role).any():  # found now rather than after the last epoch
+            split = getattr(dataset, "info", {}).get("split", "?")
+            raise ValueError(
+                f"the dataset has no {name} sessions (split {split!r}: {int((roles == TRAIN).sum())} train, "
+                f"{int((roles == VALID).sum())} valid, {int((roles == TEST).sum())} test); the last-session split "
+                "holds out the last sessions of users with 3+ sessions, if 2+ of their items were trained on "
+                "(check --session-gap and the timestamps), or use --split user or --split time"
+            )
     if loss_fn is None:
         loss_fn = training_loss(config.loss, dataset)
     if evaluate_fn is None:
@@ -320,7 +342,9 @@ def fit(
 
     has_valid = config.validate and bool((np.asarray(dataset.role) == VALID).any())
     stop = _patience_spent(run, config)
-    while run["epoch"] < config.epochs and not stop:
+    # A resumed run whose time is spent trains nothing more (raise max_time to go on).
+    out_of_time = config.max_time is not None and run["train_time"] >= config.max_time
+    while run["epoch"] < config.epochs and not stop and not out_of_time:
         epoch = run["epoch"]
         n_batches = source.n_batches(epoch)
         if world > 1:  # every rank must take the same number of DDP steps
@@ -421,19 +445,25 @@ def fit(
     model.eval()
     with torch.no_grad():
         metrics = evaluate_sharded(evaluate_fn, model, dataset, (TEST,))
+    tokens = run["tokens"]
+    if world > 1:  # every rank trained on its own users at once: the run's throughput is their sum
+        total = torch.tensor([float(tokens)], dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        tokens = total.item()
     metrics.update(
         {
             "epochs": run["epoch"],
             "steps": run["step"],
             "train_time_s": run["train_time"],
-            "interactions_per_s": run["tokens"] / max(run["train_time"], 1e-9),
+            "interactions_per_s": tokens / max(run["train_time"], 1e-9),
             "wait_fraction": run["wait_time"] / max(run["train_time"], 1e-9),
         }
     )
     if writes:
         (run_dir / "history.json").write_text(json.dumps({"epochs": run["history"], "steps": run["curve"]}))
         write_metrics(run_dir, metrics)
-    return TrainResult(metrics=metrics, history=run["history"], curve=run["curve"], run_dir=run_dir)
+    stopped = "max_time" if out_of_time else "patience" if stop else "epochs"
+    return TrainResult(metrics=metrics, history=run["history"], curve=run["curve"], run_dir=run_dir, stopped=stopped)
 
 
 def evaluate_sharded(evaluate_fn: Callable, model, dataset, roles: tuple[int, ...]) -> dict[str, float]:

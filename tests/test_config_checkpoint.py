@@ -53,7 +53,10 @@ def test_values_of_the_wrong_type_are_named(tmp_path):
                         ("lr: fast\n", "lr in .* must be float, got 'fast'"),
                         ("validate: 'no'\n", "validate in .* must be bool"),
                         ("data: 3\n", "data in .* must be str or none, got 3"),
-                        ("patience: true\n", "patience in .* must be int, got True")):  # fmt: skip
+                        ("patience: true\n", "patience in .* must be int, got True"),
+                        ("models: [1]\n", "models in .* must be list or none, got \\[1\\]"),
+                        ("max_time: .nan\n", "max_time must be a number, got nan"),
+                        ("model_config:\n  hirtcn: {levels: 3}\n", "unknown model\\(s\\) 'hirtcn'")):  # fmt: skip
         yaml.write_text(text)
         with pytest.raises(ValueError, match=match):
             load_config(yaml)

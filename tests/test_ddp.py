@@ -61,6 +61,12 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     # Each rank trains half the users in 2 lanes; one process trains all of them in 4: same data, same lanes in all.
     assert abs(ranks[0]["metrics"]["mrr"] - single.metrics["mrr"]) < 0.1
     assert single.metrics["mrr"] > 0.4
+    # Throughput counts every rank's interactions (rank 0's alone would be about half of them).
+    def trained(metrics):
+        return metrics["interactions_per_s"] * metrics["train_time_s"]
+
+    assert trained(ranks[0]["metrics"]) == pytest.approx(trained(ranks[1]["metrics"]))
+    assert trained(ranks[0]["metrics"]) > 0.8 * trained(single.metrics)
 
 
 def test_ranks_stop_together_on_the_time_limit(tmp_path):

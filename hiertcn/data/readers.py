@@ -402,7 +402,7 @@ def read_log(
         shown = ", ".join(map(str, bad[:_SHOWN_LINES])) + (" ..." if len(bad) > _SHOWN_LINES else "")
         raise BadRowsError(
             f"{path}: {len(bad)} bad row(s) (wrong field count, unparsable value, empty id, NaN or negative "
-            f"timestamp) at {where}(s) {shown}; pass skip_bad_rows=True to drop and count them"
+            f"timestamp) at {where}(s) {shown}; pass skip_bad_rows=True (--skip-bad-rows) to drop and count them"
         )
     if log is None or invalid.all():
         raise ValueError(f"{path}: every row is bad ({len(bad)} rows)")

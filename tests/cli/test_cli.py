@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,20 +88,75 @@ def test_compare_prints_a_table_and_writes_plots(tiny, tmp_path, capsys):
         (["evaluate", "--checkpoint", "{missing}"], "does not exist"),
         (["evaluate", "--checkpoint", "{corrupt}"], "corrupt"),
         (["recommend", "--checkpoint", "{weights}", "--users", "999"], "unknown user id(s) 999"),
+        (["compare", "--models", "gru4rec,gru4rec"], "gru4rec listed more than once"),
+        (["train", "--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["train", "--resume", "--out", "{missing}"], "there is no"),
+        (["train", "--config", "{typo_model}"], "unknown model(s) 'hirtcn'"),
+        (["train", "--out", "{under_a_file}"], "cannot create the folder"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tiny, tmp_path, capsys, argv, message):
     (tmp_path / "bad.toml").write_text("epoch = 3\n")
     (tmp_path / "bad_model.toml").write_text("[model_config.hiertcn]\nlayers = 3\n")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "typo.toml").write_text("[model_config.hirtcn]\nlevels = 3\n")
     if "{weights}" in argv:
         cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"])
     paths = {"bad_key": tmp_path / "bad.toml", "bad_model_key": tmp_path / "bad_model.toml",
-             "missing": tmp_path / "nope.pt", "corrupt": tmp_path / "corrupt.pt", "weights": tmp_path / "w/best.pt"}
-    argv = [a.format(**paths) for a in argv] + ["--out", str(tmp_path / "o")] * (argv[0] != "recommend")
+             "missing": tmp_path / "nope.pt", "corrupt": tmp_path / "corrupt.pt", "weights": tmp_path / "w/best.pt",
+             "typo_model": tmp_path / "typo.toml", "under_a_file": tmp_path / "corrupt.pt" / "run"}
+    argv = [a.format(**paths) for a in argv] + ["--out", str(tmp_path / "o")] * ("--out" not in argv)
     capsys.readouterr()
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_resume_continues_only_the_same_run(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(tiny), "--out", str(out), "--quiet", "--json"]
+    assert cli.main([*argv, "--epochs", "1", "--lr", "0.01"]) == 0
+    capsys.readouterr()
+    # What shaped the saved weights and optimiser cannot change: the lr would be the checkpoint's anyway.
+    assert cli.main([*argv, "--resume", "--epochs", "2", "--lr", "0.5", "--lr-decay", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "lr 0.5 (the run's: 0.01)" in err and "lr_decay 0.5 (the run's: 1.0)" in err
+    assert cli.main([*argv, "--resume", "--epochs", "2", "--model", "gru4rec"]) == 2
+    assert "model 'gru4rec' (the run's: 'hiertcn')" in capsys.readouterr().err
+    # When it stops may change; what is not given comes from the run.
+    assert cli.main(["train", "--out", str(out), "--quiet", "--json", "--resume", "--epochs", "2", "--max-time",
+                     "100"]) == 0  # fmt: skip
+    assert last_json(capsys)["epochs"] == 2
+
+
+def test_a_resume_with_its_time_spent_trains_nothing_more(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(tiny), "--out", str(out), "--epochs", "5"]
+    assert cli.main([*argv, "--max-time", "1e-6", "--json"]) == 0
+    assert "stopped at max_time" in capsys.readouterr().err  # (--json sends the lines for people to stderr)
+    steps = json.loads((out / "metrics.json").read_text())["steps"]
+    assert cli.main([*argv, "--resume", "--max-time", "1e-6", "--json"]) == 0
+    assert last_json(capsys)["steps"] == steps  # not one more batch
+
+
+def test_data_paths_are_stored_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = cli.config_from_args(cli.build_parser().parse_args(
+        ["train", "--data", "logs/x.csv", "--cache-dir", "~/c", "--impressions", "imp.csv"]))  # fmt: skip
+    assert config.data == str(tmp_path / "logs/x.csv") and config.impressions == str(tmp_path / "imp.csv")
+    assert config.cache_dir == str(Path("~/c").expanduser())
+    keep = cli.config_from_args(cli.build_parser().parse_args(["train", "--impressions", "none"]))
+    assert keep.impressions == "none" and keep.data is None
+
+
+def test_train_refuses_a_split_without_test_sessions_before_training(tmp_path, monkeypatch, capsys):
+    data = planted_dataset(n_users=6)
+    no_test = dataclasses.replace(data, role=np.where(data.role == 2, 0, data.role).astype(np.int8))
+    monkeypatch.setattr(cli, "load_dataset", lambda config, echo=print: (no_test, tmp_path / "cache"))
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "the dataset has no TEST sessions" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "last.pt").exists()
+    assert cli.main(["prepare", "--quiet"]) == 0
+    assert "warning: no test sessions" in capsys.readouterr().err
 
 
 def test_nan_loss_exits_2_and_keeps_the_checkpoint(tiny, tmp_path, capsys):
@@ -207,6 +263,19 @@ def test_recommend_speaks_the_raw_string_ids_of_the_log(tmp_path, capsys):
 
     assert cli.main(["recommend", *data, *weights, "--users", "bo,cy"]) == 2
     assert "unknown user id(s) cy" in capsys.readouterr().err
+
+
+def test_prepare_skips_bad_rows_when_asked(tmp_path, capsys):
+    rows = ["user,item,ts"] + [f"{u},{(u + t) % 5},{100 * t + 4000 * (t // 3)}" for u in range(4) for t in range(9)]
+    rows.insert(7, "3,oops,not-a-time")
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    argv = ["prepare", "--data", str(tmp_path / "log.csv"), "--user-col", "user", "--item-col", "item", "--time-col",
+            "ts", "--cache-dir", str(tmp_path / "cache"), "--json"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert "--skip-bad-rows" in capsys.readouterr().err
+    assert cli.main([*argv, "--skip-bad-rows"]) == 0
+    summary = last_json(capsys)
+    assert summary["interactions"] == 36 and summary["skipped_rows"] == 1
 
 
 def test_recommend_on_integer_ids_rejects_a_non_integer_user(tiny, tmp_path, capsys):
