@@ -359,10 +359,11 @@ def _resumed_config(args, last: Path) -> Config:
     """The run's own settings from ``last``, with the flags that may change on a resume applied."""
     if not last.is_file():
         raise ValueError(f"--resume: there is no {last} to continue (run without --resume to start the run)")
-    saved = {k: v for k, v in load_checkpoint(last)["config"].items() if k in Config.keys()}
+    keys = Config.keys()
+    saved = {k: v for k, v in load_checkpoint(last)["config"].items() if k in keys}
     config = config_from_args(args, **{**saved, "out": str(last.parent)})
     before = _absolute_paths(Config.from_dict(saved, source=str(last)))
-    changed = [f"{key} {getattr(config, key)!r} (the run's: {getattr(before, key)!r})" for key in Config.keys()
+    changed = [f"{key} {getattr(config, key)!r} (the run's: {getattr(before, key)!r})" for key in keys
                if key not in RESUME_MAY_CHANGE and getattr(config, key) != getattr(before, key)]  # fmt: skip
     if changed:
         raise ValueError(

@@ -129,6 +129,11 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def _is_list_of(value: Any, hint: Any) -> bool:
+    """A comma-separated string, or a list whose elements have the hint's element type."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, typing.get_args(hint)) for v in value))
+
+
 def _typed(key: str, value: Any, hint: Any, source: str) -> Any:
     """``value`` as the field's type: ints (integral floats too), floats (numbers, or text such as YAML's
     ``1e-3``), bools, strings, lists (a comma-separated string too) and tables; else a ValueError naming it."""
@@ -149,9 +154,7 @@ def _typed(key: str, value: Any, hint: Any, source: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        elif (kind in (str, dict) and isinstance(value, kind)) or (kind is list and isinstance(value, str)):
-            return value
-        elif kind is list and isinstance(value, list) and all(isinstance(v, typing.get_args(choice)) for v in value):
+        elif (kind in (str, dict) and isinstance(value, kind)) or (kind is list and _is_list_of(value, choice)):
             return value
     wanted = " or ".join("none" if c is type(None) else getattr(typing.get_origin(c) or c, "__name__", str(c))
                          for c in choices)  # fmt: skip
