@@ -47,6 +47,21 @@ import torch
 KERNEL_SIZE = 5
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+
+def _check_positive_int(name: str, value) -> None:
+    """``ValueError`` naming ``name`` (the option, e.g. ``channels (--channels)``) unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_positive_ints(name: str, values) -> None:
+    """``ValueError`` naming ``name`` unless ``values`` is a non-empty list of ints >= 1."""
+    if isinstance(values, str | bytes) or not values or any(
+        isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in values
+    ):
+        raise ValueError(f"{name} must be a non-empty list of positive integers, got {values!r}")
+
+
 # ---------------------------------------------------------------------------------------------- timing
 
 
@@ -303,6 +318,8 @@ def kernel_case(op: str, tokens: int, channels: int, device: torch.device, dtype
 
     if op not in KERNEL_OPS:
         raise ValueError(f"op must be one of {KERNEL_OPS}, got {op!r}")
+    _check_positive_int("tokens", tokens)
+    _check_positive_int("channels", channels)
     gen = torch.Generator().manual_seed(seed)
     lengths = packed_lengths(tokens, seed)
     cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(device)
@@ -383,6 +400,11 @@ def bench_kernels(
     """One row per (op, tokens, implementation); see the module docstring and :func:`op_cost`."""
     from tqdm.auto import tqdm
 
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype (--dtype) must be one of {tuple(DTYPES)}, got {dtype!r}")
+    _check_positive_ints("tokens (--tokens)", tokens_list)
+    _check_positive_int("channels (--channels)", channels)
+    _check_positive_int("repeats (--steps)", repeats)
     torch_dtype = DTYPES[dtype]
     rows = []
     bar = tqdm(total=len(KERNEL_OPS) * len(tokens_list) * repeats, desc="kernel ops", disable=not progress)
@@ -430,8 +452,10 @@ def bench_models(dataset, config, names: list[str], *, repeats: int = 3, progres
     """Training-step throughput per model on its first training batch, interleaved; ``speedup_vs_gru4rec``.
 
     Each model gets the batches it trains on (:func:`hiertcn.train.batch_source`): queue lanes
-    for the models that carry state, whole users for the others. ``peak_bytes`` is the step's
-    memory (see :func:`peak_memory_bytes`).
+    for the models that carry state, whole users for the others. ``interactions_per_s`` is the
+    batch's interactions over its median step time, every model timed in the same interleaved
+    rounds after the same warm-up, so ``speedup_vs_gru4rec`` (a model's rate over GRU4Rec's)
+    compares steady-state steps alike. ``peak_bytes`` is the step's memory (see :func:`peak_memory_bytes`).
     """
     from tqdm.auto import tqdm
 
@@ -555,16 +579,18 @@ def device_info(device: torch.device) -> dict:
 
 def run_bench(dataset, config, *, models: list[str], tokens: list[int], channels: int, history_lengths: list[int],
               repeats: int, dtype: str = "fp32", progress: bool = False) -> dict:  # fmt: skip
-    """Everything ``hiertcn bench`` measures, as one JSON-able dict (without command/commit)."""
+    """Everything ``hiertcn bench`` measures, as one JSON-able dict (without command/commit).
+
+    Every option is checked before anything runs: a ``ValueError`` names the bad one.
+    """
     from .train import resolve_device
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    for name, values in (("tokens", tokens), ("history_lengths", history_lengths)):
-        if not values or any(int(v) < 1 for v in values):
-            raise ValueError(f"{name} must be a non-empty list of positive ints, got {values!r}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise ValueError(f"dtype (--dtype) must be one of {tuple(DTYPES)}, got {dtype!r}")
+    _check_positive_ints("tokens (--tokens)", tokens)
+    _check_positive_ints("history_lengths (--history-lengths)", history_lengths)
+    _check_positive_int("channels (--channels)", channels)
+    _check_positive_int("repeats (--steps)", repeats)
     if "gru4rec" not in models:
         models = [*models, "gru4rec"]  # the baseline of the throughput ratio runs in the same process
     device = resolve_device(config.device)
@@ -635,19 +661,33 @@ def peak_rss_bytes() -> int:
 
 def epoch_estimate(step_seconds: list[float], step_tokens: list[int], *, epoch_tokens: int, finished: bool,
                    warmup_steps: int) -> dict:  # fmt: skip
-    """Epoch time and steady-state throughput from per-step timings.
+    """Epoch time and throughput from per-step timings, by one rule for every model.
 
-    Throughput is over the steps after the first ``warmup_steps`` (all of them when there are no
-    more). A finished epoch reports its measured time; an unfinished one the PROJECTED time
-    ``epoch_tokens / throughput`` with ``projected: True``.
+    A finished epoch reports its measured time. An unfinished one reports the PROJECTED time
+    (``projected: True``): its measured steps plus the epoch's remaining interactions at the
+    steady-state rate, the interactions/s of the steps after the first ``warmup_steps`` when at
+    least ``max(1, warmup_steps)`` steps follow them, else of all its steps.
+
+    Either way ``interactions_per_s`` is ``epoch_tokens / epoch_s``: the whole epoch's rate, warm-up
+    included once. Two models on the same log thus compare like with like (the ratio of their rates
+    is the inverse ratio of their epoch times), however many steps each takes: a rate over a
+    finished epoch's post-warm-up steps alone would, for a short epoch, time just its small last
+    batch for one model and all the steps for another.
     """
     if len(step_seconds) != len(step_tokens) or not step_seconds:
         raise ValueError("step_seconds and step_tokens must be non-empty and of equal length")
-    steady = slice(warmup_steps, None) if len(step_seconds) > warmup_steps else slice(None)
-    throughput = sum(step_tokens[steady]) / sum(step_seconds[steady])
-    epoch_s = sum(step_seconds) if finished else epoch_tokens / throughput
-    return {"epoch_s": epoch_s, "projected": not finished, "interactions_per_s": throughput,
-            "steps": len(step_seconds), "measured_s": sum(step_seconds)}  # fmt: skip
+    if warmup_steps < 0 or epoch_tokens < 1:
+        raise ValueError(f"need warmup_steps >= 0 and epoch_tokens >= 1, got {warmup_steps} and {epoch_tokens}")
+    measured_s = sum(step_seconds)
+    if finished:
+        epoch_s = measured_s
+    else:
+        enough = len(step_seconds) - warmup_steps >= max(1, warmup_steps)
+        steady = slice(warmup_steps if enough else 0, None)
+        rate = sum(step_tokens[steady]) / sum(step_seconds[steady])
+        epoch_s = measured_s + max(0, epoch_tokens - sum(step_tokens)) / rate
+    return {"epoch_s": epoch_s, "projected": not finished, "interactions_per_s": epoch_tokens / epoch_s,
+            "steps": len(step_seconds), "measured_s": measured_s}  # fmt: skip
 
 
 def train_within_budget(dataset_dir: str, model_name: str, *, budget_s: float, device: str = "auto", seed: int = 0,
@@ -747,10 +787,9 @@ def scaling_study(sizes: list[int], models: list[str], *, budget_s: float, work_
     from .data.prepare import prepare_dataset
     from .data.synthetic import generate_xing
 
-    if budget_s <= 0:
-        raise ValueError(f"budget_s must be positive, got {budget_s}")
-    if not sizes or any(int(s) < 1 for s in sizes):
-        raise ValueError(f"sizes must be a non-empty list of positive ints, got {sizes!r}")
+    if isinstance(budget_s, bool) or not isinstance(budget_s, int | float) or not 0 < budget_s < math.inf:
+        raise ValueError(f"budget_s (--budget) must be a positive finite number of seconds, got {budget_s!r}")
+    _check_positive_ints("sizes (--sizes)", sizes)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="hiertcn-scaling-") as tmp:
         per_user = 1 / pilot_rows_per_user(tmp, seed)
         rows = []
@@ -792,7 +831,12 @@ def format_scaling_table(rows: list[dict]) -> str:
 
 
 def speedups(rows: list[dict], model: str = "hiertcn", baseline: str = "gru4rec") -> dict[int, float]:
-    """Per size: ``model``'s interactions/s over ``baseline``'s."""
+    """Per size: ``model``'s interactions/s over ``baseline``'s (``speedup_vs_gru4rec`` of ``bench --scaling``).
+
+    Both rates are whole-epoch rates on the same log (:func:`epoch_estimate`: epoch interactions
+    over the measured or projected epoch time), so this is the baseline's epoch time over the
+    model's, warm-up counted once in each, whatever their batch counts.
+    """
     by = {(r["size"], r["model"]): r for r in rows}
     return {s: by[s, model]["interactions_per_s"] / by[s, baseline]["interactions_per_s"]
             for s in sorted({r["size"] for r in rows}) if (s, model) in by and (s, baseline) in by}  # fmt: skip

@@ -51,15 +51,48 @@ def test_cpu_roofline_is_measured():
 
 
 def test_epoch_estimate_measured_and_projected():
-    seconds, tokens = [5.0, 1.0, 1.0], [10, 10, 10]  # the first step is warm-up: steady state 10 tokens/s
+    seconds, tokens = [5.0, 1.0, 1.0], [10, 10, 10]
     done = bench.epoch_estimate(seconds, tokens, epoch_tokens=30, finished=True, warmup_steps=1)
-    assert done == {"epoch_s": 7.0, "projected": False, "interactions_per_s": 10.0, "steps": 3, "measured_s": 7.0}
+    assert done == {"epoch_s": 7.0, "projected": False, "interactions_per_s": 30 / 7, "steps": 3, "measured_s": 7.0}
+    # Unfinished: steady state 10 tokens/s after 1 warm-up step; 70 tokens left -> 7 + 7 s.
     cut = bench.epoch_estimate(seconds, tokens, epoch_tokens=100, finished=False, warmup_steps=1)
-    assert cut["projected"] and cut["epoch_s"] == pytest.approx(10.0) and cut["measured_s"] == 7.0
+    assert cut["projected"] and cut["epoch_s"] == pytest.approx(14.0) and cut["measured_s"] == 7.0
+    assert cut["interactions_per_s"] == pytest.approx(100 / 14)
     few = bench.epoch_estimate([2.0], [10], epoch_tokens=100, finished=False, warmup_steps=3)  # all steps count
-    assert few["interactions_per_s"] == 5.0 and few["epoch_s"] == pytest.approx(20.0)
+    assert few["interactions_per_s"] == pytest.approx(5.0) and few["epoch_s"] == pytest.approx(20.0)
     with pytest.raises(ValueError, match="step_seconds"):
         bench.epoch_estimate([], [], epoch_tokens=1, finished=True, warmup_steps=0)
+
+
+def test_epoch_estimate_finished_epoch_is_its_measured_rate():
+    # 4 steps, 3 of them warm-up: the rate is the epoch's, not its tiny last batch's.
+    est = bench.epoch_estimate([0.2, 0.1, 0.1, 0.1], [1000, 1000, 900, 100], epoch_tokens=3000, finished=True,
+                               warmup_steps=3)  # fmt: skip
+    assert est["epoch_s"] == pytest.approx(0.5) and est["interactions_per_s"] == pytest.approx(6000)
+
+
+def test_epoch_estimate_projection_needs_steps_beyond_warmup():
+    # 1 step after 3 warm-up steps is not a steady state: project from all 4 (40 tokens in 6 s).
+    short = bench.epoch_estimate([3.0, 1.0, 1.0, 1.0], [10] * 4, epoch_tokens=100, finished=False, warmup_steps=3)
+    assert short["epoch_s"] == pytest.approx(6.0 + 60 / (40 / 6)) and short["interactions_per_s"] == pytest.approx(
+        100 / 15)  # fmt: skip
+    # 4 steps after 3 warm-up steps: 10 tokens/s for the 30 tokens left after 11 s.
+    long = bench.epoch_estimate([5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [10] * 7, epoch_tokens=100, finished=False,
+                                warmup_steps=3)  # fmt: skip
+    assert long["epoch_s"] == pytest.approx(14.0) and long["interactions_per_s"] == pytest.approx(100 / 14)
+
+
+def test_scaling_speedup_compares_whole_epochs():
+    # The reported case: same 3,000-interaction epoch, HierTCN in 4 steps / 0.5 s, GRU4Rec in 2 steps / 1.0 s.
+    hier = bench.epoch_estimate([0.2, 0.1, 0.1, 0.1], [1000, 1000, 900, 100], epoch_tokens=3000, finished=True,
+                                warmup_steps=3)  # fmt: skip
+    gru = bench.epoch_estimate([0.5, 0.5], [1500, 1500], epoch_tokens=3000, finished=True, warmup_steps=3)
+    rows = [{"size": 3000, "model": "hiertcn", **hier}, {"size": 3000, "model": "gru4rec", **gru}]
+    assert bench.speedups(rows) == {3000: pytest.approx(2.0)}
+    # One finished, one projected: still the ratio of (measured or projected) epoch times.
+    slow = bench.epoch_estimate([1.0] * 8, [100] * 8, epoch_tokens=3000, finished=False, warmup_steps=3)
+    rows[1] = {"size": 3000, "model": "gru4rec", **slow}
+    assert bench.speedups(rows) == {3000: pytest.approx(slow["epoch_s"] / 0.5)}
 
 
 @pytest.mark.parametrize("model", ["hiertcn", "gru4rec"])
@@ -100,9 +133,44 @@ def test_bench_rejects_bad_lists(flag, capsys):
 
 
 def test_run_bench_rejects_bad_dtype():
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(ValueError, match=r"dtype \(--dtype\) must be one of"):
         bench.run_bench(None, None, models=["hiertcn"], tokens=[64], channels=8, history_lengths=[10], repeats=1,
                         dtype="fp64")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "kwargs"),
+    [("--channels", {"channels": 0}), ("--channels", {"channels": -2}), ("--steps", {"repeats": 0}),
+     ("--tokens", {"tokens": [64, 0]}), ("--tokens", {"tokens": []}), ("--history-lengths", {"history_lengths": [-1]})],
+)  # fmt: skip
+def test_run_bench_rejects_bad_numbers_before_running(option, kwargs):
+    options = {"models": ["hiertcn"], "tokens": [64], "channels": 8, "history_lengths": [10], "repeats": 1, **kwargs}
+    with pytest.raises(ValueError, match=f"\\({option}\\) must be"):
+        bench.run_bench(None, None, **options)  # None dataset/config: nothing may run before the checks
+
+
+@pytest.mark.parametrize("channels", [0, -2])
+def test_kernel_case_rejects_bad_channels(channels):
+    with pytest.raises(ValueError, match="channels must be a positive integer"):
+        bench.kernel_case(bench.KERNEL_OPS[0], 64, channels, CPU, torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("option", "budget", "sizes"),
+    [("--budget", 0, [100]), ("--budget", -1, [100]), ("--budget", math.nan, [100]), ("--budget", math.inf, [100]),
+     ("--sizes", 1.0, []), ("--sizes", 1.0, [100, 0])],
+)  # fmt: skip
+def test_scaling_study_rejects_bad_budget_and_sizes(option, budget, sizes, tmp_path):
+    with pytest.raises(ValueError, match=f"\\({option}\\) must be"):
+        bench.scaling_study(sizes, ["hiertcn"], budget_s=budget, work_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # checked before any log was written
+
+
+@pytest.mark.parametrize("argv", [["--scaling", "--budget", "nan"], ["--scaling", "--budget", "0"]])
+def test_bench_cli_bad_budget_is_a_one_line_error(argv, tmp_path, capsys):
+    assert cli.main(["bench", *argv, "--quiet", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hiertcn bench: error: budget_s (--budget) must be") and "\n" not in err
 
 
 @pytest.mark.parametrize("op", bench.KERNEL_OPS)
