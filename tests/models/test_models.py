@@ -206,6 +206,17 @@ def test_build_model_rejects_bad_names_and_keys():
         build_model("hiertcn", n_items=5, levelz=3)
     with pytest.raises(ValueError, match="n_items"):
         build_model("gru4rec", n_items=0)
+    # Config-file values of the wrong kind are named (they failed as shape errors inside torch).
+    for model, key, value, wanted in (("hiertcn", "embedding_dim", -4, "a positive int"),
+                                      ("hiertcn", "levels", "3", "a positive int"),
+                                      ("gru4rec", "dropout", 1.0, "in \\[0, 1\\)"),
+                                      ("hrnn", "tied", "yes", "true or false"),
+                                      ("flat_tcn", "channels", [64, 0], "a non-empty list of positive ints"),
+                                      ("hiertcn", "gap_bandwidth", "week", "a number"),
+                                      ("hiertcn", "block", 1, "a string")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{model} option {key} must be {wanted}, got"):
+            build_model(model, n_items=5, **{key: value})
+    assert build_model("flat_tcn", n_items=5, channels=[8, 8], dropout=0).levels[-1][1].dropout == 0
     with pytest.raises(ValueError, match="state"):
         HierTCN(5, embedding_dim=8, hidden_dim=4, channels=8, levels=1)(
             next(user_batches(make_csr([[2]], 5))), torch.zeros(2, 3, 4)
