@@ -47,9 +47,9 @@ def main(argv=None) -> int:
         path = generate_xing(out / "synthetic", n_users=3000, n_items=2000).interactions
         print(f"no interactions.csv given: using the synthetic XING-format log {path}")
     config = Config(
-        data=str(path), format="xing", preset="hiertcn-xing", split="user", epochs=args.epochs,
+        data=str(Path(path).resolve()), format="xing", preset="hiertcn-xing", split="user", epochs=args.epochs,
         max_time=args.max_time, models=args.models, device=args.device, threads=args.threads, out=str(out),
-        cache_dir=str(out / "cache"),
+        cache_dir=str((out / "cache").resolve()),  # absolute: the checkpoints' configs work from any folder
     )  # fmt: skip
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -41,8 +41,10 @@ def _flag(parser, *names, **kw):
 
 def _common(parser):
     _flag(parser, "--config", help="TOML or YAML file of config keys (flags override it)")
-    _flag(parser, "--out", help="output folder (metrics.json, checkpoints, plots)")
-    parser.add_argument("--json", action="store_true", help="print the final metrics.json object as the last line")
+    _flag(parser, "--out", help="output folder of train, compare, evaluate, bench and demo (metrics.json, "
+          "checkpoints, plots)")
+    parser.add_argument("--json", action="store_true", help="print the result (metrics; prepare: the dataset "
+                        "summary; recommend: the recommendations) as JSON on the last line")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _flag(parser, "--seed", type=int, help="seed of every random choice (runs repeat exactly on CPU)")
     _flag(parser, "--device", help="auto | cpu | cuda | cuda:N")
@@ -73,7 +75,7 @@ def _train_args(parser):
     _flag(g, "--max-time", type=float, help="seconds of training per model")
     _flag(g, "--lr", type=float)
     _flag(g, "--lr-decay", type=float, help="multiply the learning rate by this after every epoch (default 1: "
-          "constant; 0.7 helped every model on the synthetic log, see benchmarks/README.md)")
+          "constant; 0.7 helped HierTCN and HRNN on the synthetic log, see benchmarks/README.md)")
     _flag(g, "--weight-decay", type=float, help="Adam L2 penalty (default 0)")
     _flag(g, "--loss", help="loss name (default: full softmax cross-entropy)")
     _flag(g, "--patience", type=int, help="early stopping on validation mrr (0 = off)")

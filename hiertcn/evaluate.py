@@ -123,7 +123,9 @@ def evaluate(
     ``(csr, role)`` tuple. Returns the per-event means under the plain keys
     (``recall@1/5/10/20``, ``mrr``, ``mrr@20``, ``mrp``): **per-event is
     primary**. The same metrics averaged per user first are under
-    ``user/<key>``; plus ``n_events`` and ``n_users``. Runs in eval mode with
+    ``user/<key>``, and per event over first events of sessions and the rest
+    under ``first/<key>`` and ``later/<key>``; plus ``n_events``, ``n_users``,
+    ``n_first`` and ``n_later``. Runs in eval mode with
     no gradients; memory is bounded by ``batch_users`` / ``max_tokens`` for the
     model and ``max_scores`` (scores held at once) for the ranking.
     """
