@@ -126,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="top-K next items for users from a checkpoint")
     _common(p), _data_args(p)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--users", help="comma-separated raw user ids (default: the first 5 users)")
+    p.add_argument("--users", help="comma-separated raw user ids, or 'all' (default: the first 5 users; with "
+                   "--output, all)")
+    p.add_argument("--output", metavar="FILE", help="write the recommendations to a .csv or .parquet file (user, "
+                   "rank, item, score) or .jsonl (a line per user) instead of printing them")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--at", type=_request_time, metavar="TIME",
                    help="time of the request: unix seconds, ISO 8601 (UTC unless it has an offset) or 'now'; "
@@ -434,7 +437,10 @@ def write_plots(results, out) -> list[Path]:
 
 
 def cmd_recommend(args) -> int:
-    from .recommend import recommend
+    from .recommend import RECOMMENDATION_FORMATS, recommend, write_recommendations
+
+    if args.output and Path(args.output).suffix not in RECOMMENDATION_FORMATS:  # before loading anything
+        raise ValueError(f"--output {args.output}: the file name must end in {', '.join(RECOMMENDATION_FORMATS)}")
 
     saved = load_checkpoint(args.checkpoint)
     config = config_from_args(args, **saved.get("config", {}))
@@ -445,7 +451,8 @@ def cmd_recommend(args) -> int:
     # String-id logs are stored as codes into info["user_names"] / info["item_names"]; talk in the raw ids.
     user_names, item_names = dataset.info.get("user_names"), dataset.info.get("item_names")
     user_keys = _raw_ids(csr.user_ids, user_names)
-    if args.users:
+    listed = args.users is not None and args.users != "all"
+    if listed:
         row_of = {key: row for row, key in enumerate(user_keys)}
         wanted = [u.strip() if user_names is not None else _int_id(u) for u in args.users.split(",")]
         unknown = [str(u) for u in wanted if u not in row_of]
@@ -456,13 +463,20 @@ def cmd_recommend(args) -> int:
         rows = np.arange(csr.n_users)
     user_ptr, session_ptr = np.asarray(csr.user_ptr), np.asarray(csr.session_ptr)
     has_history = session_ptr[user_ptr[rows + 1]] > session_ptr[user_ptr[rows]]
-    if args.users and not has_history.all():
+    if listed and not has_history.all():
         empty = ", ".join(str(user_keys[r]) for r in rows[~has_history])
         raise ValueError(f"--users: no interactions to recommend after for user id(s) {empty} (all were filtered out)")
-    rows = rows[has_history][:5] if not args.users else rows
-    items, _ = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
-                         impressions=getattr(dataset, "impressions", None), at=args.at,
-                         session_gap=config.session_gap)
+    if not listed:
+        every = args.users == "all" or args.output
+        rows = rows[has_history] if every else rows[has_history][:5]
+    items, scores = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
+                              impressions=getattr(dataset, "impressions", None), at=args.at,
+                              session_gap=config.session_gap, progress=bool(args.output) and not args.quiet)
+    if args.output:
+        raw_items = items if item_names is None else np.asarray(item_names, dtype=object)[items]
+        path = write_recommendations(args.output, [user_keys[r] for r in rows], raw_items, scores)
+        _say(args)(f"top {args.k} items for {len(rows)} users in {path}")
+        return _finish(args, {"output": str(path), "users": len(rows), "k": args.k})
     result = {str(user_keys[r]): _raw_ids(items[i], item_names) for i, r in enumerate(rows)}
     for user, recs in result.items():
         _say(args)(f"user {user}: {' '.join(map(str, recs))}")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .batching import SessionBatch, user_batches
 
@@ -70,7 +74,7 @@ def with_next_slot(
 
 @torch.no_grad()
 def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, batch_users: int = 256,
-              impressions=None, at: int | None = None, session_gap: float = 1800):
+              impressions=None, at: int | None = None, session_gap: float = 1800, progress: bool = False):
     """``(items (U, k) raw item ids, scores (U, k))`` for the user rows ``user_rows``, best first.
 
     For a log with string ids the raw ids are codes: item ``c`` is ``dataset.info["item_names"][c]``.
@@ -79,6 +83,7 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     ``at``: the time of the request (the log's timestamp unit, seconds). When it
     is ``session_gap`` or more after a user's last interaction the next item
     starts a new session, with that gap; None: it continues the last session.
+    ``progress``: a progress bar over the batches of users.
     """
     if not 1 <= k <= csr.n_items:
         raise ValueError(f"k must be in [1, {csr.n_items}], got {k}")
@@ -102,7 +107,8 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     batches = user_batches(
         csr, user_rows, max_session_len=max_session_len, batch_users=batch_users, impressions=impressions,
     )
-    for batch in batches:
+    n_batches = -(-len(user_rows) // batch_users)
+    for batch in tqdm(batches, total=n_batches, desc="recommend", unit="batch", disable=not progress, leave=False):
         gap = None if at is None else torch.tensor([at - last_time[u] for u in batch.lane_user.tolist()])
         batch = with_next_slot(batch, max_session_len, gap, session_gap).to(device)
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None
@@ -112,3 +118,42 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
         top_scores.append(scores.cpu())
     items = torch.cat(top_items).numpy()
     return np.asarray(csr.item_ids)[items], torch.cat(top_scores).numpy()
+
+
+RECOMMENDATION_FORMATS = (".csv", ".parquet", ".jsonl")
+
+
+def write_recommendations(path, users, items, scores) -> Path:
+    """Write ``items``/``scores`` ``(U, k)`` of ``users`` ``(U,)`` (raw ids) to ``path``, by its suffix.
+
+    ``.csv`` and ``.parquet``: one row per recommendation, ``user, rank, item, score`` (rank 1 is the best);
+    ``.jsonl``: one line per user, ``{"user", "items", "scores"}``.
+    """
+    path = Path(path)
+    if path.suffix not in RECOMMENDATION_FORMATS:
+        raise ValueError(f"{path}: the file name must end in {', '.join(RECOMMENDATION_FORMATS)}")
+    users, items, scores = list(users), np.asarray(items), np.asarray(scores, dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        with path.open("w") as f:
+            for user, row, row_scores in zip(users, items.tolist(), scores.tolist()):
+                f.write(json.dumps({"user": user, "items": row, "scores": row_scores}) + "\n")
+        return path
+    import pyarrow as pa
+
+    k = items.shape[1] if items.ndim == 2 else 0
+    table = pa.table({
+        "user": pa.array([u for u in users for _ in range(k)]),
+        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))),
+        "item": pa.array(items.reshape(-1).tolist()),
+        "score": pa.array(scores.reshape(-1)),
+    })  # fmt: skip
+    if path.suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, path)
+    else:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+    return path

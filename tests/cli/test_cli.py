@@ -263,6 +263,10 @@ def test_recommend_speaks_the_raw_string_ids_of_the_log(tmp_path, capsys):
 
     assert cli.main(["recommend", *data, *weights, "--users", "bo,cy"]) == 2
     assert "unknown user id(s) cy" in capsys.readouterr().err
+    # the file speaks them too
+    assert cli.main(["recommend", *data, *weights, "-k", "7", "--output", str(tmp_path / "recs.jsonl")]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "recs.jsonl").read_text().splitlines()]
+    assert {line["user"]: line["items"] for line in lines} == recs
 
 
 def test_prepare_skips_bad_rows_when_asked(tmp_path, capsys):
@@ -276,6 +280,29 @@ def test_prepare_skips_bad_rows_when_asked(tmp_path, capsys):
     assert cli.main([*argv, "--skip-bad-rows"]) == 0
     summary = last_json(capsys)
     assert summary["interactions"] == 36 and summary["skipped_rows"] == 1
+
+
+def test_recommend_writes_every_user_to_a_file(tiny, tmp_path, capsys):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
+    weights = ["recommend", "--checkpoint", str(tmp_path / "w/best.pt"), "-k", "3", "--quiet"]
+    assert cli.main([*weights, "--users", "4,0", "--json"]) == 0
+    printed = last_json(capsys)
+    assert cli.main([*weights, "--output", str(tmp_path / "recs.csv"), "--json"]) == 0
+    assert last_json(capsys) == {"output": str(tmp_path / "recs.csv"), "users": 20, "k": 3}
+    table = pacsv.read_csv(tmp_path / "recs.csv").to_pydict()
+    assert table["user"] == [u for u in range(20) for _ in range(3)] and table["rank"] == [1, 2, 3] * 20
+    for user in (0, 4):
+        rows = slice(3 * user, 3 * user + 3)
+        assert table["item"][rows] == printed[str(user)]
+        assert table["score"][rows] == sorted(table["score"][rows], reverse=True)
+    assert cli.main([*weights, "--users", "all", "--output", str(tmp_path / "recs.parquet")]) == 0
+    parquet = pq.read_table(tmp_path / "recs.parquet").to_pydict()
+    assert parquet["item"] == table["item"] and parquet["user"] == table["user"]
+    assert cli.main([*weights, "--output", str(tmp_path / "recs.txt")]) == 2
+    assert "must end in .csv, .parquet, .jsonl" in capsys.readouterr().err
 
 
 def test_recommend_on_integer_ids_rejects_a_non_integer_user(tiny, tmp_path, capsys):
