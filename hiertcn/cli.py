@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history-lengths", type=_int_list, default=[50, 100, 200, 500],
                    help="events per user of the HierTCN vs FlatTCN memory comparison")
     p.add_argument("--scaling", action="store_true",
-                   help="instead: HierTCN vs GRU4Rec on synthetic XING logs of --sizes interactions")
+                   help="instead: HierTCN vs GRU4Rec (default-size models, full softmax) on synthetic XING logs "
+                        "of --sizes interactions; --data, --loss and model_config do not apply")
     p.add_argument("--sizes", type=_int_list, default=[10_000, 100_000, 1_000_000, 10_000_000],
                    help="interactions per log of --scaling (default 10k,100k,1M,10M)")
     p.add_argument("--budget", type=float, default=60.0,
@@ -528,6 +529,9 @@ def cmd_bench(args) -> int:
     run = {"command": _explicit_command(args), "commit": bench.git_commit(Path(__file__).parent)}
     models = _model_names(config) if config.models else ["hiertcn", "gru4rec"] if args.scaling else ["hiertcn"]
     if args.scaling:
+        if config.data is not None or config.loss != "softmax" or config.model_config:
+            say("note: --scaling trains the default models with full softmax on its own synthetic logs; "
+                "data, loss and model_config are not used")
         rows = bench.scaling_study(args.sizes, models, budget_s=args.budget,
                                    device=config.device, threads=config.threads, seed=config.seed,
                                    progress=not args.quiet)  # fmt: skip
