@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from hiertcn.batching import MAX_SESSION_LEN, user_batches
 from hiertcn.data.splits import TEST
-from hiertcn.metrics import MetricAccumulator, check_ranks, target_ranks
+from hiertcn.metrics import MetricAccumulator, check_target_scores, count_at_or_above, target_ranks
 
 
 def _unpack(data):
@@ -50,6 +50,8 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
     chunk = n_items if chunk_items is None else min(int(chunk_items), n_items)
     if chunk < 1:
         raise ValueError(f"chunk_items must be positive, got {chunk_items}")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_items):
+        raise ValueError(f"target ids must lie in [0, {n_items})")
     rows = max(1, max_scores // chunk)
     out = []
     for r0 in range(0, user_emb.shape[0], rows):
@@ -67,10 +69,11 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
             inside = (y >= lo) & (y < hi)
             if bool(inside.any()):
                 target_logit[inside] = score(lo, hi)[inside].gather(1, (y[inside] - lo)[:, None]).squeeze(1)
+        check_target_scores(target_logit)
         count = torch.zeros_like(y)
         for lo, hi in slices:
-            count += (score(lo, hi) >= target_logit[:, None]).sum(1)
-        out.append(check_ranks(count))
+            count += count_at_or_above(score(lo, hi), target_logit[:, None])
+        out.append(count)
     return torch.cat(out) if out else targets.new_zeros(0)
 
 

@@ -29,6 +29,21 @@ def _proposal(item_counts, name: str) -> torch.Tensor | None:
     return counts / counts.sum()
 
 
+def sample_items(popularity: torch.Tensor | None, n: int, n_items: int, device) -> torch.Tensor:
+    """``n`` item ids drawn with replacement from ``popularity`` (uniform when None), on ``device``.
+
+    Inverse-CDF sampling (``searchsorted`` on the cumulative popularity): ``torch.multinomial`` refuses
+    catalogues of more than 2**24 items. Items of zero popularity are never drawn.
+    """
+    if popularity is None:
+        return torch.randint(n_items, (n,), device=device)
+    if popularity.numel() != n_items:
+        raise ValueError(f"item_counts has {popularity.numel()} items, model {n_items}")
+    cdf = popularity.to(device).cumsum(0)
+    draws = torch.rand(n, dtype=cdf.dtype, device=device) * cdf[-1]
+    return torch.searchsorted(cdf, draws, right=True).clamp_(max=n_items - 1)
+
+
 class _Loss:
     takes_impressions = False  # True: negatives come from impressions when the batch has them
     samples_items = False  # True: draws negatives by ``item_counts`` (popularity), given at construction
@@ -172,11 +187,15 @@ class SampledSoftmaxLoss(_Loss):
         n, n_items = targets.shape[0], weight.shape[0]
         parts = [targets] if self.in_batch else []
         if self.num_negatives:
-            q = self._dist(n_items, targets.device)
-            parts.append(torch.multinomial(q.float(), self.num_negatives, replacement=True))
+            parts.append(sample_items(self.popularity, self.num_negatives, n_items, targets.device))
         candidates = torch.cat(parts)
         logits = user_emb @ weight[candidates].t() + bias[candidates]
-        logits = logits - self.log_expected_counts(candidates, n, n_items).to(logits.dtype)
+        log_counts = self.log_expected_counts(candidates, n, n_items)
+        if bool(torch.isinf(log_counts).any()):  # an in-batch target the popularity says is never drawn
+            item = int(candidates[torch.isinf(log_counts)][0])
+            raise ValueError(f"sampled_softmax: item_counts gives item {item}, a target in this batch, count 0; pass "
+                             f"the counts of the training targets (hiertcn.train.train_item_counts)")  # fmt: skip
+        logits = logits - log_counts.to(logits.dtype)
         positive = user_emb.mul(weight[targets]).sum(1) + bias[targets]
         hits = candidates[None, :] == targets[:, None]  # includes each row's own in-batch column
         logits = logits.masked_fill(hits, float("-inf"))
@@ -192,13 +211,14 @@ def _negatives(impressions, targets, num_negatives, popularity, n_items):
             raise ValueError(f"impressions must be (n, K) with n={targets.shape[0]}, got {tuple(impressions.shape)}")
         if impressions.numel() and int(impressions.max()) >= n_items:
             raise ValueError(f"impressions hold item ids >= n_items={n_items}")
+    if impressions is not None and impressions.shape[1] == 0:
+        impressions = None  # no columns at all: every negative is sampled
     if impressions is not None and not bool((impressions < 0).any()):
         negatives = impressions
     else:
         width = num_negatives if impressions is None else impressions.shape[1]
-        dist = torch.full((n_items,), 1.0 / n_items) if popularity is None else popularity.float()
-        negatives = torch.multinomial(dist, targets.shape[0] * width, replacement=True)
-        negatives = negatives.view(targets.shape[0], width).to(targets.device)
+        negatives = sample_items(popularity, targets.shape[0] * width, n_items, targets.device)
+        negatives = negatives.view(targets.shape[0], width)
         if impressions is not None:  # impressions first; a row with fewer fills its -1 pads with samples
             negatives = torch.where(impressions >= 0, impressions, negatives)
     valid = (negatives >= 0) & (negatives != targets[:, None])

@@ -25,15 +25,20 @@ def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= scores.shape[1]):
         raise ValueError(f"target ids must lie in [0, {scores.shape[1]})")
     target_score = scores.gather(1, target.long()[:, None])
+    check_target_scores(target_score)
     # The target itself is counted by >=, which supplies the "1 +".
-    return check_ranks((scores >= target_score).sum(1))
+    return count_at_or_above(scores, target_score)
 
 
-def check_ranks(ranks: torch.Tensor) -> torch.Tensor:
-    """``ranks``, after checking that none is 0: only a NaN target score fails ``>=`` against itself."""
-    if ranks.numel() and bool((ranks == 0).any()):
+def count_at_or_above(scores: torch.Tensor, target_score: torch.Tensor) -> torch.Tensor:
+    """Per row, the items scoring at least ``target_score (n, 1)``: ties and NaN scores count against the target
+    (a NaN item is not known to rank lower, and ``>=`` alone would drop it and flatter the model)."""
+    return ((scores >= target_score) | scores.isnan()).sum(1)
+
+
+def check_target_scores(target_score: torch.Tensor) -> None:
+    if bool(target_score.isnan().any()):
         raise ValueError("a target's score is NaN: the model's outputs are not finite, so nothing can be ranked")
-    return ranks
 
 
 def metrics_per_event(ranks: torch.Tensor, n_items: int) -> torch.Tensor:

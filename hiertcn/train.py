@@ -332,7 +332,7 @@ def fit(
             "model_name": model_name,  # None: load_model cannot rebuild it (a model outside build_model)
             "model_class": type(model).__name__,
             "model_config": model_config or {},
-            "n_items": dataset.csr.n_items,
+            "n_items": int(dataset.csr.n_items),
             "catalogue": catalogue,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),

@@ -45,6 +45,16 @@ FORMAT_VERSION = 1
 HEADER = "header.json"
 
 
+class Count(int):
+    """An int that also answers a call with itself, so ``csr.n_users`` and ``csr.n_users()`` agree."""
+
+    def __call__(self) -> int:
+        return int(self)
+
+    def __reduce__(self):  # pickles (checkpoints, caches) as a plain int
+        return int, (int(self),)
+
+
 @dataclass(frozen=True, eq=False)
 class SessionCSR:
     """Packed interaction log. All arrays are int64 numpy arrays.
@@ -64,21 +74,23 @@ class SessionCSR:
     user_ids: np.ndarray
     item_ids: np.ndarray
 
+    # The counts read as attributes (``csr.n_users``) or, as the design contract lists them among the
+    # methods, as calls (``csr.n_users()``): both give the int.
     @property
-    def n_users(self) -> int:
-        return len(self.user_ptr) - 1
+    def n_users(self) -> Count:
+        return Count(len(self.user_ptr) - 1)
 
     @property
-    def n_sessions(self) -> int:
-        return len(self.session_ptr) - 1
+    def n_sessions(self) -> Count:
+        return Count(len(self.session_ptr) - 1)
 
     @property
-    def n_interactions(self) -> int:
-        return len(self.item)
+    def n_interactions(self) -> Count:
+        return Count(len(self.item))
 
     @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
+    def n_items(self) -> Count:
+        return Count(len(self.item_ids))
 
     def validate(self) -> SessionCSR:
         """Check every invariant of the layout; raise ValueError/TypeError naming the field. Returns self."""

@@ -103,6 +103,15 @@ def test_accepts_any_integer_dtype(dtype):
     assert_same_csr(csr, pack_sessions(user.astype(np.int64), item.astype(np.int64), ts.astype(np.int64), session_gap=20))
 
 
+def test_counts_read_as_attributes_or_calls():
+    import pickle
+
+    csr = pack_sessions(np.array([7, 7, 3]), np.array([1, 2, 1]), np.array([0, 5000, 9]))
+    assert (csr.n_users, csr.n_sessions, csr.n_interactions, csr.n_items) == (2, 3, 3, 2)
+    assert (csr.n_users(), csr.n_sessions(), csr.n_interactions(), csr.n_items()) == (2, 3, 3, 2)  # DESIGN.md's "methods"
+    assert type(pickle.loads(pickle.dumps(csr.n_items))) is int and np.arange(csr.n_users).tolist() == [0, 1]
+
+
 @pytest.mark.parametrize("pack_sessions", [pack_sessions, pack_sessions_pandas])  # the same contract
 def test_bad_inputs_raise_clear_errors(pack_sessions):
     u, i, t = np.array([1, 2]), np.array([3, 4]), np.array([5, 6])

@@ -117,6 +117,25 @@ def test_nan_target_scores_are_an_error_not_a_perfect_rank():
         ranking_metrics(model.scores(u), y)
 
 
+def test_nan_item_scores_count_against_the_target():
+    # NaN >= t is False: NaN items would drop out of the count and lift the target to the top.
+    assert ranking_metrics(torch.tensor([[float("nan"), float("nan"), 0.0]]), torch.tensor([2]))["mrr"] == 1 / 3
+    model = build_model("moving_average", n_items=10, embedding_dim=4).double()
+    with torch.no_grad():
+        model.out_weight[[0, 6]] = float("nan")  # two items whose output embeddings diverged
+    u, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([1, 2, 3, 4, 5])
+    honest = (model.scores(u) >= model.scores(u).gather(1, y[:, None])).sum(1) + 2
+    for chunk in (None, 3):
+        assert torch.equal(rank_targets(model, u, y, chunk_items=chunk), honest)
+
+
+def test_chunked_ranking_rejects_targets_outside_the_catalogue():
+    model = build_model("moving_average", n_items=10, embedding_dim=4)
+    for bad in (10, -1):
+        with pytest.raises(ValueError, match="target ids must lie in"):
+            rank_targets(model, torch.randn(2, 4), torch.tensor([3, bad]), chunk_items=3)
+
+
 def test_evaluate_rejects_bad_data():
     csr, role = _log()
     model = _model("gru4rec")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from tinylogs import TINY, small_log
 
 from hiertcn.batching import user_batches
-from hiertcn.losses import LOSS_NAMES, SampledSoftmaxLoss, build_loss, linear_cross_entropy
+from hiertcn.losses import LOSS_NAMES, SampledSoftmaxLoss, build_loss, linear_cross_entropy, sample_items
 from hiertcn.models import build_model
 
 
@@ -242,3 +242,36 @@ def test_full_impressions_are_the_negatives_without_sampling():
     value = build_loss("bpr", num_negatives=7)(table, u, y, impressions=imp)
     assert torch.equal(torch.random.get_rng_state(), rng)  # no sample was drawn
     torch.testing.assert_close(value, bpr)
+
+
+def test_sample_items_follows_the_popularity_at_any_catalogue_size():
+    gen_state = torch.random.get_rng_state()
+    draws = sample_items(torch.tensor([0.0, 0.25, 0.0, 0.75], dtype=torch.float64), 20_000, 4, "cpu")
+    counts = torch.bincount(draws, minlength=4)
+    assert counts[0] == counts[2] == 0 and abs(counts[3] / 20_000 - 0.75) < 0.02  # zero popularity: never drawn
+    torch.random.set_rng_state(gen_state)
+    assert torch.equal(sample_items(torch.tensor([0.0, 0.25, 0.0, 0.75], dtype=torch.float64), 20_000, 4, "cpu"),
+                       draws)  # fmt: skip: the torch RNG decides, so seeded runs repeat
+    # torch.multinomial refuses more than 2**24 categories; a BPR over a larger catalogue samples fine.
+    big = 2**24 + 3
+    popularity = torch.zeros(big, dtype=torch.float64)
+    popularity[[5, big - 1]] = 0.5
+    assert set(sample_items(popularity, 200, big, "cpu").tolist()) == {5, big - 1}
+    assert sample_items(None, 200, big, "cpu").max() < big
+
+
+def test_sampled_softmax_names_a_target_its_counts_never_draw():
+    table, u = _Table(6, 2), torch.randn(4, 2, dtype=torch.float64)
+    loss = SampledSoftmaxLoss(3, in_batch=True, item_counts=[5, 0, 3, 2, 8, 1])
+    with pytest.raises(ValueError, match="gives item 1, a target in this batch, count 0"):
+        loss(table, u, torch.tensor([1, 4, 4, 2]))  # it was an infinite loss
+
+
+def test_impressions_without_columns_mean_sample_every_negative():
+    table = _Table(5, 3)
+    u, y = torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 4])
+    torch.manual_seed(3)
+    sampled = build_loss("bpr", num_negatives=4)(table, u, y)
+    torch.manual_seed(3)
+    no_columns = build_loss("bpr", num_negatives=4)(table, u, y, impressions=torch.zeros(2, 0, dtype=torch.long))
+    assert no_columns > 0 and torch.equal(no_columns, sampled)  # it was 0: nothing to compare against
