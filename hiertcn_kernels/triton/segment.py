@@ -117,8 +117,9 @@ def _segment_reduce_kernel(
         offs = row * stride_src_t + chan.to(tl.int64)[None, None, :] * stride_src_c  # strided: C*T may pass 2^31
         if REDUCE == 2:
             v = tl.load(src + offs, mask=mask, other=float("-inf")).to(ACC_DTYPE)
-            # A lane moves only on a strict increase (or its first row): it keeps its first maximum.
-            take = mask & ((v > lanes_max) | (lanes_row < 0))
+            # A lane moves only on a strict increase (or its first row): it keeps its first maximum. NaN is
+            # the maximum, as in torch: the first NaN takes the lane (v != v), and nothing is greater than it.
+            take = mask & ((v > lanes_max) | (lanes_row < 0) | ((v != v) & (lanes_max == lanes_max)))
             if HAS_SRC_IDX:
                 arg_row = tl.load(src_idx + row * n_channels + chan[None, None, :], mask=take, other=0)
             else:
@@ -129,13 +130,16 @@ def _segment_reduce_kernel(
             lanes += tl.load(src + offs, mask=mask, other=0.0).to(ACC_DTYPE)
 
     if REDUCE == 2:
-        acc = tl.max(lanes_max, axis=1)
+        # tl.max may skip NaN on a GPU (fmax): a lane holding NaN makes the result NaN explicitly.
+        lane_nan = (lanes_max != lanes_max) & (lanes_row >= 0)
+        any_nan = tl.max(lane_nan.to(tl.int32), axis=1) > 0
+        acc = tl.where(any_nan, float("nan"), tl.max(lanes_max, axis=1))
         # The first maximal row overall: the smallest row among the lanes that reached the maximum.
         if IDX_DTYPE == tl.int64:
             no_row = 9223372036854775807
         else:
             no_row = 2147483647
-        reached = (lanes_max == acc[:, None, :]) & (lanes_row >= 0)
+        reached = ((lanes_max == acc[:, None, :]) | (lane_nan & any_nan[:, None, :])) & (lanes_row >= 0)
         best = tl.min(tl.where(reached, lanes_row, no_row), axis=1)
     else:
         acc = tl.sum(lanes, axis=1)

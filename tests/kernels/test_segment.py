@@ -100,6 +100,33 @@ def test_gpu_tiling_in_the_interpreter(triton_backend, monkeypatch, reduce):
         assert torch.equal(K.segment_expand(rows, offsets_of(lengths)), R.segment_expand(rows, offsets_of(lengths)))
 
 
+def _check_nan_max(device):
+    # NaN rows in short segments, in the middle and at the end of long ones (several combine levels), and in
+    # one channel only: the max is NaN there and the gradient goes to the first NaN row, as the reference does.
+    lengths = [3, 0, 90, 1, 33, 700]
+    off = offsets_of(lengths).to(device)
+    values = torch.randn(int(off[-1]), 3)
+    for row, chan in ((1, 0), (50, 1), (60, 1), (92, 2), (130, 0), (826, 0), (400, 1)):
+        values[row, chan] = float("nan")
+    v_tri, v_ref = values.to(device, copy=True).requires_grad_(), values.clone().requires_grad_()
+    out, ref = K.segment_reduce(v_tri, off, "max"), R.segment_reduce(v_ref, off.cpu(), "max")
+    torch.testing.assert_close(out.cpu(), ref, rtol=0, atol=0, equal_nan=True)
+    assert out.isnan().sum() == 5
+    out.backward(torch.ones_like(out))
+    ref.backward(torch.ones_like(ref))
+    assert torch.equal(v_tri.grad.cpu(), v_ref.grad)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("tiling", ["interpreter", "gpu"])
+def test_max_propagates_nan_to_the_first_nan_row(triton_backend, monkeypatch, tiling):
+    from hiertcn_kernels.triton import segment as S
+
+    if tiling == "gpu":
+        monkeypatch.setattr(S, "_tiling", lambda: S._GPU_TILING)
+    _check_nan_max("cpu")
+
+
 @pytest.mark.interpreter
 def test_max_of_all_minus_inf_segment(triton_backend):
     values = torch.full((40, 3), float("-inf"), requires_grad=True)
@@ -208,6 +235,7 @@ SM90_COMPILE = textwrap.dedent(
     import triton, triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from ptxas_spills import assert_no_spills
     from hiertcn_kernels.triton import segment as S
 
     POINTERS = {"src": "*bf16", "out": "*bf16", "src_idx": "*i32", "out_idx": "*i32", "argmax": "*i32",
@@ -216,7 +244,9 @@ SM90_COMPILE = textwrap.dedent(
     def compile_sm90(kernel, num_warps, **constexprs):
         sig = {name: "constexpr" if name in constexprs else POINTERS.get(name, "i32") for name in kernel.arg_names}
         src = ASTSource(kernel, sig, constexprs)
-        assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+        assert "cubin" in kernel.asm
+        assert_no_spills(kernel, (kernel.name, num_warps, constexprs))
 
     common = dict(ACC_DTYPE=tl.float32, IDX_DTYPE=tl.int32, BLOCK_C=128)
     for (block_n, block_t, warps) in (S._GPU_TILING.narrow, S._GPU_TILING.wide):
@@ -232,7 +262,8 @@ SM90_COMPILE = textwrap.dedent(
 def test_kernels_compile_for_sm90():
     pytest.importorskip("triton.backends.nvidia.compiler")
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    here = Path(__file__).resolve().parent  # ptxas_spills.py
+    env["PYTHONPATH"] = os.pathsep.join([str(here.parents[1]), str(here), env.get("PYTHONPATH", "")])
     done = subprocess.run(
         [sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True, timeout=300, check=False
     )
@@ -367,6 +398,11 @@ def test_cuda_reduce_matches_reference(poisoned, case, reduce, dtype):
     out.backward(grad.to(dtype))
     ref.backward(grad)
     assert rel_err(values.grad, ref_values.grad.to(dtype)) < TOLERANCE[dtype]
+
+
+@pytest.mark.cuda
+def test_cuda_max_propagates_nan_to_the_first_nan_row(poisoned):
+    _check_nan_max("cuda")  # tl.max may take fmax semantics on a GPU: the kernel handles NaN explicitly
 
 
 @pytest.mark.cuda
