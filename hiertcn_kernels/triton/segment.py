@@ -119,7 +119,7 @@ def _segment_reduce_kernel(
             v = tl.load(src + offs, mask=mask, other=float("-inf")).to(ACC_DTYPE)
             # A lane moves only on a strict increase (or its first row): it keeps its first maximum. NaN is
             # the maximum, as in torch: the first NaN takes the lane (v != v), and nothing is greater than it.
-            take = mask & ((v > lanes_max) | (lanes_row < 0) | ((v != v) & (lanes_max == lanes_max)))
+            take = mask & ((v > lanes_max) | (lanes_row < 0) | ((v != v) & (lanes_max == lanes_max)))  # noqa: PLR0124
             if HAS_SRC_IDX:
                 arg_row = tl.load(src_idx + row * n_channels + chan[None, None, :], mask=take, other=0)
             else:
@@ -131,7 +131,7 @@ def _segment_reduce_kernel(
 
     if REDUCE == 2:
         # tl.max may skip NaN on a GPU (fmax): a lane holding NaN makes the result NaN explicitly.
-        lane_nan = (lanes_max != lanes_max) & (lanes_row >= 0)
+        lane_nan = (lanes_max != lanes_max) & (lanes_row >= 0)  # noqa: PLR0124 (NaN test; tl has no isnan)
         any_nan = tl.max(lane_nan.to(tl.int32), axis=1) > 0
         acc = tl.where(any_nan, float("nan"), tl.max(lanes_max, axis=1))
         # The first maximal row overall: the smallest row among the lanes that reached the maximum.
