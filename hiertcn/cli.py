@@ -438,10 +438,10 @@ def write_plots(results, out) -> list[Path]:
 
 
 def cmd_recommend(args) -> int:
-    from .recommend import RECOMMENDATION_FORMATS, recommend, write_recommendations
+    from .recommend import recommend, recommendations_path, write_recommendations
 
-    if args.output and Path(args.output).suffix not in RECOMMENDATION_FORMATS:  # before loading anything
-        raise ValueError(f"--output {args.output}: the file name must end in {', '.join(RECOMMENDATION_FORMATS)}")
+    if args.output:
+        recommendations_path(args.output)  # a bad name fails before anything is loaded
 
     saved = load_checkpoint(args.checkpoint)
     config = config_from_args(args, **saved.get("config", {}))

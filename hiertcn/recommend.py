@@ -92,16 +92,13 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     end = session_ptr[user_ptr[user_rows + 1]]
     if (end == session_ptr[user_ptr[user_rows]]).any():
         raise ValueError("every user needs at least one interaction to recommend after")
-    last_time = None
-    if at is not None:
-        last_time = np.asarray(csr.timestamp)[end - 1]
-        if (last_time > at).any():
-            late = np.flatnonzero(last_time > at)
-            raise ValueError(
-                f"at={at} is before the last interaction of {len(late)} user(s) (user row {int(user_rows[late[0]])}: "
-                f"{int(last_time[late[0]])}); recommend after a user's history"
-            )
-        last_time = dict(zip(user_rows.tolist(), last_time.tolist()))
+    timestamp = np.asarray(csr.timestamp)
+    if at is not None and (timestamp[end - 1] > at).any():
+        late = np.flatnonzero(timestamp[end - 1] > at)
+        raise ValueError(
+            f"at={at} is before the last interaction of {len(late)} user(s) (user row {int(user_rows[late[0]])}: "
+            f"{int(timestamp[end[late[0]] - 1])}); recommend after a user's history"
+        )
     device = next(model.parameters()).device
     top_items, top_scores = [], []
     batches = user_batches(
@@ -109,7 +106,9 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     )
     n_batches = -(-len(user_rows) // batch_users)
     for batch in tqdm(batches, total=n_batches, desc="recommend", unit="batch", disable=not progress, leave=False):
-        gap = None if at is None else torch.tensor([at - last_time[u] for u in batch.lane_user.tolist()])
+        gap = None  # from each lane's last interaction to the request
+        if at is not None:
+            gap = torch.from_numpy(at - timestamp[session_ptr[user_ptr[batch.lane_user.numpy() + 1]] - 1])
         batch = with_next_slot(batch, max_session_len, gap, session_gap).to(device)
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None
         user_emb, _ = model(batch, state)
@@ -123,15 +122,21 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
 RECOMMENDATION_FORMATS = (".csv", ".parquet", ".jsonl")
 
 
+def recommendations_path(path) -> Path:
+    """``path`` as a Path, after checking that its suffix names one of ``RECOMMENDATION_FORMATS``."""
+    path = Path(path)
+    if path.suffix not in RECOMMENDATION_FORMATS:
+        raise ValueError(f"{path}: the file name must end in {', '.join(RECOMMENDATION_FORMATS)}")
+    return path
+
+
 def write_recommendations(path, users, items, scores) -> Path:
     """Write ``items``/``scores`` ``(U, k)`` of ``users`` ``(U,)`` (raw ids) to ``path``, by its suffix.
 
     ``.csv`` and ``.parquet``: one row per recommendation, ``user, rank, item, score`` (rank 1 is the best);
     ``.jsonl``: one line per user, ``{"user", "items", "scores"}``.
     """
-    path = Path(path)
-    if path.suffix not in RECOMMENDATION_FORMATS:
-        raise ValueError(f"{path}: the file name must end in {', '.join(RECOMMENDATION_FORMATS)}")
+    path = recommendations_path(path)
     users, items, scores = list(users), np.asarray(items), np.asarray(scores, dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
