@@ -100,6 +100,7 @@ def _int_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hiertcn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="read, preprocess, split and cache an interaction log")
@@ -488,6 +489,20 @@ def _raw_ids(codes, names) -> list:
     """The raw ids of ``codes``: ints, or the strings they index in ``names`` for a string-id log."""
     codes = np.asarray(codes).tolist()
     return codes if names is None else [names[c] for c in codes]
+
+
+def _version() -> str:
+    """hiertcn's version and what it runs on (what a bug report needs)."""
+    from . import __version__
+
+    cuda = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no GPU"
+    try:
+        import triton
+
+        kernels = f"triton {triton.__version__}"
+    except ImportError:
+        kernels = "no triton (reference kernels only)"
+    return f"hiertcn {__version__} (torch {torch.__version__}, {kernels}, {cuda})"
 
 
 def _request_time(text: str) -> int:

@@ -234,6 +234,17 @@ def test_bench_times_models_and_kernel_ops(tiny, tmp_path, capsys):
     assert (out / "time_vs_tokens.png").stat().st_size > 0 and (out / "memory_vs_history.png").stat().st_size > 0
 
 
+def test_version_names_the_stack(capsys):
+    import torch
+
+    from hiertcn import __version__
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"hiertcn {__version__} (torch {torch.__version__}, ")
+
+
 def test_optimiser_flags_reach_the_config():
     args = cli.build_parser().parse_args(["train", "--lr-decay", "0.5", "--weight-decay", "1e-4"])
     config = cli.config_from_args(args)
