@@ -47,7 +47,8 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
     """
     weight, bias = model.output_embeddings()
     n_items = weight.shape[0]
-    chunk = n_items if chunk_items is None else min(int(chunk_items), n_items)
+    # Without chunk_items, a catalogue of more than max_scores items is still scored in slices.
+    chunk = min(n_items, max_scores) if chunk_items is None else min(int(chunk_items), n_items)
     if chunk < 1:
         raise ValueError(f"chunk_items must be positive, got {chunk_items}")
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_items):

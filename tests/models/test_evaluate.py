@@ -101,8 +101,17 @@ def test_chunked_ranking_counts_ties_exactly():
     full = rank_targets(model, u, y)
     expected = (model.scores(u) >= model.scores(u).gather(1, y[:, None])).sum(1)
     assert torch.equal(full, expected)
-    for chunk, budget in ((3, 7), (4, 1), (10, 20)):
+    for chunk, budget in ((3, 7), (4, 1), (10, 20), (None, 4)):
         assert torch.equal(rank_targets(model, u, y, chunk_items=chunk, max_scores=budget), full)
+
+
+def test_a_catalogue_beyond_max_scores_is_scored_in_slices(monkeypatch):
+    model = build_model("moving_average", n_items=10, embedding_dim=4)
+    held = []
+    real_addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: held.append(real_addmm(*a, **k).numel()) or real_addmm(*a, **k))
+    rank_targets(model, torch.randn(3, 4), torch.tensor([1, 2, 3]), max_scores=4)
+    assert held and max(held) <= 4  # one row and at most four items at a time
 
 
 def test_nan_target_scores_are_an_error_not_a_perfect_rank():
