@@ -151,6 +151,9 @@ class SampledSoftmaxLoss(_Loss):
     Without in-batch negatives ``item_counts`` may be omitted (uniform samples).
     Candidates equal to a row's own target are masked (accidental hits), so the
     loss converges to full softmax cross-entropy as ``k`` (or the batch) grows.
+    Unlike Jean et al. (2015) and TensorFlow's ``sampled_softmax_loss``, the
+    positive's own logit is not corrected: it enters the partition function
+    exactly, once, and only the sampled remainder is importance-weighted.
     """
 
     samples_items = True
