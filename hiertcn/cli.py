@@ -24,8 +24,8 @@ from .config import SPLITS, Config
 from .train import NonFiniteLossError, fit, resolve_device, seed_everything, write_metrics
 
 TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp", "first/mrr", "later/mrr")
-DATA_KEYS = ("format", "preset", "split", "user_col", "item_col", "time_col", "session_col", "sep", "session_gap",
-             "cache_dir", "impressions", "skip_bad_rows")  # fmt: skip
+DATA_KEYS = ("format", "preset", "preset_until_stable", "split", "user_col", "item_col", "time_col", "session_col",
+             "sep", "session_gap", "cache_dir", "impressions", "skip_bad_rows")  # fmt: skip
 DEMO = {  # sized to finish in about 3 minutes on 2 CPU cores
     "full": {"n_users": 1000, "n_items": 500, "epochs": 4, "max_time": 40.0, "lr": 3e-3},
     "tiny": {"n_users": 150, "n_items": 120, "epochs": 1, "max_time": 5.0, "lr": 3e-3},
@@ -57,6 +57,8 @@ def _data_args(parser):
     _flag(g, "--data", help="interaction log (default: the built-in synthetic XING-format log)")
     _flag(g, "--format", choices=["xing", "csv", "parquet", "movielens", "recbole"], help="detected when omitted")
     _flag(g, "--preset", choices=["hiertcn-xing", "hrnn-xing", "none"])
+    _flag(g, "--preset-until-stable", action="store_true", help="repeat the preset's count filters until none "
+          "removes anything (the published code, and the default, filter once)")
     _flag(g, "--split", choices=SPLITS, help="default: last-session (each user's last session is the test)")
     for col in ("user", "item", "time", "session"):
         _flag(g, f"--{col}-col", dest=f"{col}_col", help=f"{col} column of a generic CSV/Parquet log")

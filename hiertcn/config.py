@@ -32,6 +32,7 @@ class Config:
     data: str | None = None  # interaction log path; None = the built-in synthetic XING log
     format: str | None = None  # xing | csv | parquet | movielens | recbole (detected when None)
     preset: str | None = None  # hiertcn-xing | hrnn-xing | none (hiertcn-xing for xing logs)
+    preset_until_stable: bool = False  # repeat the preset's count filters until none removes anything
     split: str = "last-session"
     user_col: str | None = None
     item_col: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import matplotlib
@@ -36,13 +37,12 @@ def plot_training_curves(histories: dict[str, list[dict]], curves: dict[str, lis
 
 
 def _smooth(values, window: int = 20) -> list[float]:
-    """Trailing moving average (shorter at the start)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+    """Trailing moving average of the finite values among the last ``window`` (shorter at the start):
+    a NaN or inf leaves a gap of at most ``window`` points instead of blanking the rest of the line."""
+    out = []
+    for i in range(len(values)):
+        recent = [v for v in values[max(0, i - window + 1) : i + 1] if math.isfinite(v)]
+        out.append(sum(recent) / len(recent) if recent else float("nan"))
     return out
 
 

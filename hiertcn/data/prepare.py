@@ -65,6 +65,7 @@ def prepare_dataset(
     *,
     format: str | None = None,
     preset: str | None = None,
+    preset_until_stable: bool = False,
     split: str = "last-session",
     cache_dir: str | Path | None = None,
     user_col: str | None = None,
@@ -84,6 +85,8 @@ def prepare_dataset(
     ``path=None`` uses the embedded synthetic XING log (generated into ``cache_dir`` on first use).
     ``format``: ``xing | csv | parquet | movielens | recbole``, detected when None. ``preset``:
     ``hiertcn-xing | hrnn-xing | none``; None means ``hiertcn-xing`` for XING and ``none`` otherwise.
+    ``preset_until_stable``: repeat the preset's count filters until nothing changes (the published
+    code filters once; see :mod:`hiertcn.data.presets`).
     ``split``: ``last-session`` (per user the last session is TEST, the one before VALID), ``user``
     (users 80/10/10, shuffled by ``seed``) or ``time`` (sessions starting after the 80% / 90% quantiles
     of session start times are VALID / TEST). Reader options (``user_col`` ... ``skip_bad_rows``) are
@@ -134,6 +137,7 @@ def prepare_dataset(
     params = {
         "format": fmt,
         "preset": preset,
+        "preset_until_stable": bool(preset_until_stable),
         "split": split,
         "session_gap": int(session_gap),
         "seed": int(seed),
@@ -145,7 +149,7 @@ def prepare_dataset(
 
     def build(out: Path) -> None:
         log = read_log(path, fmt, **reader_options)
-        log, report = apply_preset(log, preset, session_gap=session_gap)
+        log, report = apply_preset(log, preset, session_gap=session_gap, until_stable=preset_until_stable)
         # hrnn-xing fixed its sessions (log.session) before filtering; a removed row must not split one.
         pack_gap = math.inf if preset == "hrnn-xing" else session_gap
         csr = pack_sessions(log.user, log.item, log.timestamp, session_gap=pack_gap, session=log.session)

@@ -467,7 +467,10 @@ def read_impressions(path: str | Path) -> Impressions:
     except (_Retry, pa.ArrowInvalid) as exc:
         raise ValueError(f"{path}: unparsable impressions file ({exc})") from exc
     lists = pc.split_pattern(table["items"].combine_chunks(), ",")
-    items = pc.cast(pc.utf8_trim_whitespace(pc.list_flatten(lists)), pa.int64()).to_numpy()
+    try:
+        items = pc.cast(pc.utf8_trim_whitespace(pc.list_flatten(lists)), pa.int64()).to_numpy()
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{path}: an items list holds something other than comma-separated item ids ({exc})") from None
     offsets = lists.offsets.to_numpy().astype(np.int64)
     offsets -= offsets[0]
     return Impressions(

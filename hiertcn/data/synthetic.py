@@ -281,6 +281,8 @@ def generate_xing(
     _write_tsv(table, inter_path)
 
     imp_path = None
+    if not impressions:  # a stale file from an earlier call would be picked up as this log's (--impressions auto)
+        (out / "impressions.csv").unlink(missing_ok=True)
     if impressions:
         imp_path = out / "impressions.csv"
         year, week = iso_year_week(created_at)

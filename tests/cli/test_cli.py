@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +377,11 @@ def test_evaluate_refuses_another_catalogue_of_the_same_size(tiny, tmp_path, mon
     monkeypatch.setattr(cli, "load_dataset", lambda config, echo=print: (other, tmp_path / "cache"))
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "w/best.pt"), "--out", str(tmp_path / "ev")]) == 2
     assert "another catalogue of 12 items" in capsys.readouterr().err
+
+
+def test_loss_curve_smoothing_skips_non_finite_values():
+    from hiertcn.plots import _smooth
+
+    smoothed = _smooth([1.0, 1.0, float("nan")] + [1.0] * 30, window=5)
+    assert smoothed[:2] == [1.0, 1.0] and smoothed[2:] == [1.0] * 31  # the NaN is left out, not carried forward
+    assert math.isnan(_smooth([float("nan")], window=5)[0])

@@ -96,6 +96,13 @@ def test_prepare_maps_the_impressions_next_to_a_xing_log(xing, tmp_path):
     assert np.diff(capped.imp_ptr).max() == 3
 
 
+def test_an_items_list_that_is_not_item_ids_names_the_file(tmp_path):
+    path = tmp_path / "impressions.csv"
+    path.write_text("user_id\tyear\tweek\titems\n1\t2016\t3\t5,6,\n")
+    with pytest.raises(ValueError, match="impressions.csv: an items list holds something other than"):
+        read_impressions(path)
+
+
 def test_prepare_rejects_bad_impressions_arguments(xing, tmp_path):
     with pytest.raises(FileNotFoundError, match="impressions"):
         prepare_dataset(xing.interactions, cache_dir=tmp_path, impressions=tmp_path / "missing.csv")

@@ -26,8 +26,8 @@ def cascade_log():
     return make_log(rows)
 
 
-def test_hiertcn_xing_reaches_the_fixed_point():
-    out, report = apply_preset(cascade_log(), "hiertcn-xing")
+def test_hiertcn_xing_until_stable_reaches_the_fixed_point():
+    out, report = apply_preset(cascade_log(), "hiertcn-xing", until_stable=True)
     assert set(out.item.tolist()) == {88} and set(out.user.tolist()) == set(range(10, 15))
     assert len(out) == 50 and report.rounds == 3
     assert report.steps["interaction_type == 4 (delete)"].interactions == 1
@@ -58,15 +58,18 @@ def test_session_counts_are_those_the_packer_will_make():
     assert sum(c.sessions for c in report.steps.values()) == report.before.sessions - report.after.sessions
 
 
-def test_one_pass_would_not_be_enough():
+def test_hiertcn_xing_filters_once_as_published():
+    # The release's load_xing: deletes, then items >= 50, then users 10..500, each once.
     log = cascade_log()
     keep = log.interaction_type != 4
     items, counts = np.unique(log.item[keep], return_counts=True)
     keep &= np.isin(log.item, items[counts >= 50])
     users, counts = np.unique(log.user[keep], return_counts=True)
     keep &= np.isin(log.user, users[(counts >= 10) & (counts <= 500)])
-    assert 77 in log.item[keep]  # a single pass keeps X; the preset must not
-    assert 77 not in apply_preset(log, "hiertcn-xing")[0].item
+    out, report = apply_preset(log, "hiertcn-xing")
+    assert len(out) == keep.sum() and np.array_equal(out.user, log.user[keep]) and report.rounds == 1
+    assert 77 in out.item  # item 77 fell below 50 when a user went; the release keeps it, until_stable does not
+    assert 77 not in apply_preset(log, "hiertcn-xing", until_stable=True)[0].item
 
 
 def hrnn_log():
@@ -83,7 +86,8 @@ def hrnn_log():
 def test_hrnn_xing_dedupes_then_filters_sessions_and_users():
     out, report = apply_preset(hrnn_log(), "hrnn-xing")
     assert set(out.user.tolist()) == set(range(1, 7))  # user 0 lost a session to dedupe, then had only 4
-    assert len(out) == 90 and report.rounds == 2
+    assert len(out) == 90 and report.rounds == 1
+    assert apply_preset(hrnn_log(), "hrnn-xing", until_stable=True)[1].rounds == 2  # a second round, empty
     assert report.steps["duplicate (item, session, type)"].interactions == 1
     assert report.steps["sessions with < 3 interactions"] == Counts(
         interactions=2, users=0, items=0, sessions=1
@@ -131,3 +135,20 @@ def test_session_ids_match_the_packer_rule():
     np.testing.assert_array_equal(ids, expected)
     with pytest.raises(ValueError, match="session_gap"):
         session_ids(user, ts, session_gap=0)
+
+
+def test_hrnn_xing_splits_sessions_at_gaps_over_1800_s():
+    # HRNN's make_sessions splits where tdiff > 1800; HierTCN's release (and pack_sessions) at >= 1800.
+    def blocks(gap):  # 5 blocks of 3 clicks per user, each block `gap` s after the block before it ends
+        rows = []
+        for user in range(25):
+            t = 0
+            for _ in range(5):
+                rows += [(user, item, t + 60 * k, 1) for k, item in enumerate((1, 2, 3))]
+                t += 120 + gap
+        return make_log(rows)
+
+    kept = apply_preset(blocks(1801), "hrnn-xing")[0]
+    assert len(np.unique(kept.session)) == 125  # > 1800: five sessions per user, all kept
+    with pytest.raises(ValueError, match="removed every interaction"):
+        apply_preset(blocks(1800), "hrnn-xing")  # exactly 1800: one 15-click session per user, < 5 sessions

@@ -40,6 +40,12 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert a.interactions.read_bytes() != c.interactions.read_bytes()
 
 
+def test_a_log_without_impressions_leaves_no_older_impressions_file(tmp_path):
+    generate_xing(tmp_path, seed=0, **SMALL)
+    files = generate_xing(tmp_path, seed=1, impressions=False, **SMALL)
+    assert files.impressions is None and not (tmp_path / "impressions.csv").exists()  # --impressions auto finds none
+
+
 def test_xing_format(small):
     files, log = small["files"], small["log"]
     assert files.interactions.read_text().splitlines()[0] == "user_id\titem_id\tinteraction_type\tcreated_at"
