@@ -146,6 +146,8 @@ def combine_results(parts: Sequence[dict[str, float]]) -> dict[str, float]:
     """
     if not parts:
         raise ValueError("no results to combine")
+    if any(set(p) != set(parts[0]) for p in parts):  # e.g. first/later in some parts only: no exact combination
+        raise ValueError("the results to combine must have the same keys")
     out = {key: sum(p[key] for p in parts) for key in parts[0] if key.startswith("n_")}
     for key in parts[0]:
         if key in out:

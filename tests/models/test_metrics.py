@@ -102,3 +102,12 @@ def test_combined_results_equal_one_accumulator_over_every_user():
     assert (got["n_first"], got["n_later"], got["n_users"]) == (4, 3, 3)
     with pytest.raises(ValueError, match="no results"):
         combine_results([])
+
+
+def test_combine_results_needs_the_same_keys_in_every_part():
+    with_split = {"n_events": 2, "n_users": 1, "n_first": 1, "n_later": 1, "mrr": 0.5, "first/mrr": 1.0,
+                  "later/mrr": 0.0}  # fmt: skip
+    plain = {"n_events": 2, "n_users": 1, "mrr": 0.25}
+    for parts in ([with_split, plain], [plain, with_split]):  # a KeyError one way, split keys dropped the other
+        with pytest.raises(ValueError, match="same keys"):
+            combine_results(parts)
