@@ -383,12 +383,18 @@ def _resumed_config(args, last: Path) -> Config:
     return config
 
 
+def _scoring_defaults(saved) -> dict:
+    """A checkpoint's run settings as evaluate/recommend defaults, but the device ``auto``: a run trained on a
+    GPU can be scored on a machine without one (``--device`` still picks)."""
+    return {**saved.get("config", {}), "device": "auto"}
+
+
 def cmd_evaluate(args) -> int:
     from .data.splits import TEST, VALID
     from .evaluate import evaluate
 
     saved = load_checkpoint(args.checkpoint)
-    config = config_from_args(args, **{**saved.get("config", {}), "out": str(Path(args.checkpoint).parent / "evaluate")})
+    config = config_from_args(args, **{**_scoring_defaults(saved), "out": str(Path(args.checkpoint).parent / "evaluate")})
     model, _ = load_model(args.checkpoint, map_location=resolve_device(config.device))
     dataset, _ = load_dataset(config, echo=_say(args))
     _check_catalogue(dataset, saved, args.checkpoint)
@@ -447,7 +453,7 @@ def cmd_recommend(args) -> int:
         recommendations_path(args.output)  # a bad name fails before anything is loaded
 
     saved = load_checkpoint(args.checkpoint)
-    config = config_from_args(args, **saved.get("config", {}))
+    config = config_from_args(args, **_scoring_defaults(saved))
     model, _ = load_model(args.checkpoint, map_location=resolve_device(config.device))
     dataset, _ = load_dataset(config, echo=_say(args))
     _check_catalogue(dataset, saved, args.checkpoint)

@@ -370,6 +370,21 @@ def test_train_with_each_sampling_loss(tiny, tmp_path, capsys, loss):
     assert 0 < last_json(capsys)["mrr"] <= 1
 
 
+def test_a_checkpoint_trained_on_a_gpu_scores_on_a_cpu_machine(tiny, tmp_path, capsys):
+    import torch
+
+    assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
+    best = tmp_path / "w" / "best.pt"
+    payload = torch.load(best, weights_only=False)
+    payload["config"]["device"] = "cuda"  # as `train --device cuda` on a GPU machine writes it
+    torch.save(payload, best)
+    assert cli.main(["evaluate", "--checkpoint", str(best), "--json", "--quiet"]) == 0
+    assert cli.main(["recommend", "--checkpoint", str(best), "--users", "0", "--json", "--quiet"]) == 0
+    if not torch.cuda.is_available():
+        assert cli.main(["evaluate", "--checkpoint", str(best), "--device", "cuda"]) == 2  # asked for: named
+        assert "no CUDA device" in capsys.readouterr().err
+
+
 def test_evaluate_refuses_another_catalogue_of_the_same_size(tiny, tmp_path, monkeypatch, capsys):
     assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
     data = planted_dataset(n_users=20)
