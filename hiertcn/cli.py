@@ -394,7 +394,8 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
     saved = load_checkpoint(args.checkpoint)
-    config = config_from_args(args, **{**_scoring_defaults(saved), "out": str(Path(args.checkpoint).parent / "evaluate")})
+    out = str(Path(args.checkpoint).parent / "evaluate")
+    config = config_from_args(args, **{**_scoring_defaults(saved), "out": out})
     model, _ = load_model(args.checkpoint, map_location=resolve_device(config.device))
     dataset, _ = load_dataset(config, echo=_say(args))
     _check_catalogue(dataset, saved, args.checkpoint)
