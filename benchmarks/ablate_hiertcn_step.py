@@ -5,10 +5,12 @@
 One Adam step (forward, full softmax, backward) on the throughput benchmark's batch
 (``tests/benchmarks/test_bench_models.py``: 32 users x 100 events, sessions of 1..20
 items, 2,000 items). Variants, cumulative: ``levels=4`` with ``F.cross_entropy`` over
-the full logits, every TCN block padding its own input and ``torch.segment_reduce``'s
-autograd (the code before issue 5); then ``levels=2``; the fused loss; the TCN padding
-once; the segment sum keeping no copy of its input (today's code). GRU4Rec runs with
-both losses. Every round runs each variant once in turn, so machine load hits all alike;
+the full logits, every TCN block padding its own input into power-of-two length buckets
+for ``F.conv1d`` and ``torch.segment_reduce``'s autograd (the code before issue 5); then
+``levels=2``; the fused loss; the segment sum keeping no copy of its input; the packed
+conv as one matmul over each row's taps (today's code). (An intermediate step, all blocks
+on buckets padded once, was replaced by the last and is not rebuilt here.) GRU4Rec runs
+with both losses. Every round runs each variant once in turn, so machine load hits all alike;
 medians are reported, and each HierTCN variant's speed-up over GRU4Rec with the same loss.
 """
 
@@ -33,21 +35,20 @@ from hiertcn.bench import fixed_history_csr
 from hiertcn.losses import build_loss
 from hiertcn.models import build_model
 from hiertcn_kernels import reference
-from hiertcn_kernels.layers import TemporalConvNet
 
 
 @contextlib.contextmanager
-def before_issue5(pad_per_block: bool, segment_autograd: bool):
-    """Switch the TCN and the segment sum back to their previous reference implementations."""
-    forward, segment_sum = TemporalConvNet.forward, reference._SegmentSum.apply
-    if pad_per_block:
-        TemporalConvNet.forward = lambda self, x, cu_seqlens=None: self._run_blocks(x, cu_seqlens)
+def before_issue5(bucketed: bool, segment_autograd: bool):
+    """Switch the packed conv and the segment sum back to their previous reference implementations."""
+    conv, segment_sum = reference._causal_conv1d_packed, reference._SegmentSum.apply
+    if bucketed:
+        reference._causal_conv1d_packed = reference.conv_by_buckets
     if segment_autograd:
         reference._SegmentSum.apply = lambda values, lengths: torch.segment_reduce(values, "sum", lengths=lengths)
     try:
         yield
     finally:
-        TemporalConvNet.forward, reference._SegmentSum.apply = forward, segment_sum
+        reference._causal_conv1d_packed, reference._SegmentSum.apply = conv, segment_sum
 
 
 def cross_entropy(model, user_emb, targets):
@@ -78,21 +79,21 @@ def main():
         torch.set_num_threads(args.threads)
     (batch,) = list(user_batches(fixed_history_csr(32, 100), batch_users=32))
     fused = build_loss("softmax")
-    variants = {  # name: (step, pad_per_block, segment_autograd, GRU4Rec variant with the same loss)
+    variants = {  # name: (step, bucketed conv, segment_autograd, GRU4Rec variant with the same loss)
         "gru4rec, F.cross_entropy": (make_step("gru4rec", batch, cross_entropy), False, False, None),
         "gru4rec, fused loss": (make_step("gru4rec", batch, fused), False, False, None),
         "hiertcn before (levels=4)": (make_step("hiertcn", batch, cross_entropy, levels=4), True, True,
                                       "gru4rec, F.cross_entropy"),
         "+ levels=2": (make_step("hiertcn", batch, cross_entropy), True, True, "gru4rec, F.cross_entropy"),
         "+ fused loss": (make_step("hiertcn", batch, fused), True, True, "gru4rec, fused loss"),
-        "+ TCN pads once": (make_step("hiertcn", batch, fused), False, True, "gru4rec, fused loss"),
-        "+ segment sum keeps no input (now)": (make_step("hiertcn", batch, fused), False, False,
-                                               "gru4rec, fused loss"),
+        "+ segment sum keeps no input": (make_step("hiertcn", batch, fused), True, False, "gru4rec, fused loss"),
+        "+ packed conv, one matmul over the taps (now)": (make_step("hiertcn", batch, fused), False, False,
+                                                          "gru4rec, fused loss"),
     }
     times = {name: [] for name in variants}
     for _ in tqdm(range(args.rounds + 1), desc="rounds"):  # the first round warms up
-        for name, (step, per_block, segment, _) in variants.items():
-            with before_issue5(per_block, segment):
+        for name, (step, bucketed, segment, _) in variants.items():
+            with before_issue5(bucketed, segment):
                 t0 = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - t0)

@@ -7,8 +7,6 @@ import math
 import torch
 from torch import nn
 
-from . import reference
-from ._checks import check_offsets, check_tensor
 from .conv import _use_triton, causal_conv1d, tcn_block
 from .segment import segment_reduce
 
@@ -119,7 +117,7 @@ class TCNBlock(nn.Module):
 
     def effective_params(self) -> tuple:
         """``(conv_weight, conv_bias, out_weight, out_bias)`` for one forward call: in training with
-        dropout, a fresh branch-channel mask applied (call once per call, however the rows are split)."""
+        dropout, a fresh branch-channel mask applied."""
         params = (self.conv_weight, self.conv_bias, self.out_weight, self.out_bias)
         if self.training and self.dropout > 0:
             params = self._drop_branch_channels(*params)
@@ -168,14 +166,8 @@ class TemporalConvNet(nn.Module):
     stream included, as between the layers of a stacked RNN; on the synthetic
     log it regularises HierTCN better than the branch dropout
     (``benchmarks/README.md``).
-    On the reference (CPU) path packed input is padded once for all blocks
-    rather than once per block; the Triton path stays packed. ``recompute``: see
-    :class:`TCNBlock`.
+    ``recompute``: see :class:`TCNBlock`.
     """
-
-    # Padding of the reference path's buckets: at most 1.25x per bucket (a few more, smaller
-    # convs per level than one 2x bucket; the activations kept for backward shrink with it).
-    BUCKET_RATIO = 1.25
 
     def __init__(
         self,
@@ -198,21 +190,7 @@ class TemporalConvNet(nn.Module):
         self.output_dropout = nn.Dropout(output_dropout) if output_dropout > 0 else nn.Identity()
 
     def forward(self, x, cu_seqlens=None):
-        params = [block.effective_params() for block in self.blocks]  # one dropout mask per block and call
-        if cu_seqlens is None or _use_triton(x):
-            return self._run_blocks(x, params, cu_seqlens)
-        # Reference path: pad the packed sequences once, run every block padded, unpack once.
-        # A causal conv never reads past a row's end, so what the padding holds after one
-        # block cannot reach the valid positions of the next.
-        check_tensor(x, "x", ndim=2)
-        check_offsets(cu_seqlens, x.shape[0], x.device)
-        layout = reference.bucket_layout(cu_seqlens, max_ratio=self.BUCKET_RATIO)
-        if not layout:  # no rows
-            return self._run_blocks(x, params, cu_seqlens)
-        padded = [self._run_blocks(bucket, params) for bucket in reference.pad_buckets(x, layout)]
-        return reference.unpad_buckets(padded, layout, x.shape[0])
-
-    def _run_blocks(self, x, params, cu_seqlens=None):
+        params = [block.effective_params() for block in self.blocks]  # every mask first: the RNG order of recorded runs
         for block, block_params in zip(self.blocks, params):
             x = self.output_dropout(block.run(x, block_params, cu_seqlens))
         return x

@@ -364,25 +364,17 @@ def test_float64_auto_dispatch_uses_reference(monkeypatch):
 
 @pytest.mark.parametrize("activation", ["relu", "gated"])
 @pytest.mark.parametrize("lengths", [[7, 1, 0, 20, 3], [1, 1, 0, 1, 40, 5], [1], [0, 1, 0], [0, 0], []])
-def test_temporal_conv_net_pads_once_on_the_reference_path(monkeypatch, activation, lengths):
-    """Padding once for all blocks gives what every block on packed input gives.
-
-    relu outputs are the same bits; gated outputs and the weight gradients differ in the last
-    bits only (the same sums in another order: products over (n, width, C) rather than (T, C)). ``[1, 1, 0, 1, 40, 5]`` pads to several power-of-two buckets; ``[0, 0]`` and ``[]`` have no rows.
-    """
+def test_temporal_conv_net_packed_equals_each_sequence_alone(monkeypatch, activation, lengths):
+    """On the reference path the packed layer gives, row for row and gradient for gradient,
+    what the padded layer gives on each sequence alone (``[]`` and ``[0, 0]`` have no rows)."""
     monkeypatch.setenv("HIERTCN_BACKEND", "reference")
     torch.manual_seed(0)
     net = hk.TemporalConvNet(6, levels=3, kernel_size=3, activation=activation, hidden=4).double()
     off = offsets_of(lengths)
     x = torch.randn(int(off[-1]), 6, dtype=torch.float64, requires_grad=True)
-    y_ref = x
-    for block in net.blocks:
-        y_ref = hk.tcn_block(y_ref, block.conv_weight, block.conv_bias, dilation=block.dilation,
-                             activation=activation, out_weight=block.out_weight, out_bias=block.out_bias,
-                             cu_seqlens=off)
     y = net(x, cu_seqlens=off)
-    if activation == "relu":
-        assert torch.equal(y, y_ref)
+    pieces = [net(x[s:e][None])[0] for s, e in zip(off[:-1].tolist(), off[1:].tolist())]
+    y_ref = torch.cat([x.new_zeros(0, 6), *pieces])
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     if not x.numel():
         return
@@ -435,20 +427,15 @@ def test_recomputed_block_only_differentiates_what_needs_it(monkeypatch):
     assert block.conv_bias.grad is None and block.conv_weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("max_ratio", [None, 1.0, 1.25, 2.0])
-def test_bucket_layout_covers_every_row_once_within_the_padding_bound(max_ratio):
-    lengths = torch.tensor([3, 0, 17, 1, 20, 4, 4, 9, 0, 12, 2])
-    off = offsets_of(lengths.tolist())
-    layout = R.bucket_layout(off, max_ratio)
+@pytest.mark.parametrize("lengths", [[3, 0, 17, 1, 20, 4, 4, 9, 0, 12, 2], [5, 4, 0, 5]])  # buckets; one bucket
+def test_bucket_layout_covers_every_row_once_within_the_padding_bound(lengths):
+    off = offsets_of(lengths)
+    layout = R.bucket_layout(off)
     rows = torch.cat([r for _, r in layout])
     assert torch.equal(rows.sort().values, torch.arange(int(off[-1])))
+    assert sum(valid.numel() for valid, _ in layout) <= 2 * int(off[-1])
     for valid, _ in layout:
-        row_lengths = valid.sum(1)
-        assert bool((row_lengths > 0).all())
-        if max_ratio is not None:
-            assert valid.shape[1] <= max_ratio * int(row_lengths.min())
-    if max_ratio == 1.0:
-        assert all(bool(valid.all()) for valid, _ in layout)
+        assert bool((valid.sum(1) > 0).all())
     x = torch.randn(int(off[-1]), 3)
     assert torch.equal(R.unpad_buckets(R.pad_buckets(x, layout), layout, x.shape[0]), x)
 
@@ -458,7 +445,7 @@ def test_temporal_conv_net_rejects_bad_offsets(monkeypatch):
     net = hk.TemporalConvNet(4, levels=2, kernel_size=3)
     with pytest.raises(ValueError, match="cu_seqlens"):
         net(torch.randn(5, 4), cu_seqlens=torch.tensor([0, 3, 2, 5]))
-    with pytest.raises(ValueError, match="x must have 2 dims"):
+    with pytest.raises(ValueError, match=r"x must be packed \(T, C\) when cu_seqlens is given"):
         net(torch.randn(1, 5, 4), cu_seqlens=offsets_of([5]))
 
 

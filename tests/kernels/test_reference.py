@@ -11,20 +11,71 @@ def offsets_of(lengths):
     return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
 
 
-@pytest.mark.parametrize("lengths", [[3, 0, 7, 1, 12], [1, 1, 1], [0], [25]])
+# Packed input: cuDNN over padded buckets on CUDA, one matmul over the taps on CPU (both tested here).
+PACKED_CONVS = {"dispatch": lambda x, w, b, dilation, off: R.causal_conv1d(x, w, b, dilation=dilation, cu_seqlens=off),
+                "buckets": R.conv_by_buckets, "taps": R.conv_by_taps}
+
+
+@pytest.mark.parametrize("impl", PACKED_CONVS)
+@pytest.mark.parametrize("lengths", [[3, 0, 7, 1, 12], [1, 1, 1], [0], [25], [1, 30, 2, 2]])  # the last: 3 buckets
 @pytest.mark.parametrize("k,dilation", [(1, 1), (3, 2), (5, 1), (7, 3)])
-def test_packed_conv_equals_per_sequence_conv(lengths, k, dilation):
+def test_packed_conv_equals_per_sequence_conv(impl, lengths, k, dilation):
     off = offsets_of(lengths)
     x = torch.randn(int(off[-1]), 4, dtype=torch.float64)
     w = torch.randn(6, 4, k, dtype=torch.float64)
     b = torch.randn(6, dtype=torch.float64)
-    y = R.causal_conv1d(x, w, b, dilation=dilation, cu_seqlens=off)
+    y = PACKED_CONVS[impl](x, w, b, dilation, off)
     for s, e in zip(off[:-1].tolist(), off[1:].tolist()):
         if s == e:
             continue
         seq = x[s:e].T[None]
         expect = F.conv1d(F.pad(seq, ((k - 1) * dilation, 0)), w, b, dilation=dilation)[0].T
         torch.testing.assert_close(y[s:e], expect)
+
+
+def _per_sequence_conv(x, w, b, off, dilation):
+    k = w.shape[-1]
+    pieces = [F.conv1d(F.pad(x[s:e].T[None], ((k - 1) * dilation, 0)), w, b, dilation=dilation)[0].T
+              for s, e in zip(off[:-1].tolist(), off[1:].tolist()) if e > s]
+    return torch.cat([x.new_zeros(0, w.shape[0]), *pieces])
+
+
+@pytest.mark.parametrize("impl", ["buckets", "taps"])
+@pytest.mark.parametrize("wanted", [(0,), (1,), (2,), (0, 1, 2), (1, 2)])  # x, weight, bias
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_conv_gradients_of_what_is_asked(impl, wanted, bias):
+    """Each requested gradient equals per-sequence ``F.conv1d``'s; the others are not computed (int32 offsets)."""
+    off = offsets_of([4, 0, 1, 9, 2]).int()
+    torch.manual_seed(0)
+    x, w = torch.randn(16, 3, dtype=torch.float64), torch.randn(5, 3, 3, dtype=torch.float64)
+    b = torch.randn(5, dtype=torch.float64) if bias else None
+    inputs = [t for i, t in enumerate((x, w, b)) if i in wanted and t is not None]
+    if not inputs:
+        return
+    for t in inputs:
+        t.requires_grad_()
+    weights = torch.randn(16, 5, dtype=torch.float64)
+    y = PACKED_CONVS[impl](x, w, b, 2, off)
+    grads = torch.autograd.grad((y * weights).sum(), inputs)
+    expect = torch.autograd.grad((_per_sequence_conv(x, w, b, off, 2) * weights).sum(), inputs)
+    for g, e in zip(grads, expect):
+        torch.testing.assert_close(g, e)
+
+
+def test_packed_conv_on_cpu_keeps_only_its_input_for_backward():
+    """On CPU the packed conv is the tap matmul, whose columns (K times the input) backward gathers again."""
+    off = offsets_of([6, 3, 11])
+    x = torch.randn(20, 8, requires_grad=True)
+    w, b = torch.randn(8, 8, 5, requires_grad=True), torch.randn(8, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        R.causal_conv1d(x, w, b, dilation=2, cu_seqlens=off)
+    assert sum(t.numel() * t.element_size() for t in saved) <= (x.numel() + w.numel()) * 4 + off.numel() * 8
 
 
 @pytest.mark.parametrize("activation", ["relu", "gated"])
