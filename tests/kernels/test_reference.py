@@ -11,7 +11,7 @@ def offsets_of(lengths):
     return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
 
 
-# Packed input: cuDNN over padded buckets on CUDA, one matmul over the taps on CPU (both tested here).
+# Packed input: cuDNN over padded buckets on CUDA, one matmul per tap on CPU (both tested here).
 PACKED_CONVS = {"dispatch": lambda x, w, b, dilation, off: R.causal_conv1d(x, w, b, dilation=dilation, cu_seqlens=off),
                 "buckets": R.conv_by_buckets, "taps": R.conv_by_taps}
 
@@ -63,7 +63,7 @@ def test_packed_conv_gradients_of_what_is_asked(impl, wanted, bias):
 
 
 def test_packed_conv_on_cpu_keeps_only_its_input_for_backward():
-    """On CPU the packed conv is the tap matmul, whose columns (K times the input) backward gathers again."""
+    """On CPU the packed conv is the per-tap matmul: backward gathers each tap's rows again rather than keeping them."""
     off = offsets_of([6, 3, 11])
     x = torch.randn(20, 8, requires_grad=True)
     w, b = torch.randn(8, 8, 5, requires_grad=True), torch.randn(8, requires_grad=True)
@@ -131,3 +131,18 @@ def test_segment_expand_gradcheck():
 def test_padded_conv_of_empty_sequences():
     y = R.causal_conv1d(torch.randn(2, 0, 3), torch.randn(4, 3, 5), torch.randn(4))
     assert y.shape == (2, 0, 4)
+
+
+@pytest.mark.parametrize("impl", PACKED_CONVS)
+def test_conv_without_input_channels_is_its_bias(impl):
+    """``C_in = 0``: every output row is the bias (``F.conv1d`` itself returns no channels)."""
+    off = offsets_of([3, 0, 2])
+    x, w = torch.randn(5, 0, requires_grad=True), torch.randn(4, 0, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    y = PACKED_CONVS[impl](x, w, b, 2, off)
+    assert torch.equal(y, b.detach().expand(5, 4))
+    padded = R.causal_conv1d(x.detach()[None], w, b)
+    assert torch.equal(padded, b.detach().expand(1, 5, 4))
+    grads = torch.autograd.grad(y.sum(), [x, w, b])
+    assert grads[0].shape == (5, 0) and grads[1].shape == (4, 0, 3) and grads[2].tolist() == [5.0] * 4
+
