@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, catalogue_fingerprint, load_checkpoint, load_model
-from .config import SPLITS, Config
+from .config import SPLITS, TIME_UNITS, Config
 from .train import NonFiniteLossError, fit, resolve_device, seed_everything, write_metrics
 
 TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp", "first/mrr", "later/mrr")
 DATA_KEYS = ("format", "preset", "preset_until_stable", "split", "user_col", "item_col", "time_col", "session_col",
-             "sep", "session_gap", "cache_dir", "impressions", "skip_bad_rows")  # fmt: skip
+             "sep", "time_unit", "session_gap", "cache_dir", "impressions", "skip_bad_rows")  # fmt: skip
 DEMO = {  # sized to finish in about 3 minutes on 2 CPU cores
     "full": {"n_users": 1000, "n_items": 500, "epochs": 4, "max_time": 40.0, "lr": 3e-3},
     "tiny": {"n_users": 150, "n_items": 120, "epochs": 1, "max_time": 5.0, "lr": 3e-3},
@@ -62,7 +62,9 @@ def _data_args(parser):
     _flag(g, "--split", choices=SPLITS, help="default: last-session (each user's last session is the test)")
     for col in ("user", "item", "time", "session"):
         _flag(g, f"--{col}-col", dest=f"{col}_col", help=f"{col} column of a generic CSV/Parquet log")
-    _flag(g, "--sep", help="field separator of a CSV log")
+    _flag(g, "--sep", help="field separator of a CSV log (one character; 'tab' or '\\t' for a tab)")
+    _flag(g, "--time-unit", choices=TIME_UNITS, help="unit of numeric times; default auto: each number by its size "
+          "(seconds below 1e11, ms from 1e11, us from 1e14, ns from 1e17), text as ISO 8601")
     _flag(g, "--skip-bad-rows", action="store_true", help="drop (and count) rows that cannot be parsed instead of "
           "stopping at the first ones")
     _flag(g, "--session-gap", type=int, help="seconds of inactivity that start a new session (default 1800)")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 SPLITS = ("last-session", "user", "time")
+TIME_UNITS = ("auto", "s", "ms", "us", "ns", "iso")  # hiertcn.data.readers.TIME_UNITS, without importing Arrow
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Config:
     time_col: str | None = None
     session_col: str | None = None
     sep: str | None = None
+    time_unit: str = "auto"  # auto (each number by its size, text ISO 8601) | s | ms | us | ns | iso
     skip_bad_rows: bool = False  # drop (and count) unparsable rows instead of raising
     session_gap: int = 1800
     cache_dir: str | None = None
@@ -74,6 +76,8 @@ class Config:
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.time_unit not in TIME_UNITS:
+            raise ValueError(f"time_unit must be one of {TIME_UNITS}, got {self.time_unit!r}")
         for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "batch_users", "prefetch",
                      "session_gap"):
             if getattr(self, name) < 1:

@@ -28,8 +28,9 @@ MARKER = "cache.json"
 # Part of every key: bump it when reading, presets, packing or splitting change what an entry holds, so
 # entries built by older code are not served (2: ISO offsets and integral-decimal ids on the text pass,
 # session counts of the preset report; 3: the user split's rounding, so a zero fraction gets no users;
-# 4: presets filter once, as published, and hrnn-xing splits sessions at gaps > 1800 s).
-DATA_REVISION = 4
+# 4: presets filter once, as published, and hrnn-xing splits sessions at gaps > 1800 s; 5: auto time
+# units per value, null tokens as missing ids, exact ids above 2**53).
+DATA_REVISION = 5
 
 log = logging.getLogger(__name__)
 

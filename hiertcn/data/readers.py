@@ -18,6 +18,7 @@ numbers in ``InteractionLog.skipped_lines``.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from hiertcn.data.log import Impressions, InteractionLog
 
 FORMATS = ("xing", "csv", "parquet", "movielens", "recbole")
-TIME_UNITS = ("auto", "s", "ms", "iso")
+TIME_UNITS = ("auto", "s", "ms", "us", "ns", "iso")
 XING_HEADER = ["user_id", "item_id", "interaction_type", "created_at"]
 XING_IMPRESSIONS_HEADER = ["user_id", "year", "week", "items"]
 # Generic CSV/Parquet without user_col/item_col/time_col: the first of these names the file has.
@@ -40,7 +41,12 @@ COMMON_COLUMNS = {
     "item": ("item_id", "itemId", "movieId", "item", "iid", "itemid"),
     "time": ("timestamp", "created_at", "time", "ts", "datetime", "date"),
 }
-_MS_THRESHOLD = 1e11  # unix seconds pass 1e11 only in the year 5138; milliseconds pass it in 1973
+_UNIT_DIVISORS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+# time_unit="auto" reads each number by its size: seconds below 1e11, ms from 1e11, us from 1e14, ns from 1e17.
+# Each bound is past the year 5138 in the smaller unit and in 1973 in the larger, so no plausible time is ambiguous.
+_AUTO_BOUNDS = ((1e17, 10**9), (1e14, 10**6), (1e11, 10**3))
+_COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # Arrow decompresses these by the file name
+_SEP_NAMES = {"tab": "\t", "\\t": "\t"}  # "\t" typed in a shell arrives as two characters
 _INT_RE = r"^\s*-?\d+(\.0*)?\s*$"  # "7.0" too: pandas writes int columns with gaps so
 _NUM_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 _BLOCK_SIZE = 4 << 20
@@ -63,17 +69,25 @@ class BadRowsError(ValueError):
     """Raised when rows cannot be parsed and ``skip_bad_rows`` is False."""
 
 
+def _plain(path: Path) -> Path:
+    """``path`` without a compression suffix: ``log.tsv.gz`` is named like ``log.tsv``."""
+    return path.with_suffix("") if path.suffix in _COMPRESSED else path
+
+
 def detect_format(path: str | Path) -> str:
-    """Guess the format from the file name, then from the first line."""
+    """Guess the format from the file name (a ``.gz``/``.bz2``/``.zst``/``.lz4`` suffix aside), then from
+    the first line."""
     path = Path(path)
-    if path.suffix == ".parquet":
+    plain = _plain(path)
+    if plain.suffix == ".parquet":
+        if plain != path:  # ParquetFile cannot read through a compressed stream
+            raise ValueError(f"{path}: Parquet compresses its own columns; decompress the file first")
         return "parquet"
-    if path.suffix == ".inter":
+    if plain.suffix == ".inter":
         return "recbole"
-    if path.name in ("u.data", "ratings.dat"):
+    if plain.name in ("u.data", "ratings.dat"):
         return "movielens"
-    with open(path, "rb") as f:
-        first = f.readline().decode("utf-8-sig", errors="replace").strip()
+    first = _first_line(path).strip()
     if first.split("\t") == XING_HEADER:
         return "xing"
     if first.split("\t") == XING_IMPRESSIONS_HEADER:
@@ -84,8 +98,10 @@ def detect_format(path: str | Path) -> str:
 
 
 def _first_line(path: Path) -> str:
-    with open(path, "rb") as f:
-        return f.readline().decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    # decompressed (.gz, ...) as the reader will see it
+    with io.BufferedReader(pa.input_stream(path, compression="detect")) as f:
+        line = f.readline()
+    return line.decode("utf-8-sig", errors="replace").rstrip("\r\n")
 
 
 def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
@@ -103,7 +119,7 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
         )
     if fmt == "movielens":
         # ratings.dat: "user::item::rating::time", read with ':' as the delimiter and empty fields between
-        if path.name.endswith(".dat"):
+        if _plain(path).name.endswith(".dat"):
             names = ["user_id", "_1", "item_id", "_2", "rating", "_3", "timestamp"]
             return _Layout(
                 sep=":",
@@ -125,7 +141,7 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
         return _Layout(sep="\t", columns=columns, column_names=names, skip_rows=1)
     if fmt in ("csv", "parquet"):
         if sep is None and fmt == "csv":
-            sep = "\t" if path.suffix in (".tsv", ".tab") or "\t" in _first_line(path) else ","
+            sep = "\t" if _plain(path).suffix in (".tsv", ".tab") or "\t" in _first_line(path) else ","
         return _Layout(sep=sep or ",", columns={"user": "user_id", "item": "item_id", "time": "timestamp"})
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
@@ -173,8 +189,9 @@ def _read_table(
             parse_options=pacsv.ParseOptions(
                 delimiter=layout.sep, invalid_row_handler=on_invalid, ignore_empty_lines=not as_text
             ),
+            # Both passes read "", NA, NaN, null, ... as null, so a missing id is a bad row on either.
             convert_options=pacsv.ConvertOptions(
-                include_columns=names, column_types=types, strings_can_be_null=not as_text
+                include_columns=names, column_types=types, strings_can_be_null=True
             ),
         )
         schema = reader.schema
@@ -196,9 +213,12 @@ def _int_values(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return col.fill_null(0).cast(pa.int64()).to_numpy(), col.is_null().to_numpy(zero_copy_only=False)
 
 
-def _ids(col: pa.ChunkedArray, what: str, integer: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _ids(
+    col: pa.ChunkedArray, what: str, integer: bool, text_pass: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(int64 values or codes, names or None, invalid mask). ``integer``: the format declares integer ids,
-    so text that is not an integer is a bad row (otherwise a column with any non-integer is string ids)."""
+    so text that is not an integer is a bad row (otherwise a column with any non-integer is string ids).
+    ``text_pass``: the file can be read again as text, so float ids too big to be exact raise ``_Retry``."""
     if pa.types.is_dictionary(col.type):
         col = col.cast(pa.string())
     if pa.types.is_integer(col.type):
@@ -206,6 +226,8 @@ def _ids(col: pa.ChunkedArray, what: str, integer: bool) -> tuple[np.ndarray, np
         return values, None, invalid
     if pa.types.is_floating(col.type):
         values = col.to_numpy(zero_copy_only=False)
+        if text_pass and (np.abs(values) >= 2.0**53).any():
+            raise _Retry  # float64 has merged distinct ids above 2**53: the text pass reads them exactly
         invalid = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2.0**63)
         return np.where(invalid, 0, values).astype(np.int64), None, invalid
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
@@ -245,8 +267,8 @@ def time_seconds(text: str) -> int:
 
 
 def _iso_seconds(text: pa.ChunkedArray) -> pa.ChunkedArray:
-    """ISO 8601 text (``T`` or space, optional fraction, ``Z`` or a ``+hh:mm``/``-hhmm`` offset, or a bare
-    date) to int64 UTC seconds, null if bad."""
+    """ISO 8601 text (``T`` or space, seconds and fraction optional, ``Z`` or a ``+hh:mm``/``-hhmm`` offset,
+    or a bare date) to int64 UTC seconds, null if bad."""
     offset = pc.extract_regex(text, r"(?P<sign>[+-])(?P<hh>\d{2}):?(?P<mm>\d{2})$")  # null without one
     hours, minutes = (pc.cast(pc.struct_field(offset, f), pa.int64()) for f in ("hh", "mm"))
     east = pc.multiply(pc.add(pc.multiply(hours, 3600), pc.multiply(minutes, 60)),
@@ -254,14 +276,25 @@ def _iso_seconds(text: pa.ChunkedArray) -> pa.ChunkedArray:
     text = pc.replace_substring_regex(text, r"(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$", "")
     text = pc.replace_substring_regex(text, r"^(\d{4}-\d{2}-\d{2})$", r"\1T00:00:00")
     text = pc.replace_substring_regex(text, r"^(\d{4}-\d{2}-\d{2}) ", r"\1T")
+    text = pc.replace_substring_regex(text, r"T(\d{2}:\d{2})$", r"T\1:00")  # hh:mm, as the fast pass accepts
     parsed = pc.strptime(text, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
     return pc.subtract(parsed.cast(pa.int64()), pc.fill_null(east, 0))
 
 
+def _divisors(values: np.ndarray, unit: str) -> np.ndarray | int:
+    """Per value, what divides it into seconds: the unit's, or under ``auto`` each number's by its size."""
+    if unit != "auto":
+        return _UNIT_DIVISORS[unit]
+    if len(values) == 0 or values.max() < _AUTO_BOUNDS[-1][0]:
+        return 1  # the usual column of seconds: no per-value pass
+    return np.select([values >= bound for bound, _ in _AUTO_BOUNDS], [d for _, d in _AUTO_BOUNDS], 1)
+
+
 def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 unix seconds, invalid mask): nulls, NaN, unparsable text and negative times are invalid."""
+    """(int64 unix seconds, invalid mask): nulls, NaN, unparsable text and negative times are invalid.
+    ``auto`` decides per value (a number by its size, text as ISO 8601), so one odd row never changes the rest."""
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
-        if unit in ("s", "ms"):
+        if unit in _UNIT_DIVISORS:
             raise ValueError(
                 f"time_unit={unit!r} but the time column holds dates/timestamps; use 'auto' or 'iso'"
             )
@@ -269,25 +302,35 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
         secs = col.cast(pa.timestamp("s", tz=getattr(col.type, "tz", None)), safe=False).cast(pa.int64())
     elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         text = pc.utf8_trim_whitespace(col)
-        numeric = pc.match_substring_regex(text, _NUM_RE)
+        numeric = pc.fill_null(pc.match_substring_regex(text, _NUM_RE), False)
         if unit == "iso" or (unit == "auto" and not pc.any(numeric).as_py()):
             secs = _iso_seconds(text)
         else:
-            return _times(pc.cast(pc.if_else(numeric, text, None), pa.float64()), unit)
+            values, invalid = _times(pc.cast(pc.if_else(numeric, text, None), pa.float64()), unit)
+            whole = pc.fill_null(pc.match_substring_regex(text, r"^\d{1,19}$"), False)
+            whole = pc.and_(whole, _fits_int64(text))
+            if pc.any(whole).as_py():  # exactly: float64 rounds nanosecond times across a second
+                exact, _ = _times(pc.cast(pc.if_else(whole, text, "0"), pa.int64()), unit)
+                values = np.where(whole.to_numpy(zero_copy_only=False), exact, values)
+            if unit != "auto" or pc.all(numeric).as_py():
+                return values, invalid  # a declared unit: text that is not a number is a bad row
+            iso, iso_invalid = _times(text, "iso")
+            numeric = numeric.to_numpy(zero_copy_only=False)
+            return np.where(numeric, values, iso), np.where(numeric, invalid, iso_invalid)
     elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
         if unit == "iso":
             raise ValueError("time_unit='iso' but the time column is numeric")
         if pa.types.is_integer(col.type):
             values, invalid = _int_values(col)
             invalid |= values < 0
-            is_ms = unit == "ms" or (unit == "auto" and values.max() > _MS_THRESHOLD)
-            return (values // 1000 if is_ms else values), invalid
+            divisor = _divisors(values, unit)
+            return (values if np.isscalar(divisor) and divisor == 1 else values // divisor), invalid
         values = col.to_numpy(zero_copy_only=False).astype(np.float64)
         invalid = ~np.isfinite(values) | (values < 0)
-        ok = values[~invalid]
-        is_ms = unit == "ms" or (unit == "auto" and len(ok) and ok.max() > _MS_THRESHOLD)
-        secs = np.floor(np.where(invalid, 0, values) / (1000 if is_ms else 1)).astype(np.int64)
-        return secs, invalid
+        values = np.where(invalid, 0, values)
+        secs = np.floor(values / _divisors(values, unit))
+        invalid |= secs >= 2.0**63  # beyond int64 even in nanoseconds
+        return np.where(invalid, 0, secs).astype(np.int64), invalid
     else:
         raise TypeError(f"time column has unsupported type {col.type}")
     values, invalid = _int_values(secs)
@@ -295,14 +338,34 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
     return values, invalid
 
 
-def _blank_rows(table: pa.Table) -> np.ndarray:
-    """Rows whose needed fields are all empty text: blank lines, ignored like the fast pass ignores them."""
+def _blank_rows(path: Path, table: pa.Table, first_data_line: int, skipped: list[int]) -> np.ndarray:
+    """Rows of the text pass that are blank lines, ignored as the fast pass ignores them. A row of empty
+    fields (``,,``) reads the same, so the line itself decides: that one is a bad row."""
     if table.num_rows == 0 or not all(pa.types.is_string(t) for t in table.schema.types):
         return np.zeros(table.num_rows, dtype=bool)
-    blank = pc.equal(table.column(0), "")
+    empty = pc.is_null(table.column(0))  # the text pass reads "" as null
     for col in table.columns[1:]:
-        blank = pc.and_(blank, pc.equal(col, ""))
-    return pc.fill_null(blank, False).to_numpy(zero_copy_only=False)
+        empty = pc.and_(empty, pc.is_null(col))
+    blank = empty.to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(blank)
+    if len(rows):
+        blank[rows] = _empty_lines(path, _line_numbers(rows, first_data_line, skipped))
+    return blank
+
+
+def _empty_lines(path: Path, lines: np.ndarray) -> np.ndarray:
+    """Whether each of the ascending 1-based ``lines`` of ``path`` is empty; reads up to the last of them."""
+    empty = np.zeros(len(lines), dtype=bool)
+    wanted = iter(enumerate(lines.tolist()))
+    k, target = next(wanted)
+    with io.BufferedReader(pa.input_stream(path, compression="detect"), 1 << 20) as f:
+        for number, line in enumerate(f, 1):
+            if number == target:
+                empty[k] = not line.rstrip(b"\r\n")
+                k, target = next(wanted, (None, None))
+                if k is None:
+                    break
+    return empty
 
 
 def _line_numbers(rows: np.ndarray, first_data_line: int, skipped: list[int]) -> np.ndarray:
@@ -335,12 +398,19 @@ def read_log(
     ``user_col/item_col/time_col/session_col`` override the format's column names
     (generic CSV/Parquet take the first present of ``COMMON_COLUMNS``, e.g. ``user_id``
     or ``userId``, ``item_id`` or ``movieId``, ``timestamp`` or ``created_at``);
-    ``sep`` overrides the delimiter (one character; CSV sniffs tab vs comma).
-    ``time_unit``: ``auto`` (numbers above 1e11 are milliseconds, text is ISO
-    8601), ``s``, ``ms`` or ``iso``; times become int64 unix seconds.
+    ``sep`` overrides the delimiter (one character, or ``tab``/``\\t`` for a tab;
+    CSV sniffs tab vs comma).
+    ``time_unit``: ``auto`` decides per value: a number is unix seconds below
+    1e11, milliseconds from 1e11, microseconds from 1e14 and nanoseconds from
+    1e17 (each bound is past the year 5138 in the smaller unit), and text is ISO
+    8601; ``s``, ``ms``, ``us``, ``ns`` or ``iso`` declare one unit for every row.
+    Times become int64 unix seconds.
     ``skip_bad_rows``: drop unparsable rows instead of raising (their line
-    numbers land in ``skipped_lines``). ``impressions``: a XING impressions
-    file to attach.
+    numbers land in ``skipped_lines``). A missing id, session or time (an empty
+    field, or one of Arrow's null tokens ``NA``, ``NaN``, ``null``, ...) makes a
+    row bad; blank lines are ignored. ``impressions``: a XING impressions
+    file to attach. Files ending in ``.gz``, ``.bz2``, ``.zst`` or ``.lz4`` are
+    decompressed as they are read, and named as without that suffix.
     """
     path = Path(path)
     if not path.is_file():
@@ -349,6 +419,7 @@ def read_log(
         raise ValueError(f"{path} is empty")
     if time_unit not in TIME_UNITS:
         raise ValueError(f"time_unit must be one of {TIME_UNITS}, got {time_unit!r}")
+    sep = _SEP_NAMES.get(sep, sep)
     if sep is not None and len(sep) != 1:
         raise ValueError(f"sep must be a single character, got {sep!r}")
     fmt = format or detect_format(path)
@@ -374,7 +445,11 @@ def read_log(
         table = _read_table(path, fmt, layout, names, as_text=False, bad_lines=bad_lines)
         if table.num_rows == 0:
             raise ValueError(f"{path} has no data rows")
-        log, invalid = _convert(table, roles, layout, unit)
+        binary = [name for name in names if pa.types.is_binary(table.schema.field(name).type)]
+        if binary and fmt != "parquet":  # Arrow's CSV reader types text that is not UTF-8 as binary
+            raise ValueError(f"{path}: column(s) {binary} are not UTF-8 text; re-encode the file as UTF-8 "
+                             "(e.g. iconv -f latin1 -t utf-8)")  # fmt: skip
+        log, invalid = _convert(table, roles, layout, unit, text_pass=fmt != "parquet")
         if invalid.any():
             raise _Retry
     except (_Retry, pa.ArrowInvalid) as exc:
@@ -385,9 +460,14 @@ def read_log(
             try:
                 table = _read_table(path, fmt, layout, names, as_text=True, bad_lines=bad_lines)
             except pa.ArrowInvalid as unreadable:  # e.g. an unterminated quote: no row structure left
-                raise ValueError(f"{path}: cannot parse as {fmt} ({unreadable})") from unreadable
+                hint = "; the file is not UTF-8 text: re-encode it" if "UTF8" in str(unreadable) else ""
+                raise ValueError(f"{path}: cannot parse as {fmt} ({unreadable}){hint}") from unreadable
         log, invalid = _convert(table, roles, layout, unit) if table.num_rows else (None, np.zeros(0, bool))
-    blank = _blank_rows(table) if fmt != "parquet" else np.zeros(len(invalid), dtype=bool)
+    blank = (
+        _blank_rows(path, table, first_data_line, bad_lines)
+        if fmt != "parquet"
+        else np.zeros(len(invalid), dtype=bool)
+    )
     rows = np.flatnonzero(invalid & ~blank)
     where = "row" if fmt == "parquet" else "line"
     bad = np.sort(
@@ -415,13 +495,15 @@ def read_log(
 
 
 def _convert(
-    table: pa.Table, roles: dict[str, str], layout: _Layout, unit: str
+    table: pa.Table, roles: dict[str, str], layout: _Layout, unit: str, text_pass: bool = False
 ) -> tuple[InteractionLog, np.ndarray]:
-    """Columns to numpy. Invalid rows get placeholder values; the caller drops or reports them."""
+    """Columns to numpy. Invalid rows get placeholder values; the caller drops or reports them.
+    ``text_pass``: raise ``_Retry`` where only the text pass reads the ids exactly."""
 
     def ids(role):
         name = roles[role]
-        return _ids(table[name], role, integer=pa.types.is_integer(layout.types.get(name, pa.string())))
+        integer = pa.types.is_integer(layout.types.get(name, pa.string()))
+        return _ids(table[name], role, integer=integer, text_pass=text_pass)
 
     user, user_names, bad_user = ids("user")
     item, item_names, bad_item = ids("item")

@@ -1,0 +1,53 @@
+"""Reader options on the command line and in config files: --time-unit, --sep by name, compressed --data."""
+
+import gzip
+import json
+
+import pytest
+
+from hiertcn import cli
+from hiertcn.config import TIME_UNITS, Config, load_config
+from hiertcn.data import readers
+
+
+def _log_rows(scale: int) -> list[str]:
+    # 4 users x 9 events, 100 s apart inside a session and 4000 s between sessions, in units of 1/scale s
+    return ["user,item,ts"] + [
+        f"{u},{(u + t) % 5},{(100 * t + 4000 * (t // 3)) * scale}" for u in range(4) for t in range(9)
+    ]
+
+
+def _prepare(tmp_path, capsys, data, *extra):
+    argv = ["prepare", "--data", str(data), "--user-col", "user", "--item-col", "item", "--time-col", "ts",
+            "--cache-dir", str(tmp_path / "cache"), "--json", "--quiet", *extra]  # fmt: skip
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_time_unit_reaches_the_reader_from_a_flag_and_a_config_file(tmp_path, capsys):
+    # Millisecond times below 1e11 read as seconds by default: every gap passes 1800 s, so more sessions.
+    (tmp_path / "log.csv").write_text("\n".join(_log_rows(1000)) + "\n")
+    assert _prepare(tmp_path, capsys, tmp_path / "log.csv")["sessions"] > 12
+    assert _prepare(tmp_path, capsys, tmp_path / "log.csv", "--time-unit", "ms")["sessions"] == 12
+    (tmp_path / "ms.toml").write_text('time_unit = "ms"\n')
+    assert _prepare(tmp_path, capsys, tmp_path / "log.csv", "--config", str(tmp_path / "ms.toml"))["sessions"] == 12
+    with pytest.raises(SystemExit):
+        cli.main(["prepare", "--time-unit", "hours"])
+    assert "--time-unit" in capsys.readouterr().err
+
+
+def test_time_unit_config_key_is_checked():
+    assert load_config(overrides={"time_unit": "us"}).time_unit == "us"
+    with pytest.raises(ValueError, match="time_unit must be one of"):
+        Config(time_unit="hours")
+    assert TIME_UNITS == readers.TIME_UNITS  # the config's copy of the reader's units
+
+
+def test_prepare_reads_a_gzipped_csv_and_a_tab_separator_by_name(tmp_path, capsys):
+    with gzip.open(tmp_path / "log.csv.gz", "wt") as f:
+        f.write("\n".join(_log_rows(1)) + "\n")
+    summary = _prepare(tmp_path, capsys, tmp_path / "log.csv.gz")
+    assert summary["interactions"] == 36 and summary["sessions"] == 12
+    (tmp_path / "log.txt").write_text("\n".join(row.replace(",", "\t") for row in _log_rows(1)) + "\n")
+    for sep in ("\\t", "tab"):  # '\t' typed in a shell is two characters
+        assert _prepare(tmp_path, capsys, tmp_path / "log.txt", "--sep", sep)["interactions"] == 36
