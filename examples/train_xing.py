@@ -1,4 +1,4 @@
-"""Reproduce the paper's XING pipeline (HierTCN, You et al. WWW 2019, Section 5).
+"""The paper's XING pipeline (HierTCN, You et al. WWW 2019, Section 5), with this project's training defaults.
 
     python examples/train_xing.py /path/to/recsys2016/interactions.csv --out runs/xing
     python examples/train_xing.py                 # the synthetic XING-format log instead
@@ -9,7 +9,9 @@ Steps: read the RecSys Challenge 2016 ``interactions.csv`` (tab-separated,
 1800 s gap starts a session); the official split (users 80/10/10); train
 HierTCN and the baselines (moving average, GRU4Rec, flat TCN, HRNN) with the
 official queue batching and full softmax; report the paper's metrics on
-full-catalogue ranking (Recall@1/5/10, MRR, MRP). The same as::
+full-catalogue ranking (Recall@1/5/10, MRR, MRP). Training uses this project's
+defaults (lr 1e-3, early stopping on validation), not the release's 200 epochs
+at lr 1e-2: README "Faithfulness to the release" lists the differences. The same as::
 
     hiertcn compare --data interactions.csv --format xing --preset hiertcn-xing --split user --out runs/xing
 """

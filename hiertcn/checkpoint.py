@@ -89,6 +89,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
             "and model_config, so it cannot be rebuilt: build the model yourself and load_state_dict(payload['model']), "
             "or pass both to fit()"
         )
-    model = build_model(payload["model_name"], n_items=payload["n_items"], **payload.get("model_config", {}))
+    options = dict(payload.get("model_config", {}))
+    if payload["model_name"] == "hiertcn" and "agg_dense.weight" in payload["model"]:
+        options.setdefault("agg_dense", "separate")  # saved before "shared" (the release's AGG) became the default
+    model = build_model(payload["model_name"], n_items=payload["n_items"], **options)
     model.load_state_dict(payload["model"])
     return model.to(map_location).eval(), payload

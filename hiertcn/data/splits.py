@@ -139,7 +139,10 @@ class Dataset:
 
 
 def split_by_user(csr: SessionCSR, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> Dataset:
-    """Official HierTCN protocol: users shuffled and cut 80/10/10; every session of a user gets the user's role.
+    """HierTCN's protocol, users cut 80/10/10 (every session of a user gets the user's role), after a seeded shuffle.
+
+    The release cuts its user table in order; the shuffle keeps a log whose ids follow sign-up
+    time (or any other order) from putting its newest users in test.
 
     Held-out users are new users, so no item filter applies.
     """

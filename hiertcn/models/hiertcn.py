@@ -1,7 +1,12 @@
 """HierTCN (You et al., WWW 2019), faithful to the authors' release.
 
-High level: the mean (or sum / max) of each session window's item embeddings,
-a dense layer, and a 2-layer GRU stepping once per window. The GRU state
+High level: the mean (or sum / max) of each session window's item embeddings
+plus a bias, and a 2-layer GRU stepping once per window. (The release's AGG is
+a dense layer over the window's mean one-hot item vector that shares its kernel
+with the item embedding, ``dense(..., name='emb', reuse=AUTO_REUSE)`` in
+``model_hier.py``: the mean embedding plus a bias. ``agg_dense="separate"`` gives
+the AGG a dense layer of its own instead, this project's default before
+2026-11-30 and what the recorded accuracy runs used.) The GRU state
 *before* window ``i`` (after the user's windows ``< i``; zeros for the first)
 is expanded to every position of window ``i``. Low level: concat(item
 embedding shifted right with a zero start token, that state), a bias-free
@@ -58,6 +63,7 @@ class HierTCN(Recommender):
         kernel_size: int = 5,
         block: str = "relu",
         agg: str = "mean",
+        agg_dense: str = "shared",
         dropout: float = 0.0,
         output_dropout: float = 0.0,
         recompute: bool = False,
@@ -69,6 +75,8 @@ class HierTCN(Recommender):
         super().__init__(n_items)
         if agg not in ("mean", "sum", "max"):
             raise ValueError(f"agg must be 'mean', 'sum' or 'max', got {agg!r}")
+        if agg_dense not in ("shared", "separate"):
+            raise ValueError(f"agg_dense must be 'shared' or 'separate', got {agg_dense!r}")
         if gap_decay not in GAP_DECAYS:
             raise ValueError(f"gap_decay must be one of {GAP_DECAYS}, got {gap_decay!r}")
         if gap_bandwidth <= 0:
@@ -81,7 +89,10 @@ class HierTCN(Recommender):
         self.gru_layers = gru_layers
         self.item_emb = nn.Embedding(n_items, embedding_dim)
         nn.init.normal_(self.item_emb.weight, std=embedding_dim**-0.5)
-        self.agg_dense = nn.Linear(embedding_dim, embedding_dim)
+        if agg_dense == "separate":
+            self.agg_dense = nn.Linear(embedding_dim, embedding_dim)
+        else:  # the release: the item embedding as the AGG's kernel, so only its bias is new
+            self.agg_bias = nn.Parameter(torch.zeros(embedding_dim))
         self.cells = nn.ModuleList(
             nn.GRUCell(embedding_dim if layer == 0 else hidden_dim, hidden_dim) for layer in range(gru_layers)
         )
@@ -146,7 +157,8 @@ class HierTCN(Recommender):
             state = self.init_state(batch.n_lanes, emb.device)
         check_state(state, (self.gru_layers, batch.n_lanes, self.hidden_dim), "HierTCN")
         cu = batch.cu_seqlens
-        summaries = self.agg_dense(segment_reduce(emb, cu, self.agg))
+        summaries = segment_reduce(emb, cu, self.agg)
+        summaries = self.agg_dense(summaries) if hasattr(self, "agg_dense") else summaries + self.agg_bias
         context, new_state = self.session_context(batch, summaries, state.to(emb.dtype))
         # project(concat(shifted item, context)) with the context half applied per window before the
         # expand: the same product, without a (T, D + layers*H) concat held for backward.

@@ -135,6 +135,40 @@ def test_hiertcn_first_window_sees_zero_state_and_start_token(small_csr):
         torch.testing.assert_close(out[lane_start], zero_input[0])
 
 
+@pytest.mark.parametrize("agg_dense", ["shared", "separate"])
+def test_hiertcn_agg_feeds_the_gru_the_mean_embedding(agg_dense, small_csr):
+    """The release's AGG (``shared``) is the window's mean item embedding plus a bias; ``separate`` adds a dense layer."""
+    from hiertcn_kernels import segment_reduce
+
+    model = _model("hiertcn", agg_dense=agg_dense)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # a non-zero bias
+    (b,) = list(user_batches(small_csr))
+    seen = []
+    model.cells[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model(b)
+    mean = segment_reduce(model.item_emb(b.items), b.cu_seqlens, "mean")
+    expect = model.agg_dense(mean) if agg_dense == "separate" else mean + model.agg_bias
+    fed = torch.cat(seen)  # lane slot by lane slot: every window once
+    assert fed.shape == expect.shape
+    assert torch.allclose(fed.sum(0), expect.sum(0)) and not hasattr(model, "agg_bias" if agg_dense == "separate" else "agg_dense")
+    assert torch.allclose(fed.sort(0).values, expect.sort(0).values)
+
+
+def test_old_hiertcn_checkpoints_load_with_their_own_agg(tmp_path):
+    """Saved before ``agg_dense`` existed (no option, a dense AGG's weights): rebuilt with ``agg_dense="separate"``."""
+    from hiertcn.checkpoint import load_model, save_checkpoint
+
+    old = build_model("hiertcn", n_items=9, agg_dense="separate", **TINY["hiertcn"])
+    save_checkpoint(tmp_path / "old.pt", {"model_name": "hiertcn", "n_items": 9, "model_config": dict(TINY["hiertcn"]),
+                                          "model": old.state_dict()})
+    model, _ = load_model(tmp_path / "old.pt")
+    assert torch.equal(model.agg_dense.weight, old.agg_dense.weight)
+    with pytest.raises(ValueError, match="agg_dense must be 'shared' or 'separate'"):
+        build_model("hiertcn", n_items=9, agg_dense="dense")
+
+
 @pytest.mark.parametrize("gap_decay", ["fixed", "learned"])
 def test_hiertcn_gap_decay_changes_only_later_sessions(gap_decay, small_csr):
     model = _model("hiertcn", gap_decay=gap_decay, gap_bandwidth=1000.0)
