@@ -5,7 +5,10 @@
 CPU: the packed reference (what trains models on CPU) against a plain padded
 ``F.conv1d`` on the same sessions. CUDA: the fused Triton ``tcn_block`` against the
 reference built on cuDNN ``conv1d``, forward+backward at T = 2^20 tokens, with peak
-extra memory and achieved TFLOP/s / GB/s next to the shape's roofline.
+extra memory and achieved TFLOP/s / GB/s next to the shape's roofline on the GPU that runs it:
+the datasheet dense tensor-core peak of that device (``hiertcn.bench.gpu_peak_tflops``; a measured
+matmul on an unknown GPU) and its measured device-to-device copy bandwidth, both in ``extra_info``.
+Every timed call synchronises, so the times are the GPU's work, not the launches.
 The ratio (baseline time / candidate time, > 1 means the candidate is faster) is
 printed and stored in the benchmark's ``extra_info``.
 """
@@ -16,12 +19,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hiertcn.bench import GPU_PEAK_SOURCE, gpu_peak_tflops, measure_copy_bandwidth, measure_matmul_flops
 from hiertcn_kernels import reference as R
 
 K = 5
-# H100 SXM peaks (dense): the roofline the CUDA numbers are compared with.
-H100_TFLOPS = {torch.float32: 378.0, torch.bfloat16: 756.0}  # TF32 / BF16 tensor cores (dense, boost clock)
-H100_GBPS = 3350.0
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
 def sessions(total, max_len, device, seed=0):
@@ -45,10 +47,21 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
+def synced(fn, device):
+    """``fn`` followed by a device synchronisation: a timed call then covers the work, not just its launch."""
+
+    def call():
+        fn()
+        sync(device)
+
+    return call
+
+
 def race(benchmark, candidate, baseline, device, rounds):
-    """Benchmark ``candidate``, then time candidate and baseline in alternation (fastest round of
-    each: robust to other load on a shared machine); record and print the speed ratio."""
-    benchmark.pedantic(candidate, setup=lambda: sync(device), rounds=rounds, warmup_rounds=1)
+    """Benchmark ``candidate`` (each timed call synchronised), then time candidate and baseline in
+    alternation (fastest round of each: robust to other load on a shared machine); record and print
+    the speed ratio."""
+    benchmark.pedantic(synced(candidate, device), setup=lambda: sync(device), rounds=rounds, warmup_rounds=1)
     baseline()
     mine = base = float("inf")
     for _ in range(rounds):
@@ -111,6 +124,24 @@ def test_cpu_reference_vs_padded_conv1d(benchmark, cpu_batch, dilation, backward
 # --------------------------------------------------------------------------------------- CUDA
 
 
+@pytest.fixture(scope="module")
+def cuda_roofline():
+    """This GPU's ceilings: datasheet dense peak TFLOP/s per dtype (measured matmul if the GPU is not
+    in ``hiertcn.bench.GPU_PEAK_TFLOPS``) and the measured device-to-device copy bandwidth."""
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device)
+    peaks, sources = {}, {}
+    for dtype, dname in DTYPE_NAMES.items():
+        tflops = gpu_peak_tflops(name, dname)
+        if tflops is None:
+            tflops, sources[dtype] = measure_matmul_flops(device, dtype, n=4096) / 1e12, f"measured {dname} matmul"
+        else:
+            sources[dtype] = GPU_PEAK_SOURCE
+        peaks[dtype] = tflops
+    gbps = measure_copy_bandwidth(device) / 1e9
+    return {"device": name, "tflops": peaks, "tflops_source": sources, "copy_gbps": gbps}
+
+
 def _peak_extra_bytes(fn):
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -124,7 +155,7 @@ def _peak_extra_bytes(fn):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("dilation", [1, 8])
 @pytest.mark.parametrize("activation", ["relu", "gated"])
-def test_cuda_triton_vs_reference_tcn_block(benchmark, monkeypatch, dtype, dilation, activation):
+def test_cuda_triton_vs_reference_tcn_block(benchmark, cuda_roofline, dtype, dilation, activation):
     from hiertcn_kernels.triton import conv as tconv
 
     torch.manual_seed(0)
@@ -151,8 +182,11 @@ def test_cuda_triton_vs_reference_tcn_block(benchmark, monkeypatch, dtype, dilat
     # 1x1 projection (3 GEMMs) for gated. Minimum traffic: read x (fwd), write y, read x and dy, write dx.
     flops = 3 * 2 * t * c * c_out * K + (3 * 2 * t * c * (c_out // 2) if activation == "gated" else 0)
     nbytes = 5 * t * c * x.element_size()
-    roofline_s = max(flops / (H100_TFLOPS[dtype] * 1e12), nbytes / (H100_GBPS * 1e9))
+    peak_tflops, copy_gbps = cuda_roofline["tflops"][dtype], cuda_roofline["copy_gbps"]
+    roofline_s = max(flops / (peak_tflops * 1e12), nbytes / (copy_gbps * 1e9))
+    benchmark.extra_info.update(device=cuda_roofline["device"], peak_tflops_source=cuda_roofline["tflops_source"][dtype])
     info = {
+        "peak_tflops": peak_tflops, "copy_gbps": copy_gbps,
         "peak_extra_mb": mem_ours / 2**20, "ref_peak_extra_mb": mem_ref / 2**20, "memory_ratio": mem_ours / mem_ref,
         "tflops": flops / mine / 1e12, "gbps": nbytes / mine / 1e9, "roofline_ms": roofline_s * 1e3,
         "fraction_of_roofline": roofline_s / mine,

@@ -83,5 +83,5 @@ def test_cuda_c_vs_triton_vs_cudnn_tcn_block_fwd(benchmark, dtype, activation, d
     info.update({f"{name}_tflops": flops / s / 1e12 for name, s in best.items()})
     info["cuda_c/triton"] = best["cuda_c"] / best["triton"]
     info["cuda_c/cudnn"] = best["cuda_c"] / best["cudnn"]
-    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(info, device=torch.cuda.get_device_name())
     print(f"\n{benchmark.name}: " + "  ".join(f"{k}={v:.3g}" for k, v in info.items()))

@@ -1,6 +1,8 @@
 """Training throughput and activation memory of HierTCN against the baselines, on the same batches (CPU or GPU).
 
 Run: ``PYTHONPATH=. pytest tests/benchmarks/test_bench_models.py --benchmark-only``.
+Each benchmark runs on the CPU (id ``cpu``) and on CUDA (id ``cuda``, marked ``cuda``: skipped
+without a GPU, selected by the GPU suite's ``-k "cuda or gpu"``).
 Throughput: one optimiser step (forward, full-softmax loss, backward, Adam) per
 round, every model on the same whole-user batch; ``extra_info`` holds tokens/s
 and the speed-up over GRU4Rec, whose step is timed right before each round. Memory: bytes of the
@@ -33,7 +35,12 @@ from hiertcn.models import MODEL_NAMES, build_model
 from hiertcn_kernels.packing import pack_sessions
 
 N_ITEMS = 2000
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,35 +53,37 @@ def xing_session_lengths() -> np.ndarray:
     return np.diff(pack_sessions(log.user, log.item, log.timestamp, session_gap=1800).session_ptr)
 
 
-def train_step_fn(name: str, batch):
+def train_step_fn(name: str, batch, device: str):
     torch.manual_seed(0)
-    model = build_model(name, n_items=N_ITEMS).to(DEVICE)
+    model = build_model(name, n_items=N_ITEMS).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = build_loss("softmax")
 
     def step():
-        state = model.init_state(batch.n_lanes, DEVICE) if model.carries_state else None
+        state = model.init_state(batch.n_lanes, device) if model.carries_state else None
         user_emb, _ = model(batch, state)
         loss = loss_fn(model, user_emb, batch.items)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)  # a timed step covers the GPU's work, not just its launches
 
     return step
 
 
 @pytest.fixture(scope="module")
-def train_batch():
+def cpu_train_batch():
     (batch,) = list(user_batches(fixed_history_csr(32, 100), batch_users=32))
-    return batch.to(DEVICE)
+    return batch
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_train_step_throughput(benchmark, name, train_batch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_step_throughput(benchmark, device, name, cpu_train_batch):
     """The GRU4Rec baseline step runs right before every timed round, so a busy machine slows both alike."""
-    step, baseline = train_step_fn(name, train_batch), train_step_fn("gru4rec", train_batch)
+    train_batch = cpu_train_batch.to(device)
+    benchmark.group = f"{device} train step"
+    step, baseline = train_step_fn(name, train_batch, device), train_step_fn("gru4rec", train_batch, device)
     baseline_times = []
 
     def timed_baseline():
@@ -86,44 +95,43 @@ def test_train_step_throughput(benchmark, name, train_batch):
     seconds, gru4rec_seconds = benchmark.stats.stats.median, float(np.median(baseline_times[1:]))
     benchmark.extra_info["tokens_per_s"] = train_batch.n_tokens / seconds
     benchmark.extra_info["speedup_vs_gru4rec"] = gru4rec_seconds / seconds
-    print(f"\n{name}: {train_batch.n_tokens / seconds:,.0f} tokens/s, {gru4rec_seconds / seconds:.2f}x GRU4Rec")
+    print(f"\n{name} on {device}: {train_batch.n_tokens / seconds:,.0f} tokens/s, "
+          f"{gru4rec_seconds / seconds:.2f}x GRU4Rec")
 
 
-def test_softmax_loss_fused_vs_cross_entropy(benchmark):
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_loss_fused_vs_cross_entropy(benchmark, device):
     """Loss forward + backward on the throughput batch's 3,200 x 2,000 logits: ``linear_cross_entropy``
     (the softmax loss) against ``F.cross_entropy`` over the full logits, timed right before each round."""
     torch.manual_seed(0)
     n, dim = 3200, 128
-    user_emb = torch.randn(n, dim, device=DEVICE, requires_grad=True)
-    weight = (torch.randn(N_ITEMS, dim, device=DEVICE) * dim**-0.5).requires_grad_()
-    bias = torch.zeros(N_ITEMS, device=DEVICE, requires_grad=True)
-    targets = torch.randint(0, N_ITEMS, (n,), device=DEVICE)
-
-    def sync():
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
+    user_emb = torch.randn(n, dim, device=device, requires_grad=True)
+    weight = (torch.randn(N_ITEMS, dim, device=device) * dim**-0.5).requires_grad_()
+    bias = torch.zeros(N_ITEMS, device=device, requires_grad=True)
+    targets = torch.randint(0, N_ITEMS, (n,), device=device)
 
     def fused():
         linear_cross_entropy(user_emb, weight, bias, targets).backward()
-        sync()
+        synchronize(device)
 
     baseline_times = []
 
     def timed_baseline():
+        synchronize(device)
         t0 = time.perf_counter()
         F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets).backward()
-        sync()
+        synchronize(device)
         baseline_times.append(time.perf_counter() - t0)
 
     benchmark.pedantic(fused, setup=timed_baseline, rounds=9, warmup_rounds=1)
     speedup = float(np.median(baseline_times[1:])) / benchmark.stats.stats.median
     benchmark.extra_info["speedup_vs_cross_entropy"] = speedup
-    print(f"\nlinear_cross_entropy: {speedup:.2f}x F.cross_entropy (forward + backward)")
+    print(f"\nlinear_cross_entropy on {device}: {speedup:.2f}x F.cross_entropy (forward + backward)")
 
 
 def saved_activation_bytes(model, batch) -> int:
     """Bytes of distinct non-parameter tensors autograd keeps for backward during one forward."""
-    state = model.init_state(batch.n_lanes, DEVICE) if model.carries_state else None
+    state = model.init_state(batch.n_lanes, batch.items.device) if model.carries_state else None
     return saved_tensor_bytes(lambda: model(batch, state), exclude=list(model.parameters()))
 
 
@@ -144,7 +152,8 @@ def queue_slice(batch, windows_per_lane: int):
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
 @pytest.mark.parametrize("lengths", ["uniform", "xing"])
-def test_activation_memory_hiertcn_vs_flat_tcn(benchmark, lengths, recompute):
+@pytest.mark.parametrize("device", DEVICES)
+def test_activation_memory_hiertcn_vs_flat_tcn(benchmark, device, lengths, recompute):
     """HierTCN trains on queue batches (10 windows per lane, state carried); a flat model needs whole histories.
 
     ``uniform``: sessions of 1..20 items; ``xing``: session lengths drawn from the synthetic XING log
@@ -152,23 +161,23 @@ def test_activation_memory_hiertcn_vs_flat_tcn(benchmark, lengths, recompute):
     """
     session_lengths = xing_session_lengths() if lengths == "xing" else None
     (whole,) = list(user_batches(fixed_history_csr(8, 500, session_lengths=session_lengths), batch_users=8))
-    queue = queue_slice(whole, 10).to(DEVICE)
-    whole = whole.to(DEVICE)
+    queue = queue_slice(whole, 10).to(device)
+    whole = whole.to(device)
     runs = {"hiertcn_queue": ("hiertcn", queue), "hiertcn_whole": ("hiertcn", whole),
             "flat_tcn_whole": ("flat_tcn", whole), "gru4rec_whole": ("gru4rec", whole)}
     memory = {}
     for key, (name, batch) in runs.items():
         torch.manual_seed(0)
         config = {"recompute": recompute} if name != "gru4rec" else {}
-        memory[key] = saved_activation_bytes(build_model(name, n_items=N_ITEMS, **config).to(DEVICE), batch)
+        memory[key] = saved_activation_bytes(build_model(name, n_items=N_ITEMS, **config).to(device), batch)
     torch.manual_seed(0)
-    hier = build_model("hiertcn", n_items=N_ITEMS, recompute=recompute).to(DEVICE)
+    hier = build_model("hiertcn", n_items=N_ITEMS, recompute=recompute).to(device)
     benchmark.pedantic(lambda: saved_activation_bytes(hier, queue), rounds=1)
     benchmark.extra_info.update({f"{k}_bytes": v for k, v in memory.items()})
     benchmark.extra_info["queue_tokens"] = queue.n_tokens
     for key in ("hiertcn_queue", "hiertcn_whole"):
         benchmark.extra_info[f"{key}_over_flat_tcn"] = memory[key] / memory["flat_tcn_whole"]
-    print(f"\n{lengths} sessions, {'recompute' if recompute else 'stored'}: saved activations, 8 users x 500 "
+    print(f"\n{device}, {lengths} sessions, {'recompute' if recompute else 'stored'}: saved activations, 8 users x 500 "
           f"events ({queue.n_tokens} tokens in the queue batch): "
           + ", ".join(f"{k} {v / 2**20:.2f} MiB ({v / memory['flat_tcn_whole']:.3f} of FlatTCN)"
                       for k, v in memory.items()))
