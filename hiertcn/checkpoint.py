@@ -75,6 +75,15 @@ def catalogue_fingerprint(dataset) -> int:
     return crc if names is None else zlib.crc32("\n".join(names).encode(), crc)
 
 
+def saved_model_config(payload: dict[str, Any]) -> dict[str, Any]:
+    """The options a checkpoint's model was built with: its ``model_config`` plus what older versions left to
+    a default that has since changed."""
+    options = dict(payload.get("model_config") or {})
+    if payload.get("model_name") == "hiertcn" and "agg_dense.weight" in payload.get("model", {}):
+        options.setdefault("agg_dense", "separate")  # saved before the release's AGG ("shared") was the default
+    return options
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint was written for and load its weights (in eval mode)."""
     from .models import build_model
@@ -89,9 +98,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
             "and model_config, so it cannot be rebuilt: build the model yourself and load_state_dict(payload['model']), "
             "or pass both to fit()"
         )
-    options = dict(payload.get("model_config", {}))
-    if payload["model_name"] == "hiertcn" and "agg_dense.weight" in payload["model"]:
-        options.setdefault("agg_dense", "separate")  # saved before "shared" (the release's AGG) became the default
-    model = build_model(payload["model_name"], n_items=payload["n_items"], **options)
+    model = build_model(payload["model_name"], n_items=payload["n_items"], **saved_model_config(payload))
     model.load_state_dict(payload["model"])
     return model.to(map_location).eval(), payload

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, catalogue_fingerprint, load_checkpoint, load_model
+from .checkpoint import (
+    CheckpointError,
+    catalogue_fingerprint,
+    load_checkpoint,
+    load_model,
+    saved_model_config,
+)
 from .config import SPLITS, TIME_UNITS, Config
 from .train import NonFiniteLossError, fit, resolve_device, seed_everything, write_metrics
 
@@ -371,7 +377,10 @@ def _resumed_config(args, last: Path) -> Config:
     if not last.is_file():
         raise ValueError(f"--resume: there is no {last} to continue (run without --resume to start the run)")
     keys = Config.keys()
-    saved = {k: v for k, v in load_checkpoint(last)["config"].items() if k in keys}
+    checkpoint = load_checkpoint(last)
+    saved = {k: v for k, v in checkpoint["config"].items() if k in keys}
+    if checkpoint.get("model_name"):  # the model as it was built, defaults that changed since included
+        saved["model_config"] = {**saved.get("model_config", {}), checkpoint["model_name"]: saved_model_config(checkpoint)}
     config = config_from_args(args, **{**saved, "out": str(last.parent)})
     before = _absolute_paths(Config.from_dict(saved, source=str(last)))
     changed = [f"{key} {getattr(config, key)!r} (the run's: {getattr(before, key)!r})" for key in keys

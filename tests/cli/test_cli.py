@@ -129,6 +129,23 @@ def test_resume_continues_only_the_same_run(tiny, tmp_path, capsys):
     assert last_json(capsys)["epochs"] == 2
 
 
+def test_a_run_from_before_the_release_agg_resumes(tiny, tmp_path, capsys):
+    """A last.pt written when HierTCN's AGG had a dense layer by default (no agg_dense option saved)."""
+    import torch
+
+    out = tmp_path / "run"
+    config = tiny.read_text().replace("levels = 2", 'levels = 2\nagg_dense = "separate"')
+    (tmp_path / "old.toml").write_text(config)
+    argv = ["train", "--out", str(out), "--quiet", "--json"]
+    assert cli.main([*argv, "--config", str(tmp_path / "old.toml"), "--epochs", "1"]) == 0
+    last = torch.load(out / "last.pt", weights_only=False)
+    del last["model_config"]["agg_dense"], last["config"]["model_config"]["hiertcn"]["agg_dense"]
+    torch.save(last, out / "last.pt")
+    capsys.readouterr()
+    assert cli.main([*argv, "--resume", "--epochs", "2"]) == 0
+    assert last_json(capsys)["epochs"] == 2
+
+
 def test_a_resume_with_its_time_spent_trains_nothing_more(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--config", str(tiny), "--out", str(out), "--epochs", "5"]
