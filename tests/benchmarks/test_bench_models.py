@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hiertcn.batching import user_batches
-from hiertcn.bench import fixed_history_csr, saved_tensor_bytes
+from hiertcn.bench import fixed_history_csr, saved_tensor_bytes, synchronize
 from hiertcn.data.readers import read_log
 from hiertcn.data.synthetic import generate_xing
 from hiertcn.losses import build_loss, linear_cross_entropy
@@ -36,11 +36,6 @@ from hiertcn_kernels.packing import pack_sessions
 
 N_ITEMS = 2000
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,7 +61,7 @@ def train_step_fn(name: str, batch, device: str):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        synchronize(device)  # a timed step covers the GPU's work, not just its launches
+        synchronize(torch.device(device))  # a timed step covers the GPU's work, not just its launches
 
     return step
 
@@ -112,15 +107,15 @@ def test_softmax_loss_fused_vs_cross_entropy(benchmark, device):
 
     def fused():
         linear_cross_entropy(user_emb, weight, bias, targets).backward()
-        synchronize(device)
+        synchronize(torch.device(device))
 
     baseline_times = []
 
     def timed_baseline():
-        synchronize(device)
+        synchronize(torch.device(device))
         t0 = time.perf_counter()
         F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets).backward()
-        synchronize(device)
+        synchronize(torch.device(device))
         baseline_times.append(time.perf_counter() - t0)
 
     benchmark.pedantic(fused, setup=timed_baseline, rounds=9, warmup_rounds=1)
