@@ -220,9 +220,11 @@ PY
 
 summary() {  # summary GATE_FAILED EXPECTED_BENCH_JSON...: statuses, test counts, skip reasons, missing output
   python3 - "$OUT" "$@" <<'PY'
-import json, sys, xml.etree.ElementTree as ET
-from collections import Counter
+import json, sys
 from pathlib import Path
+
+sys.path.insert(0, "scripts")  # the suite runs from the repository root
+from record_gpu_results import count_line, junit_outcomes
 
 out, gate_failed, expected = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3:]
 print("steps:\n" + (out / "steps.tsv").read_text().rstrip())
@@ -234,22 +236,13 @@ if gate_failed:
 elif not xml.exists() or xml.stat().st_size == 0:
     print("WARNING: cuda-tests.xml is missing or empty: the cuda-tests step did not finish writing it")
 else:
-    counts, reasons, failed = Counter(), Counter(), []
-    for case in ET.parse(xml).getroot().iter("testcase"):
-        outcome = next((c for c in case if c.tag in ("failure", "error", "skipped")), None)
-        tag = "passed" if outcome is None else outcome.tag
-        counts[tag] += 1
-        if tag == "skipped":
-            reasons[outcome.get("message") or (outcome.text or "").strip() or "(no reason)"] += 1
-        elif tag != "passed":
-            failed.append(f"{case.get('classname')}::{case.get('name')} ({tag})")
-    print("cuda tests: " + (", ".join(f"{counts[k]} {k}" for k in ("passed", "failure", "error", "skipped")
-                                     if counts[k]) or "none ran"))
-    for name in failed:
-        print(f"  FAILED {name}")
+    counts, failed, reasons = junit_outcomes(xml)
+    print("cuda tests: " + (count_line(counts) or "none ran"))
+    for test, outcome in failed:
+        print(f"  FAILED {test} ({outcome})")
     if reasons:
         print("cuda tests skipped, by reason:")
-        for reason, n in reasons.most_common():
+        for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):
             print(f"  {n:4d}  {reason}")
 for name in expected:
     path = out / name

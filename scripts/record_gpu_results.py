@@ -58,24 +58,32 @@ def _format(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _test_section(path: Path) -> list[str]:
-    if not path.exists():
-        return ["No JUnit report (the test step did not finish writing one)."]
-    suites = ET.parse(path).getroot()
-    counts = defaultdict(int)
-    failed = []
-    reasons = defaultdict(int)
-    for case in suites.iter("testcase"):
+def junit_outcomes(path: Path) -> tuple[dict[str, int], list[tuple[str, str]], dict[str, int]]:
+    """``(counts by outcome, (test id, outcome) of each failed test, skip reasons with their counts)`` of a
+    JUnit report (also read by ``gpu_suite.sh``'s closing summary)."""
+    counts, failed, reasons = defaultdict(int), [], defaultdict(int)
+    for case in ET.parse(path).getroot().iter("testcase"):
         child = next((c for c in case if c.tag in ("failure", "error", "skipped")), None)
         outcome = "passed" if child is None else child.tag
         counts[outcome] += 1
         if outcome in ("failure", "error"):
-            failed.append(f"- `{case.get('classname')}::{case.get('name')}` ({outcome})")
+            failed.append((f"{case.get('classname')}::{case.get('name')}", outcome))
         elif outcome == "skipped":
             reasons[child.get("message") or (child.text or "").strip() or "(no reason given)"] += 1
-    line = ", ".join(f"{counts[k]} {k}" for k in ("passed", "failure", "error", "skipped") if counts[k])
+    return counts, failed, reasons
+
+
+def count_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts[k]} {k}" for k in ("passed", "failure", "error", "skipped") if counts[k])
+
+
+def _test_section(path: Path) -> list[str]:
+    if not path.exists():
+        return ["No JUnit report (the test step did not finish writing one)."]
+    counts, failed, reasons = junit_outcomes(path)
+    failed = [f"- `{test}` ({outcome})" for test, outcome in failed]
     skips = ["", "Skipped, by reason:", ""] + [f"- {n} x {r}" for r, n in sorted(reasons.items(), key=lambda i: -i[1])]
-    return [line or "no tests ran", *failed, *(skips if reasons else [])]
+    return [count_line(counts) or "no tests ran", *failed, *(skips if reasons else [])]
 
 
 def _bench_section(path: Path) -> list[str]:
