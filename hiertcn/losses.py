@@ -107,7 +107,8 @@ def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None
     """Mean softmax cross-entropy of ``user_emb @ weight.T + bias`` against ``targets``, never materialising the logits.
 
     Same value and gradients as ``F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets)``;
-    ``chunk_rows`` rows of logits at a time (default: ``2**22 / n_items`` rows).
+    ``chunk_rows`` rows of logits at a time (default: ``2**22 / n_items`` rows). fp16/bf16 inputs are
+    computed in fp32 (the loss is fp32).
     """
     n_items = weight.shape[0]
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_items):
@@ -118,6 +119,10 @@ def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     if user_emb.shape[0] == 0:  # nothing to average: NaN, as F.cross_entropy gives
         return F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets)
+    if user_emb.dtype in (torch.float16, torch.bfloat16):
+        # Half precision would overflow the softmax's sum past 65,504 items (fp16) and round it coarsely:
+        # compute in fp32, as autocast does for losses; the gradients come back in the inputs' dtype.
+        user_emb, weight, bias = user_emb.float(), weight.float(), bias.float()
     if not (torch.is_grad_enabled() and any(x.requires_grad for x in (user_emb, weight, bias))):
         # No gradients wanted (evaluation): the loss alone, still chunked.
         chunks = zip(user_emb.split(chunk_rows), targets.split(chunk_rows))
@@ -192,6 +197,9 @@ class SampledSoftmaxLoss(_Loss):
         if self.num_negatives:
             parts.append(sample_items(self.popularity, self.num_negatives, n_items, targets.device))
         candidates = torch.cat(parts)
+        positive = user_emb.mul(weight[targets]).sum(1) + bias[targets]
+        if n == 1 and not self.num_negatives:  # the row's own target is its only candidate: no negatives
+            return positive.sub(positive).mean()
         logits = user_emb @ weight[candidates].t() + bias[candidates]
         log_counts = self.log_expected_counts(candidates, n, n_items)
         if bool(torch.isinf(log_counts).any()):  # an in-batch target the popularity says is never drawn
@@ -199,7 +207,6 @@ class SampledSoftmaxLoss(_Loss):
             raise ValueError(f"sampled_softmax: item_counts gives item {item}, a target in this batch, count 0; pass "
                              f"the counts of the training targets (hiertcn.train.train_item_counts)")  # fmt: skip
         logits = logits - log_counts.to(logits.dtype)
-        positive = user_emb.mul(weight[targets]).sum(1) + bias[targets]
         hits = candidates[None, :] == targets[:, None]  # includes each row's own in-batch column
         logits = logits.masked_fill(hits, float("-inf"))
         return (torch.logsumexp(torch.cat([positive[:, None], logits], 1), 1) - positive).mean()

@@ -59,6 +59,26 @@ def test_linear_cross_entropy_gradcheck():
     assert torch.autograd.gradcheck(lambda u, w, b: linear_cross_entropy(u, w, b, y, 3), (u, w, b))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_linear_cross_entropy_in_half_precision_over_a_catalogue_past_fp16_range(dtype):
+    """70,000 near-uniform logits sum past fp16's 65,504: the softmax must not overflow to an inf loss."""
+    torch.manual_seed(0)
+    u32, w32 = torch.randn(4, 8) * 0.01, torch.randn(70_000, 8) * 0.01
+    y = torch.tensor([0, 1, 69_999, 5])
+    u, w = u32.to(dtype).requires_grad_(), w32.to(dtype).requires_grad_()
+    b = torch.zeros(70_000, dtype=dtype, requires_grad=True)
+    loss = linear_cross_entropy(u, w, b, y)
+    expected = F.cross_entropy(torch.addmm(b.float(), u.float(), w.float().t()), y)
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(u, w, b, y), expected, rtol=1e-4, atol=1e-4)
+    grad_u, grad_b = torch.autograd.grad(loss, (u, b))
+    assert grad_u.dtype == dtype and torch.isfinite(grad_u).all()
+    ref_u, ref_b = torch.autograd.grad(expected, (u, b))
+    torch.testing.assert_close(grad_u.float(), ref_u.float(), rtol=0.05, atol=1e-5)
+    assert (grad_b[:4] != 0).all()  # the softmax part survives, not just the one-hot term
+
+
 def test_linear_cross_entropy_frozen_table():
     """Only the inputs that need a gradient get one (a frozen output table and bias, say)."""
     torch.manual_seed(3)
@@ -258,6 +278,15 @@ def test_sample_items_follows_the_popularity_at_any_catalogue_size():
     popularity[[5, big - 1]] = 0.5
     assert set(sample_items(popularity, 200, big, "cpu").tolist()) == {5, big - 1}
     assert sample_items(None, 200, big, "cpu").max() < big
+
+
+def test_sampled_softmax_with_no_negatives_left_is_zero():
+    """One row, in-batch only, no samples: the positive is the whole partition function (was a false error)."""
+    table, u = _Table(6, 2), torch.randn(1, 2, dtype=torch.float64, requires_grad=True)
+    loss = SampledSoftmaxLoss(0, in_batch=True, item_counts=[1] * 6)(table, u, torch.tensor([3]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(u.grad, torch.zeros_like(u))
 
 
 def test_sampled_softmax_names_a_target_its_counts_never_draw():
