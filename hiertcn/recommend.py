@@ -88,6 +88,11 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     if not 1 <= k <= csr.n_items:
         raise ValueError(f"k must be in [1, {csr.n_items}], got {k}")
     user_rows = np.asarray(user_rows, dtype=np.int64)
+    if user_rows.ndim != 1 or not len(user_rows):
+        raise ValueError(f"user_rows must be a non-empty 1-D sequence of user rows, got shape {user_rows.shape}")
+    outside = (user_rows < 0) | (user_rows >= csr.n_users)
+    if outside.any():
+        raise ValueError(f"user_rows must lie in [0, {csr.n_users}), got {int(user_rows[outside][0])}")
     user_ptr, session_ptr = np.asarray(csr.user_ptr), np.asarray(csr.session_ptr)
     end = session_ptr[user_ptr[user_rows + 1]]
     if (end == session_ptr[user_ptr[user_rows]]).any():
@@ -134,15 +139,17 @@ def write_recommendations(path, users, items, scores) -> Path:
     """Write ``items``/``scores`` ``(U, k)`` of ``users`` ``(U,)`` (raw ids) to ``path``, by its suffix.
 
     ``.csv`` and ``.parquet``: one row per recommendation, ``user, rank, item, score`` (rank 1 is the best);
-    ``.jsonl``: one line per user, ``{"user", "items", "scores"}``.
+    ``.jsonl``: one line per user, ``{"user", "items", "scores"}`` (a non-finite score is ``null``).
     """
     path = recommendations_path(path)
     users, items, scores = list(users), np.asarray(items), np.asarray(scores, dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
         with path.open("w") as f:
-            for user, row, row_scores in zip(users, items.tolist(), scores.tolist()):
-                f.write(json.dumps({"user": user, "items": row, "scores": row_scores}) + "\n")
+            for user, row, row_scores in zip(users, items.tolist(), scores):
+                # float32 scores as their shortest decimal (0.2, not 0.2000000029); NaN/inf as null (valid JSON).
+                row_scores = [float(str(x)) if np.isfinite(x) else None for x in row_scores]
+                f.write(json.dumps({"user": user, "items": row, "scores": row_scores}, allow_nan=False) + "\n")
         return path
     import pyarrow as pa
 

@@ -1,10 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from hiertcn.batching import user_batches
 from hiertcn.models import MODEL_NAMES, build_model
-from hiertcn.recommend import recommend, with_next_slot
+from hiertcn.recommend import recommend, with_next_slot, write_recommendations
 from tests.models.tinylogs import TINY
 from tests.test_train import N_ITEMS, planted_dataset
 
@@ -114,3 +116,19 @@ def test_recommend_needs_an_interaction_per_user():
         recommend(model, empty, np.array([0, 3]), k=3)
     items, _ = recommend(model, empty, np.array([0, 2]), k=3)
     assert items.shape == (2, 3)
+
+
+@pytest.mark.parametrize("rows", [[3], [0, 5], [-1], [], [[0]]])
+def test_recommend_rejects_user_rows_outside_the_log(rows):
+    csr = planted_dataset(n_users=3).csr
+    model = build_model("gru4rec", n_items=N_ITEMS, **TINY["gru4rec"]).eval()
+    with pytest.raises(ValueError, match="user_rows"):
+        recommend(model, csr, np.array(rows, dtype=np.int64), k=3)
+
+
+def test_jsonl_recommendations_are_valid_json_with_short_float32_scores(tmp_path):
+    scores = np.array([[0.2, np.nan], [np.inf, -1.5]], dtype=np.float32)
+    path = write_recommendations(tmp_path / "recs.jsonl", ["a", "b"], np.array([[1, 2], [3, 4]]), scores)
+    lines = [json.loads(line, parse_constant=pytest.fail) for line in path.read_text().splitlines()]
+    assert lines == [{"user": "a", "items": [1, 2], "scores": [0.2, None]},
+                     {"user": "b", "items": [3, 4], "scores": [None, -1.5]}]  # fmt: skip
