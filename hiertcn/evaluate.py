@@ -43,7 +43,11 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
     a first pass reads each target's logit from its own slice, a second counts
     the items scoring at least as high. Both passes run the same product on the
     same slice, so the target's logit is bit-identical to the one it is
-    compared with and ties are counted exactly.
+    compared with there. An item with the very same output embedding in another
+    slice may score an ulp apart (a product of another shape rounds its sums in
+    another order; BLAS can even do so between columns of one product), so such
+    an exact tie can fall either way: ranks agree across chunk sizes up to
+    rounding, as they do across devices.
     """
     weight, bias = model.output_embeddings()
     n_items = weight.shape[0]
