@@ -53,8 +53,12 @@ class SessionBatch:
     def has_impressions(self) -> bool:
         return self.imp_ptr is not None
 
-    def impression_matrix(self, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(n, k)`` int64: the first ``k`` impressed items of each token where ``mask``, ``-1`` padded."""
+    def impression_matrix(self, k: int, mask: torch.Tensor | None = None, *, sample: bool = False) -> torch.Tensor:
+        """``(n, k)`` int64: ``k`` impressed items of each token where ``mask``, ``-1`` padded.
+
+        The first ``k`` of each list; with ``sample``, ``k`` drawn at random without replacement
+        (torch's RNG) from a longer list, so that a few negatives out of a week's list differ per step.
+        """
         if not self.has_impressions:
             raise ValueError("this batch has no impressions (the log was prepared without them)")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -66,7 +70,13 @@ class SessionBatch:
         valid = column[None, :] < lengths[:, None]
         if self.imp_item.numel() == 0:
             return torch.full(valid.shape, -1, dtype=torch.int64, device=starts.device)
-        index = (starts[:, None] + column[None, :]).clamp(max=self.imp_item.numel() - 1)
+        if sample and bool((lengths > k).any()):
+            # A random permutation of each row's positions (random keys, the positions past its length last).
+            width = torch.arange(int(lengths.max()), device=starts.device)
+            keys = torch.rand(len(lengths), len(width), device=starts.device).masked_fill_(
+                width[None, :] >= lengths[:, None], 2.0)
+            column = keys.argsort(1)[:, :k]
+        index = (starts[:, None] + column).clamp(max=self.imp_item.numel() - 1)
         return torch.where(valid, self.imp_item[index], -1)
 
     def to(self, device, non_blocking: bool = False) -> SessionBatch:

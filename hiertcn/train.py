@@ -216,8 +216,9 @@ class LossStep(torch.nn.Module):
     """Forward and loss as one module, so DDP sees the loss (not the carried state) as its output.
 
     Returns ``(loss, state)`` with the state detached: gradients stop at batch boundaries.
-    A loss that draws negatives from impressions (``loss_fn.takes_impressions``) gets each
-    target's first ``loss_fn.num_negatives`` impressed items when the batch has them.
+    A loss that draws negatives from impressions (``loss_fn.takes_impressions``) gets
+    ``loss_fn.num_negatives`` of each target's impressed items when the batch has them, drawn
+    afresh each step from a longer list (BPR's one negative is not always the week's first item).
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable):
@@ -229,7 +230,7 @@ class LossStep(torch.nn.Module):
         mask = batch.target_mask
         extra = {}
         if batch.has_impressions and getattr(self.loss_fn, "takes_impressions", False):
-            extra["impressions"] = batch.impression_matrix(self.loss_fn.num_negatives, mask)
+            extra["impressions"] = batch.impression_matrix(self.loss_fn.num_negatives, mask, sample=True)
         loss = self.loss_fn(self.model, user_emb[mask], batch.items[mask], batch=batch, **extra)
         return loss, self.model.detach_state(state) if state is not None else None
 

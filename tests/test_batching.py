@@ -1,4 +1,5 @@
 import itertools
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -177,6 +178,17 @@ def test_batches_carry_each_tokens_impressions():
     matrix = batch.impression_matrix(3, mask)
     expected = [(lists[i] + [-1] * 3)[:3] for i in batch.items[mask].tolist()]
     assert matrix.dtype == torch.int64 and matrix.tolist() == expected
+    # sample: k different positions of each list (all of a list no longer than k, then -1), varying per draw.
+    torch.manual_seed(0)
+    draws = [batch.impression_matrix(3, mask, sample=True) for _ in range(50)]
+    for row, i in enumerate(batch.items[mask].tolist()):
+        picked = [d[row].tolist() for d in draws]
+        for p in picked:
+            kept = [x for x in p if x >= 0]
+            assert len(kept) == min(3, len(lists[i])) and not Counter(kept) - Counter(lists[i])  # no repeats
+            assert p[len(kept):] == [-1] * (3 - len(kept))
+        if len(lists[i]) > 3:  # every impression gets drawn, not just the first three
+            assert {x for p in picked for x in p} == set(lists[i])
 
     moved = batch.to("meta")
     assert moved.imp_ptr.device.type == moved.imp_item.device.type == moved.items.device.type == "meta"

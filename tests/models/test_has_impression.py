@@ -119,13 +119,14 @@ def test_recommend_passes_impressions(data):
 
 
 def test_training_step_uses_the_batch_impressions_as_hinge_negatives(data):
-    """LossStep hands each target its impressed items; pads fill with popularity samples (all on item 10)."""
+    """LossStep hands each target its impressed items (lists of 0..5, all 5 taken); pads fill with popularity
+    samples (all on item 10)."""
     csr, impressions = data
     model = hiertcn(has_impression=False)
     batch = one_batch(csr, impressions)
     counts = np.zeros(N_ITEMS)
     counts[10] = 1
-    loss_fn = HingeLoss(num_negatives=4, item_counts=counts)
+    loss_fn = HingeLoss(num_negatives=5, item_counts=counts)
     loss, _ = LossStep(model, loss_fn)(batch, None)
 
     user_emb, _ = model(batch)
@@ -133,8 +134,8 @@ def test_training_step_uses_the_batch_impressions_as_hinge_negatives(data):
     u = F.normalize(user_emb, dim=-1)
     rows = []
     for t in range(batch.n_tokens):
-        shown = batch.imp_item[batch.imp_ptr[t] : batch.imp_ptr[t + 1]].tolist()[:4]
-        negatives = [j for j in shown + [10] * (4 - len(shown)) if j != int(batch.items[t])]
+        shown = batch.imp_item[batch.imp_ptr[t] : batch.imp_ptr[t + 1]].tolist()
+        negatives = [j for j in shown + [10] * (5 - len(shown)) if j != int(batch.items[t])]
         if negatives:
             pos = F.logsigmoid(u[t] @ weight[batch.items[t]])
             rows.append(torch.relu(F.logsigmoid(weight[negatives] @ u[t]) - pos + 0.1).mean())
@@ -142,6 +143,28 @@ def test_training_step_uses_the_batch_impressions_as_hinge_negatives(data):
 
     ignored, _ = LossStep(model, loss_fn)(dataclasses.replace(batch, imp_ptr=None, imp_item=None), None)
     assert not torch.allclose(ignored, loss)  # without impressions every negative is item 10
+
+
+def test_training_step_draws_fewer_negatives_than_impressions_afresh_each_step(data):
+    """BPR's one negative per target is drawn from the whole list each step, not always its first item."""
+    csr, impressions = data
+    batch = one_batch(csr, impressions)
+    seen = []
+
+    class Recording:
+        takes_impressions, num_negatives = True, 1
+
+        def __call__(self, model, user_emb, targets, batch=None, impressions=None):
+            seen.append(impressions[:, 0])
+            return user_emb.sum()
+
+    step = LossStep(hiertcn(has_impression=False), Recording())
+    for _ in range(40):
+        step(batch, None)
+    mask = batch.target_mask
+    lists = [batch.imp_item[a:b].tolist() for a, b in zip(batch.imp_ptr[:-1][mask], batch.imp_ptr[1:][mask])]
+    drawn = torch.stack(seen, 1).tolist()
+    assert all(set(d) == (set(li) if li else {-1}) for d, li in zip(drawn, lists))  # every item of each list
 
 
 @pytest.mark.interpreter
