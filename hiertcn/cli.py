@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time of the request: unix seconds, ISO 8601 (UTC unless it has an offset) or 'now'; "
                         "a session gap or more after a user's last interaction starts a new session "
                         "(default: continue the last session)")
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="leave out the items a user has already interacted with (default: keep them; repeats "
+                        "are common in XING-like logs)")
     p.set_defaults(handler=cmd_recommend)
 
     p = sub.add_parser("bench", help="kernel ops, HierTCN vs GRU4Rec speed, memory vs FlatTCN; or --scaling")
@@ -493,7 +496,8 @@ def cmd_recommend(args) -> int:
         rows = rows[has_history] if every else rows[has_history][:5]
     items, scores = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
                               impressions=getattr(dataset, "impressions", None), at=args.at,
-                              session_gap=config.session_gap, progress=bool(args.output) and not args.quiet)
+                              session_gap=config.session_gap, exclude_seen=args.exclude_seen,
+                              progress=bool(args.output) and not args.quiet)
     if args.output:
         raw_items = items if item_names is None else np.asarray(item_names, dtype=object)[items]
         path = write_recommendations(args.output, [user_keys[r] for r in rows], raw_items, scores)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._ragged import ranges
 from .batching import SessionBatch, user_batches
 
 
@@ -74,7 +75,8 @@ def with_next_slot(
 
 @torch.no_grad()
 def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, batch_users: int = 256,
-              impressions=None, at: int | None = None, session_gap: float = 1800, progress: bool = False):
+              impressions=None, at: int | None = None, session_gap: float = 1800, exclude_seen: bool = False,
+              progress: bool = False):
     """``(items (U, k) raw item ids, scores (U, k))`` for the user rows ``user_rows``, best first.
 
     For a log with string ids the raw ids are codes: item ``c`` is ``dataset.info["item_names"][c]``.
@@ -83,7 +85,8 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     ``at``: the time of the request (the log's timestamp unit, seconds). When it
     is ``session_gap`` or more after a user's last interaction the next item
     starts a new session, with that gap; None: it continues the last session.
-    ``progress``: a progress bar over the batches of users.
+    ``exclude_seen``: leave out the items in each user's history (they score ``-inf`` and are
+    listed only when fewer than ``k`` items are left). ``progress``: a progress bar over the batches of users.
     """
     if not 1 <= k <= csr.n_items:
         raise ValueError(f"k must be in [1, {csr.n_items}], got {k}")
@@ -117,7 +120,14 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
         batch = with_next_slot(batch, max_session_len, gap, session_gap).to(device)
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None
         user_emb, _ = model(batch, state)
-        scores, items = model.scores(user_emb[batch.target_mask]).topk(k, dim=1)
+        scores = model.scores(user_emb[batch.target_mask])
+        if exclude_seen:
+            lanes = batch.lane_user.numpy()
+            lo, hi = session_ptr[user_ptr[lanes]], session_ptr[user_ptr[lanes + 1]]
+            seen = torch.from_numpy(np.asarray(csr.item)[ranges(lo, hi)].astype(np.int64)).to(device)
+            row = torch.repeat_interleave(torch.arange(len(lanes), device=device), torch.from_numpy(hi - lo).to(device))
+            scores.index_put_((row, seen), scores.new_tensor(float("-inf")))
+        scores, items = scores.topk(k, dim=1)
         top_items.append(items.cpu())
         top_scores.append(scores.cpu())
     items = torch.cat(top_items).numpy()

@@ -132,3 +132,22 @@ def test_jsonl_recommendations_are_valid_json_with_short_float32_scores(tmp_path
     lines = [json.loads(line, parse_constant=pytest.fail) for line in path.read_text().splitlines()]
     assert lines == [{"user": "a", "items": [1, 2], "scores": [0.2, None]},
                      {"user": "b", "items": [3, 4], "scores": [None, -1.5]}]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["hiertcn", "moving_average"])
+def test_exclude_seen_leaves_out_each_users_history(name):
+    data = planted_dataset(n_users=4)
+    csr = data.csr
+    model = build_model(name, n_items=N_ITEMS, **TINY[name]).eval()
+    rows = np.array([2, 0, 3])
+    everything, _ = recommend(model, csr, rows, k=N_ITEMS)
+    items, scores = recommend(model, csr, rows, k=N_ITEMS, exclude_seen=True, batch_users=2)
+    for row, user_items, user_scores, ranked in zip(rows, items, scores, everything):
+        lo, hi = csr.session_ptr[csr.user_ptr[row]], csr.session_ptr[csr.user_ptr[row + 1]]
+        seen = set(np.asarray(csr.item_ids)[csr.item[lo:hi]].tolist())
+        n_unseen = N_ITEMS - len(seen)
+        assert 0 < n_unseen < N_ITEMS
+        # the unseen items first, in the order they had among all items; the seen ones last, at -inf
+        assert user_items[:n_unseen].tolist() == [i for i in ranked.tolist() if i not in seen]
+        assert set(user_items[n_unseen:].tolist()) == seen and np.isneginf(user_scores[n_unseen:]).all()
+        assert np.isfinite(user_scores[:n_unseen]).all()

@@ -290,6 +290,10 @@ def test_recommend_speaks_the_raw_string_ids_of_the_log(tmp_path, capsys):
     catalogue = {f"shoe_{i}" for i in range(3)} | {f"hat_{i}" for i in range(4)}
     assert all(set(r) == catalogue for r in recs.values())  # k = every item: each raw id once
 
+    assert cli.main(["recommend", *data, *weights, "--users", "bo,ann", "-k", "3", "--exclude-seen", "--json"]) == 0
+    unseen = last_json(capsys)  # ann saw every shoe, bo every hat
+    assert set(unseen["bo"]) == {f"shoe_{i}" for i in range(3)} and set(unseen["ann"]) < {f"hat_{i}" for i in range(4)}
+
     assert cli.main(["recommend", *data, *weights, "--users", "bo,cy"]) == 2
     assert "unknown user id(s) cy" in capsys.readouterr().err
     # the file speaks them too
