@@ -3,7 +3,7 @@
 A checkpoint is one ``torch.save`` dict: ``format_version``, ``hiertcn_version``,
 the run ``config``, the model's ``model_name``/``model_config``/``n_items`` (enough
 to rebuild it with ``build_model``), the ``catalogue`` fingerprint (which item each
-output row is), its ``model`` state dict, and, for resuming,
+output row is), the ``data`` fingerprint (the prepared log it trains on), its ``model`` state dict, and, for resuming,
 ``optimizer``, ``scheduler``, the batcher position, the carried lane state and
 the RNG states. It is written to a temporary file in the same folder and renamed
 into place, so a run killed while saving leaves the previous checkpoint intact.
@@ -73,6 +73,32 @@ def catalogue_fingerprint(dataset) -> int:
     crc = zlib.crc32(np.ascontiguousarray(dataset.csr.item_ids, dtype=np.int64).tobytes())
     names = getattr(dataset, "info", {}).get("item_names")
     return crc if names is None else zlib.crc32("\n".join(names).encode(), crc)
+
+
+def data_fingerprint(dataset) -> int:
+    """CRC32 of the prepared log a run trains on: its sessions, items, times, split roles and impressions."""
+    csr = dataset.csr
+    parts = [csr.user_ptr, csr.session_ptr, csr.item, csr.timestamp, dataset.role]
+    parts += [p for p in (getattr(dataset, "imp_ptr", None), getattr(dataset, "imp_item", None)) if p is not None]
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(np.ascontiguousarray(part, dtype=np.int64).tobytes(), crc)  # whatever dtype it was stored in
+    return crc
+
+
+def check_same_data(payload: dict[str, Any], dataset, catalogue: int, data: int, path) -> None:
+    """A resumed run must train on the data it started on: raise ``ValueError`` naming what changed."""
+    n_items = dataset.csr.n_items
+    if payload.get("n_items", n_items) != n_items or payload.get("catalogue", catalogue) != catalogue:
+        raise ValueError(
+            f"--resume: {path} was trained on a catalogue of {payload.get('n_items')} items, but the data now has "
+            f"{n_items} (or other item ids): the log changed since the run started; start a new run (another --out)"
+        )
+    if payload.get("data", data) != data:  # older checkpoints did not record it
+        raise ValueError(
+            f"--resume: the prepared log differs from the one {path} was trained on (same items, other "
+            "interactions, times or split): the log changed since the run started; start a new run (another --out)"
+        )
 
 
 def saved_model_config(payload: dict[str, Any]) -> dict[str, Any]:

@@ -82,7 +82,8 @@ def _data_args(parser):
 def _train_args(parser):
     g = parser.add_argument_group("training")
     _flag(g, "--epochs", type=int)
-    _flag(g, "--max-time", type=float, help="seconds of training per model")
+    _flag(g, "--max-time", type=float, help="seconds of training per model (validation excluded); a stop "
+          "inside an epoch validates the weights as they are, and --resume trains the rest of that epoch")
     _flag(g, "--lr", type=float)
     _flag(g, "--lr-decay", type=float, help="multiply the learning rate by this after every epoch (default 1: "
           "constant; 0.7 helped HierTCN and HRNN on the synthetic log, see benchmarks/README.md)")

@@ -85,6 +85,8 @@ class Config:
         for name in ("patience", "checkpoint_every", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.seed >= 2**32:  # numpy's seed range
+            raise ValueError(f"seed must be below 2**32, got {self.seed!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 < self.lr_decay <= 1:
@@ -94,8 +96,8 @@ class Config:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, float) and math.isnan(value):
-                raise ValueError(f"{f.name} must be a number, got nan")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time!r}")
         if isinstance(self.models, str):

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ._ragged import offsets
 from .batching import QueueBatcher, user_batches
-from .checkpoint import catalogue_fingerprint, load_checkpoint, save_checkpoint
+from .checkpoint import catalogue_fingerprint, check_same_data, data_fingerprint, load_checkpoint, save_checkpoint
 from .config import Config
 from .data.splits import TEST, TRAIN, VALID
 from .metrics import combine_results
@@ -298,8 +298,10 @@ def fit(
         "epoch_loss": 0.0, "epoch_targets": 0, "best_mrr": -math.inf, "bad_epochs": 0, "history": [], "curve": [],
     }  # fmt: skip
     lane_state = None
+    catalogue, data = catalogue_fingerprint(dataset), data_fingerprint(dataset)
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path, map_location=device)
+        check_same_data(ckpt, dataset, catalogue, data, last_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -314,8 +316,6 @@ def fit(
         torch.set_rng_state(mine["rng"]["torch"].cpu())
         if device.type == "cuda" and mine["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(mine["rng"]["cuda"].cpu(), device)
-
-    catalogue = catalogue_fingerprint(dataset)
 
     def save_last() -> None:
         """``last.pt`` with every rank's carried lane state and RNG (a collective: every rank calls it)."""
@@ -335,6 +335,7 @@ def fit(
             "model_config": model_config or {},
             "n_items": int(dataset.csr.n_items),
             "catalogue": catalogue,
+            "data": data,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -367,32 +368,34 @@ def fit(
             for batch in loader:
                 batch = batch.to(device, non_blocking=True)
                 loss, lane_state = step_fn(batch, lane_state)
-                if _any_rank(not torch.isfinite(loss).item(), world, device):  # all ranks stop together
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # The gradient norm (clipping with an infinite bound changes nothing): a finite loss can still
+                # give inf/NaN gradients, and one step on them would turn the weights, and the next checkpoint, NaN.
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm or math.inf)
+                here, norm = loss.item(), grad_norm.item()
+                if _any_rank(not (math.isfinite(here) and math.isfinite(norm)), world, device):  # all stop together
                     kept = f"; the last good checkpoint is {last_path}" if last_path.exists() else ""
-                    here = loss.item()
-                    what = f"loss is {here}" if not math.isfinite(here) else "loss is not finite on another rank"
+                    what = (f"loss is {here}" if not math.isfinite(here) else f"gradient norm is {norm}"
+                            if not math.isfinite(norm) else "loss or gradients are not finite on another rank")  # fmt: skip
                     raise NonFiniteLossError(
                         f"{what} at epoch {epoch + 1}, batch {run['batch'] + 1} (step {run['step'] + 1})"
                         f"{kept}. Try a lower --lr or a smaller clip_norm."
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
                 optimizer.step()
 
                 n_targets = int(batch.target_mask.sum())
-                run["epoch_loss"] += loss.item() * n_targets
+                run["epoch_loss"] += here * n_targets
                 run["epoch_targets"] += n_targets
                 run["batch"] += 1
                 run["step"] += 1
-                run["curve"].append((run["step"], loss.item()))
+                run["curve"].append((run["step"], here))
                 run["tokens"] += batch.n_tokens
                 shown_tokens += batch.n_tokens
                 now = time.perf_counter()
                 bar.update()
                 bar.set_postfix(
-                    loss=f"{loss.item():.3f}",
+                    loss=f"{here:.3f}",
                     inter_s=f"{shown_tokens / max(now - shown_start, 1e-9):.0f}",
                     wait=f"{loader.wait_s / max(now - shown_start, 1e-9):.0%}",
                 )
@@ -400,8 +403,8 @@ def fit(
                     out_of_time = _any_rank(run["train_time"] + now - epoch_start >= config.max_time, world, device)
                 if config.checkpoint_every and run["step"] % config.checkpoint_every == 0:
                     _account(run, epoch_start, loader, epoch_wait0)
-                    epoch_start, epoch_wait0 = time.perf_counter(), loader.wait_s
                     save_last()
+                    epoch_start, epoch_wait0 = time.perf_counter(), loader.wait_s  # writing it is not training
                 if on_step is not None:
                     on_step(run["step"])
                 if out_of_time:
@@ -410,13 +413,18 @@ def fit(
             loader.close()
             bar.close()
         _account(run, epoch_start, loader, epoch_wait0)
-
-        scheduler.step()
+        # Out of time before the epoch's last batch: the weights are validated as a candidate for best.pt,
+        # but the epoch is not over: no lr decay, no patience, and last.pt keeps its place (--resume with a
+        # larger --max-time trains the rest of it).
+        partial = out_of_time and run["batch"] < n_batches
+        if not partial:
+            scheduler.step()
         row = {
-            "epoch": epoch + 1,
+            "epoch": epoch + (run["batch"] / n_batches if partial else 1),
             "step": run["step"],
             "train_loss": run["epoch_loss"] / max(run["epoch_targets"], 1),
             "train_time_s": run["train_time"],
+            **({"partial": True} if partial else {}),
         }
         if has_valid:
             model.eval()
@@ -424,15 +432,17 @@ def fit(
                 val = evaluate_sharded(evaluate_fn, model, dataset, (VALID,))
             row.update({f"val_{k}": v for k, v in val.items() if "/" not in k})
             if val["mrr"] > run["best_mrr"]:
-                run["best_mrr"], run["bad_epochs"] = val["mrr"], 0
+                run["best_mrr"] = val["mrr"]
+                run["bad_epochs"] = run["bad_epochs"] if partial else 0
                 if writes:
                     save_checkpoint(best_path, _weights_payload(checkpoint_payload()))
-            else:
+            elif not partial:
                 run["bad_epochs"] += 1
             stop = _patience_spent(run, config)
         run["history"].append(row)
-        run["epoch"], run["batch"] = epoch + 1, 0
-        run["epoch_loss"], run["epoch_targets"] = 0.0, 0
+        if not partial:
+            run["epoch"], run["batch"] = epoch + 1, 0
+            run["epoch_loss"], run["epoch_targets"] = 0.0, 0
         save_last()
         if out_of_time:
             break

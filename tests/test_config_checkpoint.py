@@ -55,7 +55,10 @@ def test_values_of_the_wrong_type_are_named(tmp_path):
                         ("data: 3\n", "data in .* must be str or none, got 3"),
                         ("patience: true\n", "patience in .* must be int, got True"),
                         ("models: [1]\n", "models in .* must be list or none, got \\[1\\]"),
-                        ("max_time: .nan\n", "max_time must be a number, got nan"),
+                        ("max_time: .nan\n", "max_time must be a finite number, got nan"),
+                        ("lr: .inf\n", "lr must be a finite number, got inf"),
+                        ("clip_norm: .inf\n", "clip_norm must be a finite number, got inf"),
+                        ("seed: 4294967296\n", "seed must be below 2\\*\\*32"),
                         ("model_config:\n  hirtcn: {levels: 3}\n", "unknown model\\(s\\) 'hirtcn'")):  # fmt: skip
         yaml.write_text(text)
         with pytest.raises(ValueError, match=match):

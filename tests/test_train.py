@@ -1,5 +1,8 @@
 """The training loop with small stand-in models, losses and evaluators (no dependency on hiertcn.models)."""
 
+import dataclasses
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -166,6 +169,51 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
 
 
+def test_non_finite_gradients_stop_before_the_step_reaches_the_weights(tmp_path):
+    calls = []
+
+    def nan_grad_at_fifth(model, user_emb, targets, batch=None):
+        calls.append(1)
+        loss = ce_loss(model, user_emb, targets)
+        # A finite loss whose gradient is NaN: d/dx sqrt(x) at 0 is inf, times the 0 it is multiplied by.
+        return loss + 0 * torch.sqrt(user_emb.sum() * 0) if len(calls) == 5 else loss
+
+    with pytest.raises(NonFiniteLossError, match="gradient norm is nan at epoch 1, batch 5"):
+        fit(TinyLaneGRU(), planted_dataset(), small_config(checkpoint_every=1), run_dir=tmp_path, progress=False,
+            loss_fn=nan_grad_at_fifth, evaluate_fn=lane_evaluate)  # fmt: skip
+    kept = load_checkpoint(tmp_path / "last.pt")
+    assert kept["run"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_resume_refuses_a_log_that_changed_since_the_run_started(tmp_path):
+    config = small_config(epochs=1)
+    run_fit(tmp_path, "run", config)
+    other = planted_dataset(seed=1)  # same catalogue, other interactions
+    with pytest.raises(ValueError, match="prepared log differs"):
+        fit(TinyLaneGRU(), other, config, run_dir=tmp_path / "run", resume=True, progress=False, loss_fn=ce_loss,
+            evaluate_fn=lane_evaluate)  # fmt: skip
+    data = planted_dataset()
+    renamed = Dataset(csr=dataclasses.replace(data.csr, item_ids=data.csr.item_ids + 100), role=data.role)
+    with pytest.raises(ValueError, match="catalogue of 12 items"):
+        fit(TinyLaneGRU(), renamed, config, run_dir=tmp_path / "run", resume=True, progress=False, loss_fn=ce_loss,
+            evaluate_fn=lane_evaluate)  # fmt: skip
+
+
+def test_checkpoint_writes_do_not_count_as_training_time(tmp_path, monkeypatch):
+    import hiertcn.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def slow_save(*args, **kw):
+        time.sleep(0.2)
+        return real_save(*args, **kw)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", slow_save)
+    _, result = run_fit(tmp_path, config=small_config(epochs=1, checkpoint_every=1, validate=False))
+    assert result.metrics["steps"] >= 5 and result.metrics["train_time_s"] < 0.2 * (result.metrics["steps"] - 1)
+
+
 def test_early_stopping_on_validation_mrr(tmp_path):
     scores = iter([0.5, 0.6, 0.55, 0.52, 0.7, 0.8])
 
@@ -181,6 +229,23 @@ def test_early_stopping_on_validation_mrr(tmp_path):
 def test_max_time_stops_training(tmp_path):
     _, result = run_fit(tmp_path, config=small_config(epochs=50, max_time=1e-6))
     assert result.metrics["steps"] == 1 and len(result.history) == 1
+    assert result.stopped == "max_time" and result.history[0]["partial"] and 0 < result.history[0]["epoch"] < 1
+    assert "val_mrr" in result.history[0]  # the cut epoch's weights are still a candidate for best.pt
+
+
+def test_a_max_time_stop_mid_epoch_resumes_the_rest_of_that_epoch(tmp_path):
+    """Out of time after one step: no lr decay and no new epoch; --resume trains the epoch's other batches."""
+    config = small_config(lr_decay=0.5)
+    _, whole = run_fit(tmp_path, "whole", config)
+    _, cut = run_fit(tmp_path, "cut", small_config(lr_decay=0.5, max_time=1e-6))
+    saved = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (saved["run"]["epoch"], saved["run"]["batch"], saved["run"]["bad_epochs"]) == (0, 1, 0)
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05)
+    _, resumed = run_fit(tmp_path, "cut", config, resume=True)
+    assert [step for step, _ in resumed.curve] == [step for step, _ in whole.curve]
+    full_epochs = [r for r in resumed.history if not r.get("partial")]
+    assert [r["train_loss"] for r in full_epochs] == pytest.approx([r["train_loss"] for r in whole.history])
+    assert resumed.metrics["steps"] == whole.metrics["steps"]
 
 
 def test_prefetcher_yields_in_order_and_reraises_loader_errors():
