@@ -283,6 +283,8 @@ def fit(
 
     users = np.arange(dataset.csr.n_users)[rank::world]
     source = batch_source(model, dataset, config, users=users, loss_fn=loss_fn)
+    if world > 1 and _any_rank(len(source.users) == 0, world, device):
+        raise ValueError(f"{world} ranks but some get no user with TRAIN sessions: use fewer ranks")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     step_fn = LossStep(model, loss_fn)
@@ -348,28 +350,45 @@ def fit(
     out_of_time = config.max_time is not None and run["train_time"] >= config.max_time
     while run["epoch"] < config.epochs and not stop and not out_of_time:
         epoch = run["epoch"]
-        n_batches = source.n_batches(epoch)
-        if world > 1:  # every rank must take the same number of DDP steps
-            count = torch.tensor([n_batches], device=device)
-            dist.all_reduce(count, op=dist.ReduceOp.MIN)
-            n_batches = int(count)
+        n_batches = n_mine = source.n_batches(epoch)
+        rank_batches = [n_mine]
+        if world > 1:
+            # Every rank takes as many DDP steps as the rank with the most batches; one that has run out takes
+            # idle steps (a batch weighted 0), so no rank's last batches are dropped.
+            counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+            dist.all_gather(counts, torch.tensor([n_mine], device=device))
+            rank_batches = [int(c) for c in counts]
+            n_batches = max(rank_batches)
         model.train()
         if getattr(model, "carries_state", False) and (lane_state is None or run["batch"] == 0):
             lane_state = model.init_state(config.n_queues, device)
-        loader = Prefetcher(_take(source.batches(epoch, start=run["batch"]), n_batches - run["batch"]), config.prefetch)
+        mine = source.batches(epoch, start=run["batch"]) if run["batch"] < n_mine else iter(())
+        loader = Prefetcher(_take(mine, n_mine - run["batch"]), config.prefetch)
         bar = tqdm(
             total=n_batches, initial=run["batch"], desc=f"{model_name or type(model).__name__} epoch {epoch + 1}",
             unit="batch", disable=not (progress and writes), leave=False,
         )  # fmt: skip
-        epoch_start, epoch_wait0 = time.perf_counter(), 0.0
+        epoch_start, epoch_wait0, last_batch = time.perf_counter(), 0.0, None
         shown_start, shown_tokens = epoch_start, 0
         out_of_time = False
         try:
-            for batch in loader:
-                batch = batch.to(device, non_blocking=True)
-                loss, lane_state = step_fn(batch, lane_state)
+            batches = iter(loader)
+            while run["batch"] < n_batches:
+                active = run["batch"] < n_mine
+                if active:
+                    batch = next(batches).to(device, non_blocking=True)
+                elif last_batch is None:  # resumed past this rank's batches: any batch of its own will do
+                    batch = next(iter(source.batches(epoch))).to(device)
+                else:
+                    batch = last_batch
+                last_batch = batch
+                loss, new_state = step_fn(batch, lane_state)
+                # DDP averages over every rank: weight the ranks still in the epoch so that they share it.
+                n_active = sum(n > run["batch"] for n in rank_batches)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * (world / n_active if active else 0.0)).backward()
+                if active:
+                    lane_state = new_state
                 # The gradient norm (clipping with an infinite bound changes nothing): a finite loss can still
                 # give inf/NaN gradients, and one step on them would turn the weights, and the next checkpoint, NaN.
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm or math.inf)
@@ -384,14 +403,15 @@ def fit(
                     )
                 optimizer.step()
 
-                n_targets = int(batch.target_mask.sum())
-                run["epoch_loss"] += here * n_targets
-                run["epoch_targets"] += n_targets
                 run["batch"] += 1
                 run["step"] += 1
-                run["curve"].append((run["step"], here))
-                run["tokens"] += batch.n_tokens
-                shown_tokens += batch.n_tokens
+                if active:  # an idle step trains nothing
+                    n_targets = int(batch.target_mask.sum())
+                    run["epoch_loss"] += here * n_targets
+                    run["epoch_targets"] += n_targets
+                    run["curve"].append((run["step"], here))
+                    run["tokens"] += batch.n_tokens
+                    shown_tokens += batch.n_tokens
                 now = time.perf_counter()
                 bar.update()
                 bar.set_postfix(
