@@ -65,7 +65,8 @@ def _data_args(parser):
     _flag(g, "--preset", choices=["hiertcn-xing", "hrnn-xing", "none"])
     _flag(g, "--preset-until-stable", action="store_true", help="repeat the preset's count filters until none "
           "removes anything (the published code, and the default, filter once)")
-    _flag(g, "--split", choices=SPLITS, help="default: last-session (each user's last session is the test)")
+    _flag(g, "--split", choices=SPLITS, help="default: last-session (each user's last session is the test); user: users "
+          "shuffled by --seed, so another seed tests other users")
     for col in ("user", "item", "time", "session"):
         _flag(g, f"--{col}-col", dest=f"{col}_col", help=f"{col} column of a generic CSV/Parquet log")
     _flag(g, "--sep", help="field separator of a CSV log (one character; 'tab' or '\\t' for a tab)")
