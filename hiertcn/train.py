@@ -34,7 +34,13 @@ from tqdm.auto import tqdm
 
 from ._ragged import offsets
 from .batching import QueueBatcher, user_batches
-from .checkpoint import catalogue_fingerprint, check_same_data, data_fingerprint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    catalogue_fingerprint,
+    check_same_data,
+    data_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import Config
 from .data.splits import TEST, TRAIN, VALID
 from .metrics import combine_results

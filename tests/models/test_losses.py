@@ -74,7 +74,7 @@ def test_linear_cross_entropy_in_half_precision_over_a_catalogue_past_fp16_range
         torch.testing.assert_close(linear_cross_entropy(u, w, b, y), expected, rtol=1e-4, atol=1e-4)
     grad_u, grad_b = torch.autograd.grad(loss, (u, b))
     assert grad_u.dtype == dtype and torch.isfinite(grad_u).all()
-    ref_u, ref_b = torch.autograd.grad(expected, (u, b))
+    (ref_u,) = torch.autograd.grad(expected, (u,))
     torch.testing.assert_close(grad_u.float(), ref_u.float(), rtol=0.05, atol=1e-5)
     assert (grad_b[:4] != 0).all()  # the softmax part survives, not just the one-hot term
 
