@@ -55,13 +55,29 @@ def use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and HAS_TRITON
 
 
+_NO_INTERPRETER = (
+    "Triton kernels on CPU tensors run in Triton's interpreter: set TRITON_INTERPRET=1 "
+    "before triton is first imported (or use CUDA tensors, or HIERTCN_BACKEND=reference)"
+)
+
+
+def _interpreter_built() -> bool:
+    """Whether Triton's standard library was built for the interpreter: it is fixed when triton is
+    first imported, so TRITON_INTERPRET=1 set later (``import torch._dynamo`` imports triton) leaves
+    compiled functions that the interpreter cannot call."""
+    import triton
+    import triton.language as tl
+
+    return not isinstance(tl.sigmoid, triton.JITFunction)
+
+
 def triton_ops(module: str, x: torch.Tensor):
     """Import ``hiertcn_kernels.triton.<module>`` ready to run on ``x``'s device."""
     if not x.is_cuda and not interpreting():
         if "triton" in sys.modules or torch.cuda.is_available():
-            raise RuntimeError(
-                "Triton kernels on CPU tensors run in Triton's interpreter: set TRITON_INTERPRET=1 "
-                "before triton is first imported (or use CUDA tensors, or HIERTCN_BACKEND=reference)"
-            )
+            raise RuntimeError(_NO_INTERPRETER)
         os.environ["TRITON_INTERPRET"] = "1"
-    return importlib.import_module(f"hiertcn_kernels.triton.{module}")
+    ops = importlib.import_module(f"hiertcn_kernels.triton.{module}")
+    if not x.is_cuda and not _interpreter_built():
+        raise RuntimeError(f"{_NO_INTERPRETER}; it was set after triton had been imported")
+    return ops

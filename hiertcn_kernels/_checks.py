@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -51,13 +53,24 @@ def check_offsets(offsets, total: int, device: torch.device, name: str = "cu_seq
     return offsets
 
 
+def check_dilation(dilation) -> None:
+    """Any integer-like >= 1 (``operator.index``, as ``nn.Conv1d`` takes it: numpy integers,
+    0-d integer tensors); bools and floats are rejected."""
+    is_bool = isinstance(dilation, bool) or (isinstance(dilation, torch.Tensor) and dilation.dtype == torch.bool)
+    try:
+        value = None if is_bool else operator.index(dilation)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
+        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+
+
 def check_conv(x, weight, bias, dilation, cu_seqlens, *, weight_name: str = "weight", bias_name: str = "bias"):
     """Validate ``causal_conv1d`` arguments; returns ``(C_out, C_in, K)``."""
     check_tensor(x, "x", ndim=(2, 3))
     check_tensor(weight, weight_name, ndim=3)
     check_same(x, weight, weight_name, "x")
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+    check_dilation(dilation)
     c_out, c_in, k = weight.shape
     if k < 1 or c_out < 1:
         raise ValueError(f"{weight_name} must have shape (C_out, C_in, K) with K, C_out >= 1, got {tuple(weight.shape)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import warnings
 
 import torch
@@ -36,8 +37,12 @@ def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
 
     ``y[t, o] = bias[o] + sum_k sum_i weight[o, i, k] * x[t - (K-1-k)*dilation, i]``, where a
     position before the start of ``t``'s own sequence reads as zero. ``weight``: ``(C_out, C_in, K)``.
+
+    Double backward (``create_graph=True``) works on the reference; the fused Triton kernels
+    raise ``NotImplementedError`` for it.
     """
     check_conv(x, weight, bias, dilation, cu_seqlens)
+    dilation = operator.index(dilation)  # an integer-like (validated) as the plain int the kernels take
     if _use_triton(x, weight):
         return triton_ops("conv", x).causal_conv1d(x, weight, bias, dilation=dilation, cu_seqlens=cu_seqlens)
     return reference.causal_conv1d(x, weight, bias, dilation=dilation, cu_seqlens=cu_seqlens)
@@ -51,8 +56,11 @@ def tcn_block(
     ``relu``: ``y = relu(x + relu(conv(x)))`` with ``conv_weight`` ``(C, C, K)``.
     ``gated``: ``a = conv(x)`` with ``conv_weight`` ``(2H, C, K)``,
     ``y = x + (tanh(a[:H]) * sigmoid(a[H:])) @ out_weight.T + out_bias``.
+
+    Double backward as :func:`causal_conv1d`: the reference only.
     """
     check_tcn_block(x, conv_weight, conv_bias, dilation, activation, out_weight, out_bias, cu_seqlens)
+    dilation = operator.index(dilation)
     kwargs = {"dilation": dilation, "activation": activation, "out_weight": out_weight, "out_bias": out_bias,
                   "cu_seqlens": cu_seqlens}
     if _use_triton(x, conv_weight, activation):

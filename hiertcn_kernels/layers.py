@@ -28,6 +28,10 @@ class CausalConv1d(nn.Module):
         self.dilation = dilation
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the parameters afresh, as the constructor does (``nn.Conv1d``'s initialisation)."""
         _conv_init(self.weight, self.bias)
 
     def forward(self, x, cu_seqlens=None):
@@ -43,6 +47,8 @@ class _Recomputed(torch.autograd.Function):
 
     What the fused Triton blocks do by design (their backward recomputes from ``x``),
     for the reference path: one extra forward per block in exchange for its activations.
+    Under ``create_graph=True`` the recomputed gradients keep their graph back to the
+    saved inputs, so double backward works as without recomputation.
     """
 
     @staticmethod
@@ -55,11 +61,11 @@ class _Recomputed(torch.autograd.Function):
     def backward(ctx, grad):
         x, *params = ctx.saved_tensors
         needs = ctx.needs_input_grad[1:]
-        x = x.detach().requires_grad_(needs[0])
+        create_graph = torch.is_grad_enabled()  # True only under create_graph=True
         with torch.enable_grad():
             y = ctx.fn(x, *params)
         wanted = [t for t, need in zip((x, *params), needs) if need]
-        grads = iter(torch.autograd.grad(y, wanted, grad))
+        grads = iter(torch.autograd.grad(y, wanted, grad, create_graph=create_graph))
         return (None, *(next(grads) if need else None for need in needs))
 
 
@@ -103,14 +109,22 @@ class TCNBlock(nn.Module):
         conv_out = channels if activation == "relu" else 2 * (hidden or channels)
         self.conv_weight = nn.Parameter(torch.empty(conv_out, channels, kernel_size))
         self.conv_bias = nn.Parameter(torch.empty(conv_out)) if bias else None
-        _conv_init(self.conv_weight, self.conv_bias)
         if activation == "gated":
             self.out_weight = nn.Parameter(torch.empty(channels, conv_out // 2))
-            self.out_bias = nn.Parameter(torch.zeros(channels)) if bias else None
-            nn.init.kaiming_uniform_(self.out_weight, a=math.sqrt(5))
+            self.out_bias = nn.Parameter(torch.empty(channels)) if bias else None
         else:
             self.register_parameter("out_weight", None)
             self.register_parameter("out_bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the parameters afresh, as the constructor does: the conv as ``nn.Conv1d``, the gated
+        block's output projection Kaiming-uniform with a zero bias."""
+        _conv_init(self.conv_weight, self.conv_bias)
+        if self.out_weight is not None:
+            nn.init.kaiming_uniform_(self.out_weight, a=math.sqrt(5))
+        if self.out_bias is not None:
+            nn.init.zeros_(self.out_bias)
 
     def forward(self, x, cu_seqlens=None):
         return self.run(x, self.effective_params(), cu_seqlens)
@@ -151,8 +165,10 @@ class TCNBlock(nn.Module):
         return conv_weight, conv_bias, weight, bias
 
     def extra_repr(self) -> str:
-        _, c, k = self.conv_weight.shape
-        extra = f", dropout={self.dropout}" if self.dropout else ""
+        conv_out, c, k = self.conv_weight.shape
+        extra = f", hidden={conv_out // 2}" if self.activation == "gated" else ""
+        extra += ", bias=False" if self.conv_bias is None else ""
+        extra += f", dropout={self.dropout}" if self.dropout else ""
         extra += ", recompute=True" if self.recompute else ""
         return f"{c}, kernel_size={k}, dilation={self.dilation}, activation={self.activation!r}{extra}"
 

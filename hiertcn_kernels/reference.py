@@ -1,7 +1,7 @@
 """Plain PyTorch references: the executable spec of every op.
 
-Differentiable (gradchecked in float64), CPU and CUDA. They are also the CPU
-training path, so they are written to be fast there: padded convolutions run
+Differentiable twice (gradchecked and gradgradchecked in float64), CPU and CUDA. They
+are also the CPU training path, so they are written to be fast there: padded convolutions run
 through ``F.conv1d`` (mkldnn on CPU, cuDNN on CUDA); packed ones run on cuDNN
 over padded buckets on CUDA and as one matmul per tap over shifted rows on CPU.
 Arguments are assumed valid; the public functions validate first.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 
 def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
@@ -27,8 +26,12 @@ def _causal_conv1d_padded(x, weight, bias, dilation):
         # no inputs is zero: the bias alone (the product keeps x and the weight in the graph).
         y = x @ weight[:, :, -1].t()
         return y if bias is None else y + bias
-    pad = (weight.shape[-1] - 1) * dilation
-    y = F.conv1d(F.pad(x.transpose(1, 2), (pad, 0)), weight, bias, dilation=dilation)
+    # Taps shifted by L rows or more read only padding: drop them, so a dilation past the length
+    # pads at most L - 1 rows instead of (K-1)*dilation (their weight gradient is zero, via the slice).
+    k = weight.shape[-1]
+    first = max(0, k - 1 - (x.shape[1] - 1) // dilation)
+    pad = (k - 1 - first) * dilation
+    y = F.conv1d(F.pad(x.transpose(1, 2), (pad, 0)), weight[:, :, first:], bias, dilation=dilation)
     return y.transpose(1, 2)
 
 
@@ -104,7 +107,8 @@ class _PackedCausalConv(torch.autograd.Function):
     sequence), so no padding is needed whatever the lengths, and nothing bigger
     than ``x`` is ever held. Saves only ``x`` and the weight; backward gathers the
     rows again for the weight gradient and sends the input gradient back along
-    the transposed taps.
+    the transposed taps. The backward is made of differentiable ops, so double
+    backward (``create_graph=True``) works, as on the padded path.
     """
 
     @staticmethod
@@ -120,7 +124,6 @@ class _PackedCausalConv(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
         x, weight, cu_seqlens = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]

@@ -205,9 +205,10 @@ def _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr,
             off = rows64[:, None] * C_out + cols[None, :]
             res = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            g = tl.where(res + tl.maximum(acc, 0.0) > 0.0, dy, 0.0)
+            # As torch.relu's backward: zero only where the value is <= 0, so a NaN passes the gradient.
+            g = tl.where(res + tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL) <= 0.0, 0.0, dy)
             tl.store(dx_ptr + off, g.to(dx_ptr.dtype.element_ty), mask=mask & own[:, None])
-            tl.store(da_ptr + off, tl.where(acc > 0.0, g, 0.0).to(da_ptr.dtype.element_ty), mask=mask)
+            tl.store(da_ptr + off, tl.where(acc <= 0.0, 0.0, g).to(da_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -495,7 +496,10 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
 
 
 class _TCNFunction(torch.autograd.Function):
-    """One fused forward launch; the backward recomputes activations from the saved inputs."""
+    """One fused forward launch; the backward recomputes activations from the saved inputs.
+
+    Differentiable once: the backward's kernels build no graph, so double backward raises.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, out_weight, out_bias, cu_seqlens, dilation, mode):
@@ -511,6 +515,11 @@ class _TCNFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        if torch.is_grad_enabled():  # only under create_graph=True: the kernels' gradients carry no graph
+            raise NotImplementedError(
+                "double backward (create_graph=True) is not supported by the fused Triton causal_conv1d/tcn_block; "
+                "run them on the PyTorch reference (HIERTCN_BACKEND=reference), which supports it"
+            )
         rows, start, weight, bias, out_weight = ctx.saved_tensors
         wt = weight.permute(2, 1, 0).contiguous()
         needs = dict(zip(("x", "weight", "bias", "out_weight", "out_bias"), ctx.needs_input_grad[:5]))
@@ -521,13 +530,13 @@ class _TCNFunction(torch.autograd.Function):
 
 
 def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
-    """Triton ``causal_conv1d`` (arguments already validated by ``hiertcn_kernels.conv``)."""
+    """Triton ``causal_conv1d`` (arguments already validated by ``hiertcn_kernels.conv``); no double backward."""
     _check_dtype(x)
     return _TCNFunction.apply(x, weight, bias, None, None, cu_seqlens, dilation, "conv")
 
 
 def tcn_block(x, conv_weight, conv_bias=None, *, dilation=1, activation="relu", out_weight=None, out_bias=None,
               cu_seqlens=None):
-    """Triton ``tcn_block`` (arguments already validated by ``hiertcn_kernels.conv``)."""
+    """Triton ``tcn_block`` (arguments already validated by ``hiertcn_kernels.conv``); no double backward."""
     _check_dtype(x)
     return _TCNFunction.apply(x, conv_weight, conv_bias, out_weight, out_bias, cu_seqlens, dilation, activation)

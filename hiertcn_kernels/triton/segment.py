@@ -27,7 +27,10 @@ Backward. ``segment_reduce``'s gradient is a broadcast of ``grad_out`` over each
 segment (scaled by ``1/len`` for mean, masked to the first maximal row for max);
 ``segment_expand``'s gradient is a segment sum. For max the forward also stores
 the first-argmax row ``(N, C)`` when a gradient is needed: writing it costs
-``N*C`` indices, recomputing it would re-read all ``T*C`` values.
+``N*C`` indices, recomputing it would re-read all ``T*C`` values. Each backward
+is the adjoint op applied as an autograd function (a reduce's is a broadcast, a
+broadcast's a reduce, or a gather for max), so the gradients are differentiable
+in turn: double backward (``create_graph=True``) works.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from .._backend import interpreting, launch_device
 
@@ -330,33 +332,49 @@ def _broadcast(src, offsets, total, mode, argmax=None):
 
 
 class SegmentReduceFunction(torch.autograd.Function):
+    """The reduce; its backward is :class:`SegmentBroadcastFunction` (the adjoint), itself
+    differentiable, so double backward (``create_graph=True``) works."""
+
     @staticmethod
     def forward(ctx, values, offsets, reduce):
         code = _REDUCE_CODES[reduce]
         out, argmax = _reduce_forward(values, offsets, reduce, want_idx=code == _MAX and ctx.needs_input_grad[0])
-        ctx.code, ctx.total = code, values.shape[0]
+        ctx.reduce, ctx.total = reduce, values.shape[0]
         ctx.save_for_backward(offsets, argmax)
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
         offsets, argmax = ctx.saved_tensors
-        return _broadcast(grad_out, offsets, ctx.total, ctx.code, argmax), None, None
+        return SegmentBroadcastFunction.apply(grad_out, offsets, ctx.total, ctx.reduce, argmax), None, None
 
 
-class SegmentExpandFunction(torch.autograd.Function):
+class SegmentBroadcastFunction(torch.autograd.Function):
+    """``out[t] = rows[n]`` over segment ``n`` (``mean``: divided by its length; ``max``: only at the
+    ``argmax`` row, zero elsewhere): ``segment_expand`` for ``sum``, and the adjoint of
+    ``segment_reduce(reduce)``, which is its backward."""
+
     @staticmethod
-    def forward(ctx, rows, offsets, total):
-        ctx.save_for_backward(offsets)
-        return _broadcast(rows, offsets, total, _SUM)
+    def forward(ctx, rows, offsets, total, reduce, argmax):
+        ctx.reduce = reduce
+        ctx.save_for_backward(offsets, argmax)
+        return _broadcast(rows, offsets, total, _REDUCE_CODES[reduce], argmax)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        (offsets,) = ctx.saved_tensors
-        grad, _ = _reduce_forward(grad_out, offsets, "sum", want_idx=False)
-        return grad, None, None
+    def backward(ctx, grad):
+        offsets, argmax = ctx.saved_tensors
+        if ctx.reduce == "max":
+            return _gather_argmax(grad, offsets, argmax), None, None, None, None
+        return SegmentReduceFunction.apply(grad, offsets, ctx.reduce), None, None, None, None
+
+
+def _gather_argmax(grad, offsets, argmax):
+    """``grad`` at each segment's argmax rows, zero for empty segments (torch ops: only double backward
+    of max comes here)."""
+    if grad.shape[0] == 0:
+        return grad.new_zeros(argmax.shape)
+    empty = (offsets.diff() == 0)[:, None]
+    return grad.gather(0, argmax.long().masked_fill(empty, 0)).masked_fill(empty, 0.0)
 
 
 def segment_reduce(values, offsets, reduce="mean"):
@@ -366,4 +384,4 @@ def segment_reduce(values, offsets, reduce="mean"):
 
 def segment_expand(rows, offsets):
     """Arguments as validated by ``hiertcn_kernels.segment.segment_expand``."""
-    return SegmentExpandFunction.apply(rows, offsets.contiguous(), int(offsets[-1]))
+    return SegmentBroadcastFunction.apply(rows, offsets.contiguous(), int(offsets[-1]), "sum", None)

@@ -7,6 +7,7 @@ use realistic shapes and skip without a GPU.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -359,6 +360,88 @@ def test_float64_auto_dispatch_uses_reference(monkeypatch):
                                R.tcn_block(x, w, b, cu_seqlens=offsets_of([5])))
 
 
+@pytest.mark.interpreter
+def test_relu_block_gradient_at_nan_matches_reference(triton_backend):
+    """``torch.relu``'s backward zeroes the gradient only where the value is <= 0: it passes at NaN.
+    Row 1 is NaN and makes the pre-activation of rows 1-2 NaN; the second sequence has negative
+    pre-activations (rows 3-4) and a negative output (row 3)."""
+    x0 = torch.tensor([[1.0], [float("nan")], [2.0], [-3.0], [0.5]])
+    w0, b0 = torch.tensor([[[0.5, 1.0]]]), torch.tensor([0.25])
+    off = offsets_of([3, 2])
+    results = []
+    for module in (hk, R):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        y = module.tcn_block(x, w, b, cu_seqlens=off)
+        results.append([y, *torch.autograd.grad(y, [x, w, b], torch.full_like(y, 2.0))])
+    for out, ref in zip(*results):
+        torch.testing.assert_close(out, ref, equal_nan=True)
+    assert results[0][1][:, 0].tolist() == [5.0, 5.0, 4.0, 0.0, 2.0]  # dx, as worked out by hand
+
+
+def _penalised_grads(mode, args, dilation, cu_seqlens, fn_module):
+    """Gradients of ``|y|^2 + 10 |d(sum y)/dx|^2`` (a loss plus an input-gradient penalty) for every
+    parameter: the penalty needs the op's backward to be differentiable (``create_graph=True``)."""
+    x, *params = args
+    params = [p for p in params if p is not None]
+    y = run(mode, args, dilation, cu_seqlens, fn_module)
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    return torch.autograd.grad(y.square().sum() + 10 * gx.square().sum(), params)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reference_double_backward_keeps_the_penalty(mode):
+    """Packed (one matmul per tap) against each sequence alone (``F.conv1d``); the penalty changes the result."""
+    lengths, dilation = [3, 0, 6, 1], 2
+    off = offsets_of(lengths)
+    args = [None if a is None else a.double().detach().requires_grad_()
+            for a in make_args(mode, (int(off[-1]),), 3, 3, hidden=2)]
+
+    class PerSequence:
+        @staticmethod
+        def causal_conv1d(x, w, b, *, dilation, cu_seqlens):
+            return torch.cat([R.causal_conv1d(p[None], w, b, dilation=dilation)[0] for p in x.split(lengths)])
+
+        @staticmethod
+        def tcn_block(x, *a, cu_seqlens, **kw):
+            return torch.cat([R.tcn_block(p[None], *a, **kw)[0] for p in x.split(lengths)])
+
+    got = _penalised_grads(mode, args, dilation, off, R)
+    expect = _penalised_grads(mode, args, dilation, off, PerSequence)
+    for g, e in zip(got, expect):
+        torch.testing.assert_close(g, e)
+    task_only = torch.autograd.grad(run(mode, args, dilation, off, R).square().sum(), args[1])
+    assert not torch.allclose(got[0], task_only[0])
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+def test_triton_double_backward_raises(triton_backend, mode):
+    """The fused backward builds no graph: with ``create_graph=True`` it says so instead of silently
+    dropping the second-order terms (the penalty above)."""
+    off = offsets_of([3, 0, 6, 1])
+    args = make_args(mode, (10,), 3, 3, hidden=2)
+    with pytest.raises(NotImplementedError, match=r"double backward \(create_graph=True\) is not supported"):
+        _penalised_grads(mode, args, 2, off, hk)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+def test_recomputed_block_double_backward(monkeypatch, activation):
+    """A recomputed block keeps the graph of its gradients under ``create_graph=True``, as a plain one."""
+    monkeypatch.setenv("HIERTCN_BACKEND", "reference")
+    plain = hk.TCNBlock(3, 3, dilation=2, activation=activation, hidden=2).double()
+    recomputed = hk.TCNBlock(3, 3, dilation=2, activation=activation, hidden=2, recompute=True).double()
+    recomputed.load_state_dict(plain.state_dict())
+    off = offsets_of([3, 0, 6, 1])
+    x = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for block in (plain, recomputed):
+        y = block(x, cu_seqlens=off)
+        (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad(y.square().sum() + 10 * gx.square().sum(), [x, *block.parameters()]))
+    for g, g_ref in zip(*grads):
+        torch.testing.assert_close(g, g_ref)
+
+
 # --------------------------------------------------------------------------------------- reference
 
 
@@ -490,6 +573,11 @@ def _valid():
         (lambda a: {**a, "weight": torch.randn(4, 5, 3)}, ValueError, "x has 4 channels"),
         (lambda a: {**a, "bias": torch.randn(3)}, ValueError, "bias must have shape"),
         (lambda a: {**a, "dilation": 0}, ValueError, "dilation"),
+        (lambda a: {**a, "dilation": True}, ValueError, "dilation"),
+        (lambda a: {**a, "dilation": torch.tensor(True)}, ValueError, "dilation"),
+        (lambda a: {**a, "dilation": 2.0}, ValueError, "dilation"),
+        (lambda a: {**a, "dilation": torch.tensor(2.0)}, ValueError, "dilation"),
+        (lambda a: {**a, "dilation": np.int64(0)}, ValueError, "dilation"),
         (lambda a: {**a, "cu_seqlens": torch.tensor([0, 4, 2, 6])}, ValueError, "non-decreasing"),
         (lambda a: {**a, "cu_seqlens": torch.tensor([0, 2, 5])}, ValueError, r"cu_seqlens\[-1\]"),
         (lambda a: {**a, "cu_seqlens": torch.tensor([1, 2, 6])}, ValueError, r"cu_seqlens\[0\]"),
@@ -506,6 +594,18 @@ def test_causal_conv1d_bad_input(monkeypatch, backend, mutate, error, match):
     a = mutate({"x": x, "weight": w, "bias": b, "cu_seqlens": off, "dilation": 1})
     with pytest.raises(error, match=match):
         hk.causal_conv1d(a["x"], a["weight"], a["bias"], dilation=a["dilation"], cu_seqlens=a["cu_seqlens"])
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.interpreter)])
+@pytest.mark.parametrize("dilation", [np.int64(2), torch.tensor(2)], ids=["numpy", "tensor"])
+def test_integer_like_dilation(monkeypatch, backend, dilation):
+    """Any integer-like dilation is taken, as by ``nn.Conv1d``."""
+    monkeypatch.setenv("HIERTCN_BACKEND", backend)
+    x, w, b, off = _valid()
+    assert torch.equal(hk.causal_conv1d(x, w, b, dilation=dilation, cu_seqlens=off),
+                       hk.causal_conv1d(x, w, b, dilation=2, cu_seqlens=off))
+    assert torch.equal(hk.tcn_block(x, w, b, dilation=dilation, cu_seqlens=off),
+                       hk.tcn_block(x, w, b, dilation=2, cu_seqlens=off))
 
 
 @pytest.mark.parametrize(

@@ -123,3 +123,30 @@ def test_output_dropout_is_element_wise_on_every_block_output():
     assert zeros.any(1).all() and not zeros.all(1).any()
     with pytest.raises(ValueError, match=r"output_dropout must be in \[0, 1\)"):
         hk.TemporalConvNet(4, levels=1, output_dropout=1.0)
+
+
+def test_tcn_block_repr_shows_the_gate_width_and_a_missing_bias():
+    assert repr(hk.TCNBlock(4, kernel_size=3)) == "TCNBlock(4, kernel_size=3, dilation=1, activation='relu')"
+    gated = hk.TCNBlock(4, kernel_size=3, dilation=2, activation="gated", hidden=6, bias=False)
+    assert repr(gated) == "TCNBlock(4, kernel_size=3, dilation=2, activation='gated', hidden=6, bias=False)"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: hk.CausalConv1d(3, 5, kernel_size=3), lambda: hk.CausalConv1d(3, 5, kernel_size=2, bias=False),
+     lambda: hk.TCNBlock(4, kernel_size=3), lambda: hk.TCNBlock(4, kernel_size=3, activation="gated", hidden=3),
+     lambda: hk.TCNBlock(4, kernel_size=3, activation="gated", bias=False)],
+    ids=["conv", "conv-no-bias", "relu", "gated", "gated-no-bias"],
+)
+def test_reset_parameters_draws_what_the_constructor_draws(make):
+    torch.manual_seed(7)
+    layer = make()
+    built = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(3.0)
+    torch.manual_seed(7)
+    layer.reset_parameters()
+    for name, p in layer.named_parameters():
+        assert torch.equal(p, built[name]), name
+    assert all(p.requires_grad and isinstance(p, torch.nn.Parameter) for p in layer.parameters())

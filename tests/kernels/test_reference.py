@@ -146,3 +146,69 @@ def test_conv_without_input_channels_is_its_bias(impl):
     grads = torch.autograd.grad(y.sum(), [x, w, b])
     assert grads[0].shape == (5, 0) and grads[1].shape == (4, 0, 3) and grads[2].tolist() == [5.0] * 4
 
+
+
+
+@pytest.mark.parametrize("impl", ["padded", *PACKED_CONVS])
+@pytest.mark.parametrize("dilation", [2, 3, 7, 2**40])  # 3: the first tap reads only zeros, the others not
+def test_taps_past_the_longest_sequence_read_only_zeros(impl, dilation):
+    """A tap shifted by the length or more reads only zeros: a dilation of 2**40 gives what a dilation
+    of the longest length (7) gives, with a zero weight gradient for every tap but the last, and
+    pads nothing (its (K-1) * 2**40 rows of padding would not fit in memory)."""
+    off = offsets_of([7, 7] if impl == "padded" else [3, 0, 7, 1])
+    x = torch.randn(int(off[-1]), 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    if impl == "padded":
+        y = R.causal_conv1d(x.view(2, 7, 3), w, b, dilation=dilation).reshape(14, 5)
+    else:
+        y = PACKED_CONVS[impl](x, w, b, dilation, off)
+    expect = _per_sequence_conv(x, w, b, off, min(dilation, 7))
+    torch.testing.assert_close(y, expect)
+    weights = torch.randn_like(y)
+    grads = torch.autograd.grad((y * weights).sum(), [x, w, b])
+    for g, e in zip(grads, torch.autograd.grad((expect * weights).sum(), [x, w, b])):
+        torch.testing.assert_close(g, e)
+    if dilation >= 7:
+        assert grads[1].shape == w.shape and grads[1][:, :, :-1].abs().max() == 0
+
+
+@pytest.mark.parametrize("impl", ["padded", *PACKED_CONVS])
+def test_conv_gradgradcheck(impl):
+    """Double backward (``create_graph=True``, e.g. a gradient penalty) on every path of the reference."""
+    off = offsets_of([2, 0, 1, 4] if impl != "padded" else [4, 4])
+    x = torch.randn(int(off[-1]), 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        if impl == "padded":
+            return R.causal_conv1d(x.view(2, 4, 2), w, b, dilation=2)
+        return PACKED_CONVS[impl](x, w, b, 2, off)
+
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated"])
+def test_tcn_block_gradgradcheck(activation):
+    c, h = 3, 2
+    out_c = c if activation == "relu" else 2 * h
+    args = [torch.randn(9, c, dtype=torch.float64), torch.randn(out_c, c, 3, dtype=torch.float64),
+            torch.randn(out_c, dtype=torch.float64)]
+    if activation == "gated":
+        args += [torch.randn(c, h, dtype=torch.float64), torch.randn(c, dtype=torch.float64)]
+    off = offsets_of([4, 0, 1, 4])
+
+    def fn(x, w, b, ow=None, ob=None):
+        return R.tcn_block(x, w, b, dilation=2, activation=activation, out_weight=ow, out_bias=ob, cu_seqlens=off)
+
+    assert torch.autograd.gradgradcheck(fn, [a.requires_grad_() for a in args])
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum", "max"])
+def test_segment_ops_gradgradcheck(reduce):
+    off = offsets_of([3, 0, 1, 5, 1])
+    values = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda v: R.segment_reduce(v, off, reduce), (values,))
+    rows = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda r: R.segment_expand(r, off), (rows,))

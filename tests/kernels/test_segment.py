@@ -207,6 +207,30 @@ def test_no_rows_or_no_segments(triton_backend, reduce):
     assert K.segment_expand(torch.randn(3, 6), torch.zeros(4, dtype=torch.int64)).shape == (0, 6)
 
 
+def _penalised_grads(module, op, values, weight, offsets):
+    """Gradients of ``|out|^2 + 10 |d|out|^2 / d values|^2`` for ``out = op(values @ weight)``: the
+    penalty differentiates the op's backward, and the output gradient depends on ``weight``."""
+    mixed = values @ weight
+    out = module.segment_expand(mixed, offsets) if op == "expand" else module.segment_reduce(mixed, offsets, op)
+    (grad,) = torch.autograd.grad(out.square().sum(), values, create_graph=True)
+    return torch.autograd.grad(out.square().sum() + 10 * grad.square().sum(), [values, weight])
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("op", ["mean", "sum", "max", "expand"])
+@pytest.mark.parametrize("case", ["empty_edges", "long_mixed", "no_rows"])
+def test_double_backward_matches_reference(triton_backend, op, case):
+    """Each backward is the adjoint op run through autograd: double backward (create_graph=True) works."""
+    off = offsets_of([0, 0] if case == "no_rows" else LENGTHS[case])
+    values = torch.randn(off.numel() - 1 if op == "expand" else int(off[-1]), 4, dtype=torch.float64)
+    weight = torch.randn(4, 4, dtype=torch.float64)
+    grads = [_penalised_grads(module, op, values.clone().requires_grad_(), weight.clone().requires_grad_(), off)
+             for module in (K, R)]
+    for out, ref in zip(*grads):
+        assert out.shape == ref.shape
+        assert rel_err(out, ref) < 1e-12
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("reduce", ["mean", "max"])
 def test_deterministic_to_the_bit(triton_backend, reduce):
