@@ -108,7 +108,7 @@ def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None
 
     Same value and gradients as ``F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets)``;
     ``chunk_rows`` rows of logits at a time (default: ``2**22 / n_items`` rows). fp16/bf16 inputs are
-    computed in fp32 (the loss is fp32).
+    computed in fp32 (the loss is fp32), under ``torch.autocast`` too.
     """
     n_items = weight.shape[0]
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_items):
@@ -117,18 +117,20 @@ def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None
         chunk_rows = max(1, _CHUNK_ELEMENTS // n_items)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
-    if user_emb.shape[0] == 0:  # nothing to average: NaN, as F.cross_entropy gives
-        return F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets)
-    if user_emb.dtype in (torch.float16, torch.bfloat16):
-        # Half precision would overflow the softmax's sum past 65,504 items (fp16) and round it coarsely:
-        # compute in fp32, as autocast does for losses; the gradients come back in the inputs' dtype.
-        user_emb, weight, bias = user_emb.float(), weight.float(), bias.float()
-    if not (torch.is_grad_enabled() and any(x.requires_grad for x in (user_emb, weight, bias))):
-        # No gradients wanted (evaluation): the loss alone, still chunked.
-        chunks = zip(user_emb.split(chunk_rows), targets.split(chunk_rows))
-        total = sum(F.cross_entropy(torch.addmm(bias, u, weight.t()), t, reduction="sum") for u, t in chunks)
-        return total / user_emb.shape[0]
-    return _LinearCrossEntropy.apply(user_emb, weight, bias, targets, chunk_rows)
+    # Half precision would overflow the softmax's sum past 65,504 items (fp16) and round it coarsely: compute in
+    # fp32 (also under torch.autocast, which would cast the products back); gradients return in the inputs' dtypes.
+    user_emb, weight, bias = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+                              for t in (user_emb, weight, bias))  # fmt: skip
+    device_type = user_emb.device.type if user_emb.device.type in ("cpu", "cuda") else "cpu"
+    with torch.autocast(device_type, enabled=False):
+        if user_emb.shape[0] == 0:  # nothing to average: NaN, as F.cross_entropy gives
+            return F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets)
+        if not (torch.is_grad_enabled() and any(x.requires_grad for x in (user_emb, weight, bias))):
+            # No gradients wanted (evaluation): the loss alone, still chunked.
+            chunks = zip(user_emb.split(chunk_rows), targets.split(chunk_rows))
+            total = sum(F.cross_entropy(torch.addmm(bias, u, weight.t()), t, reduction="sum") for u, t in chunks)
+            return total / user_emb.shape[0]
+        return _LinearCrossEntropy.apply(user_emb, weight, bias, targets, chunk_rows)
 
 
 class SoftmaxLoss(_Loss):

@@ -32,6 +32,16 @@ def _use_triton(x, weight=None, activation="conv") -> bool:
     return False
 
 
+def _autocast(*tensors):
+    """Under ``torch.autocast`` the floating tensors in its dtype, as ``F.conv1d`` runs there (the casts are
+    differentiable: parameters keep their own dtype and get gradients in it); unchanged otherwise."""
+    device_type = tensors[0].device.type if isinstance(tensors[0], torch.Tensor) else "cpu"
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
 def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
     """Dilated causal conv over padded ``(B, L, C_in)`` or packed ``(T, C_in)`` + ``cu_seqlens``.
 
@@ -39,8 +49,9 @@ def causal_conv1d(x, weight, bias=None, *, dilation=1, cu_seqlens=None):
     position before the start of ``t``'s own sequence reads as zero. ``weight``: ``(C_out, C_in, K)``.
 
     Double backward (``create_graph=True``) works on the reference; the fused Triton kernels
-    raise ``NotImplementedError`` for it.
+    raise ``NotImplementedError`` for it. Under ``torch.autocast`` it runs in the autocast dtype.
     """
+    x, weight, bias = _autocast(x, weight, bias)
     check_conv(x, weight, bias, dilation, cu_seqlens)
     dilation = operator.index(dilation)  # an integer-like (validated) as the plain int the kernels take
     if _use_triton(x, weight):
@@ -57,8 +68,10 @@ def tcn_block(
     ``gated``: ``a = conv(x)`` with ``conv_weight`` ``(2H, C, K)``,
     ``y = x + (tanh(a[:H]) * sigmoid(a[H:])) @ out_weight.T + out_bias``.
 
-    Double backward as :func:`causal_conv1d`: the reference only.
+    Double backward as :func:`causal_conv1d`: the reference only. Under ``torch.autocast`` it runs
+    in the autocast dtype.
     """
+    x, conv_weight, conv_bias, out_weight, out_bias = _autocast(x, conv_weight, conv_bias, out_weight, out_bias)
     check_tcn_block(x, conv_weight, conv_bias, dilation, activation, out_weight, out_bias, cu_seqlens)
     dilation = operator.index(dilation)
     kwargs = {"dilation": dilation, "activation": activation, "out_weight": out_weight, "out_bias": out_bias,

@@ -48,12 +48,15 @@ class _Recomputed(torch.autograd.Function):
     What the fused Triton blocks do by design (their backward recomputes from ``x``),
     for the reference path: one extra forward per block in exchange for its activations.
     Under ``create_graph=True`` the recomputed gradients keep their graph back to the
-    saved inputs, so double backward works as without recomputation.
+    saved inputs, so double backward works as without recomputation. The recomputation
+    runs under the forward's ``torch.autocast`` state, as ``torch.utils.checkpoint`` does.
     """
 
     @staticmethod
     def forward(ctx, fn, x, *params):
         ctx.fn = fn
+        ctx.device_type = x.device.type if x.device.type in ("cpu", "cuda") else "cpu"
+        ctx.autocast = torch.is_autocast_enabled(ctx.device_type), torch.get_autocast_dtype(ctx.device_type)
         ctx.save_for_backward(x, *params)
         return fn(x, *params)
 
@@ -62,7 +65,8 @@ class _Recomputed(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         needs = ctx.needs_input_grad[1:]
         create_graph = torch.is_grad_enabled()  # True only under create_graph=True
-        with torch.enable_grad():
+        enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):
             y = ctx.fn(x, *params)
         wanted = [t for t, need in zip((x, *params), needs) if need]
         grads = iter(torch.autograd.grad(y, wanted, grad, create_graph=create_graph))

@@ -80,13 +80,19 @@ def lane_slots(batch: SessionBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """For ``j = 0, 1, ...``: ``(lanes, windows)``, the lanes holding a ``j``-th window and that window's index.
 
     Walking these in order visits every lane's windows in time order, all lanes at once.
+    One host read (the window counts) for the whole batch, not one per slot: on a GPU each is a sync.
     """
     ptr = batch.lane_ptr.long()
     counts = ptr.diff()
-    n_slots = int(counts.max()) if counts.numel() else 0
+    if not counts.numel():
+        return []
+    host_counts = counts.cpu()
+    sizes = (host_counts[None, :] > torch.arange(int(host_counts.max()))[:, None]).sum(1).tolist()
+    # Lanes by count, most windows first: those with a j-th window are a prefix, read in lane order.
+    by_count = torch.argsort(counts, descending=True, stable=True)
     slots = []
-    for j in range(n_slots):
-        lanes = torch.nonzero(counts > j).squeeze(1)
+    for j, size in enumerate(sizes):
+        lanes = by_count[:size].sort().values
         slots.append((lanes, ptr[lanes] + j))
     return slots
 

@@ -160,7 +160,7 @@ class HRNN(Recommender):
         starts, lengths = batch.cu_seqlens[:-1].long(), window_lengths(batch)
         outs, out_rows = [], []
         for lanes, windows in lane_slots(batch):
-            ul = u[lanes] * (~batch.new_user[windows]).to(u.dtype)[:, None]
+            ul = torch.where(batch.new_user[windows][:, None], 0.0, u[lanes])  # not a product: see HierTCN
             h0 = torch.tanh(self.session_init(ul))
             padded, valid, rows = pad_segments(emb, starts[windows], lengths[windows])
             if padded.shape[1]:  # else every window of the slot is empty (hand-built batches only)

@@ -112,12 +112,17 @@ class HierTCN(Recommender):
         return torch.zeros(self.gru_layers, n_lanes, self.hidden_dim, device=device)
 
     def _decay(self, h: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
-        """Factor ``exp(-gap / bandwidth)`` per lane, ``(n,)``."""
+        """Factor ``exp(-gap / bandwidth)`` per lane, ``(n,)``, in ``h``'s dtype.
+
+        Computed in fp32: fp16 holds no gap past 65,504 s (18 h) nor the 604,800 s bandwidth.
+        """
+        gap = gap.float()
         if self.gap_decay == "fixed":
-            return torch.exp(-gap / self.gap_bandwidth)
+            return torch.exp(-gap / self.gap_bandwidth).to(h.dtype)
         flat = h.permute(1, 0, 2).reshape(h.shape[1], -1)
-        bandwidth = self.gap_bandwidth * torch.sigmoid(self.gap_dense(flat)).squeeze(1)
-        return torch.exp(-gap / bandwidth)
+        bandwidth = self.gap_bandwidth * torch.sigmoid(self.gap_dense(flat).float()).squeeze(1)
+        # A sigmoid that underflows to 0 must not make a zero gap 0/0.
+        return torch.exp(-gap / bandwidth.clamp(min=torch.finfo(torch.float32).tiny)).to(h.dtype)
 
     def session_context(self, batch: SessionBatch, summaries: torch.Tensor, state: torch.Tensor):
         """GRU over each lane's windows: the state before every window ``(S, layers*H)`` and the final state."""
@@ -125,10 +130,11 @@ class HierTCN(Recommender):
         lengths = window_lengths(batch)
         before, order = [], []
         for lanes, windows in lane_slots(batch):
-            reset = h[:, lanes] * (~batch.new_user[windows]).to(h.dtype)[None, :, None]
+            # where, not a product: an inf/NaN state of the lane's previous user must not reach the new one
+            reset = torch.where(batch.new_user[windows][None, :, None], 0.0, h[:, lanes])
             hl = reset
             if self.gap_decay != "none":
-                hl = hl * self._decay(hl, batch.gap[windows].to(hl.dtype))[None, :, None]
+                hl = hl * self._decay(hl, batch.gap[windows])[None, :, None]
             before.append(hl.permute(1, 0, 2).reshape(len(lanes), -1))
             order.append(windows)
             x, new = summaries[windows], []

@@ -77,6 +77,8 @@ def test_linear_cross_entropy_in_half_precision_over_a_catalogue_past_fp16_range
     (ref_u,) = torch.autograd.grad(expected, (u,))
     torch.testing.assert_close(grad_u.float(), ref_u.float(), rtol=0.05, atol=1e-5)
     assert (grad_b[:4] != 0).all()  # the softmax part survives, not just the one-hot term
+    with torch.autocast("cpu", dtype=dtype):  # fp32 inputs: autocast would run the products in half again
+        torch.testing.assert_close(linear_cross_entropy(u32, w32, b.float(), y), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_linear_cross_entropy_frozen_table():

@@ -299,3 +299,62 @@ def test_empty_windows_change_nothing(name, small_csr):
     torch.testing.assert_close(out_holey, out, rtol=1e-12, atol=1e-12)
     if new_state is not None:
         torch.testing.assert_close(new_state_holey, new_state, rtol=1e-12, atol=1e-12)
+
+
+def test_lane_slots_visit_each_lanes_windows_in_order():
+    from hiertcn.models.base import lane_slots
+
+    counts = [3, 0, 1, 5, 3, 0, 2]
+    ptr = torch.tensor(np.concatenate([[0], np.cumsum(counts)]))
+    batch = SessionBatch(items=torch.zeros(0, dtype=torch.long), cu_seqlens=torch.zeros(int(ptr[-1]) + 1, dtype=torch.long),
+                         lane_ptr=ptr, new_user=torch.zeros(int(ptr[-1]), dtype=torch.bool),
+                         gap=torch.zeros(int(ptr[-1])), target_mask=torch.zeros(0, dtype=torch.bool),
+                         lane_user=torch.arange(len(counts)))  # fmt: skip
+    slots = lane_slots(batch)
+    expected = [[q for q, c in enumerate(counts) if c > j] for j in range(max(counts))]
+    assert [lanes.tolist() for lanes, _ in slots] == expected
+    assert [windows.tolist() for _, windows in slots] == [[int(ptr[q]) + j for q in lanes] for j, lanes in enumerate(expected)]
+
+
+@pytest.mark.parametrize("gap_decay", ["fixed", "learned"])
+def test_gap_decay_in_half_precision_matches_fp64(gap_decay):
+    """fp16 holds no gap past 65,504 s: the decay is computed in fp32 (it was 0 or NaN for gaps of a day)."""
+    model = _model("hiertcn", gap_decay=gap_decay)
+    gaps = torch.tensor([0.0, 3600.0, 65_000.0, 86_400.0, 7 * 86_400.0, 30 * 86_400.0])
+    h = torch.randn(model.gru_layers, len(gaps), model.hidden_dim, dtype=torch.float64)
+    expected = model._decay(h, gaps.double())
+    half = model._decay.__func__(model.half(), h.half(), gaps)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    torch.testing.assert_close(half.double(), expected, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["hiertcn", "hrnn"])
+def test_a_non_finite_state_does_not_leak_into_the_next_user(name, small_csr):
+    model = _model(name)
+    (b,) = list(user_batches(small_csr, users=[2]))
+    assert bool(b.new_user[0])
+    state = model.init_state(b.n_lanes).double()
+    out, _ = model(b, torch.full_like(state, float("nan")))
+    torch.testing.assert_close(out, model(b, state)[0])
+
+
+@pytest.mark.parametrize("name, options", [("hiertcn", {}), ("hiertcn", {"recompute": True, "gap_decay": "learned"}),
+                                           ("hiertcn", {"block": "gated"}), ("flat_tcn", {})])  # fmt: skip
+def test_models_train_under_autocast(name, options, small_csr):
+    """Under torch.autocast the TCN runs in its dtype (the kernels' dtype check used to reject fp32 weights)."""
+    from hiertcn.losses import build_loss
+
+    (b,) = list(user_batches(small_csr, max_session_len=10))
+    losses, grads = [], []
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        model = build_model(name, n_items=9, **{**TINY[name], **options}).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, _ = model(b)
+            loss = build_loss()(model, out[b.target_mask], b.items[b.target_mask])
+        loss.backward()
+        losses.append(loss)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[1].dtype == torch.float32 and torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(losses[1], losses[0], rtol=0.05, atol=0.05)
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.95
