@@ -130,13 +130,20 @@ class HRNN(Recommender):
     session GRU's last state then updates ``u``. Position ``t`` is represented
     by the session GRU state after the items before ``t`` (``tanh(W u)`` at
     the window start).
+
+    Dropout: ``dropout`` on the item embeddings; the paper's code (hgru4rec) has
+    ``session_dropout`` on the session GRU's states (0.1 in its XING runs),
+    ``user_dropout`` on the user GRU's state and ``init_dropout`` on ``tanh(W u)``.
+    Here the session states are dropped where they are read (scored, and fed to the
+    user GRU), not inside the session GRU's recurrence (one cuDNN call per slot).
     """
 
     carries_state = True
 
     def __init__(
         self, n_items: int, *, embedding_dim: int = 128, session_dim: int = 128, user_dim: int = 128,
-        dropout: float = 0.0, tied: bool = False,
+        dropout: float = 0.0, session_dropout: float = 0.0, user_dropout: float = 0.0, init_dropout: float = 0.0,
+        tied: bool = False,
     ):
         super().__init__(n_items)
         self.user_dim = user_dim
@@ -144,7 +151,9 @@ class HRNN(Recommender):
         self.session_gru = nn.GRU(embedding_dim, session_dim, batch_first=True)
         self.user_cell = nn.GRUCell(session_dim, user_dim)
         self.session_init = nn.Linear(user_dim, session_dim)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout, self.session_dropout, self.user_dropout, self.init_dropout = (
+            nn.Dropout(p) if p > 0 else nn.Identity() for p in (dropout, session_dropout, user_dropout, init_dropout)
+        )
         self._init_head(session_dim, self.item_emb if tied else None)
 
     def init_state(self, n_lanes: int, device=None) -> torch.Tensor:
@@ -161,17 +170,18 @@ class HRNN(Recommender):
         outs, out_rows = [], []
         for lanes, windows in lane_slots(batch):
             ul = torch.where(batch.new_user[windows][:, None], 0.0, u[lanes])  # not a product: see HierTCN
-            h0 = torch.tanh(self.session_init(ul))
+            h0 = self.init_dropout(torch.tanh(self.session_init(ul)))
             padded, valid, rows = pad_segments(emb, starts[windows], lengths[windows])
             if padded.shape[1]:  # else every window of the slot is empty (hand-built batches only)
                 seq, _ = self.session_gru(padded, h0[None])
+                seq = self.session_dropout(seq)
                 # The state before position t: h0 at t=0, then the GRU output after item t-1.
                 before = torch.cat([h0[:, None], seq[:, :-1]], dim=1)
                 outs.append(before[valid])
                 out_rows.append(rows)
                 last = seq[torch.arange(len(windows), device=seq.device), (lengths[windows] - 1).clamp(min=0)]
                 # An empty window leaves the user state as it was.
-                ul = torch.where((lengths[windows] > 0)[:, None], self.user_cell(last, ul), ul)
+                ul = torch.where((lengths[windows] > 0)[:, None], self.user_dropout(self.user_cell(last, ul)), ul)
             u = u.index_copy(0, lanes, ul)
         if not outs:
             return emb.new_zeros(0, self.session_gru.hidden_size), u

@@ -358,3 +358,15 @@ def test_models_train_under_autocast(name, options, small_csr):
     assert losses[1].dtype == torch.float32 and torch.isfinite(grads[1]).all()
     torch.testing.assert_close(losses[1], losses[0], rtol=0.05, atol=0.05)
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.95
+
+
+@pytest.mark.parametrize("option", ["dropout", "session_dropout", "user_dropout", "init_dropout"])
+def test_hrnn_dropouts_act_in_training_only(option, small_csr):
+    (b,) = list(user_batches(small_csr, max_session_len=3))  # several windows per user: the user GRU steps
+    plain = _model("hrnn")
+    dropped = _model("hrnn", **{option: 0.5})
+    torch.testing.assert_close(dropped(b)[0], plain(b)[0])  # eval: no dropout
+    torch.manual_seed(1)
+    train_out, train_state = dropped.train()(b)
+    plain_out, plain_state = plain.train()(b)
+    assert not torch.allclose(train_out, plain_out) or not torch.allclose(train_state, plain_state)
