@@ -87,7 +87,9 @@ class FlatTCN(Recommender):
     """One TCN over each user's whole history, padded to the longest in the batch (as in the release).
 
     Level ``l`` is a residual block with dilation ``2**l``; where the channel
-    count changes, a bias-free 1x1 projection comes first (Bai et al.'s downsample).
+    count changes, a bias-free 1x1 projection comes first and the block keeps its width
+    (the release's block widens its conv branch instead and projects only the residual,
+    with a bias; both learn the same functions, this one with a few more weights).
     ``dropout``: each block's channel dropout on its residual branch, as in the release
     (:class:`~hiertcn_kernels.TCNBlock`). ``recompute``: blocks keep only their input for
     backward, as in :class:`HierTCN`.
