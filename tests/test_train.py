@@ -153,34 +153,26 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
-    calls = []
-
-    def nan_at_fifth(model, user_emb, targets, batch=None):
-        calls.append(1)
-        loss = ce_loss(model, user_emb, targets)
-        return loss * float("nan") if len(calls) == 5 else loss
-
-    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1.*last good checkpoint"):
-        fit(TinyLaneGRU(), planted_dataset(), small_config(checkpoint_every=2), run_dir=tmp_path, progress=False,
-            loss_fn=nan_at_fifth, evaluate_fn=lane_evaluate)  # fmt: skip
-    kept = load_checkpoint(tmp_path / "last.pt")
-    assert kept["run"]["step"] == 4
-    assert all(torch.isfinite(v).all() for v in kept["model"].values())
-
-
-def test_non_finite_gradients_stop_before_the_step_reaches_the_weights(tmp_path):
-    calls = []
-
-    def nan_grad_at_fifth(model, user_emb, targets, batch=None):
-        calls.append(1)
-        loss = ce_loss(model, user_emb, targets)
+@pytest.mark.parametrize(
+    "poison, match",
+    [
+        (lambda loss, user_emb: loss * float("nan"), "loss is nan"),
         # A finite loss whose gradient is NaN: d/dx sqrt(x) at 0 is inf, times the 0 it is multiplied by.
-        return loss + 0 * torch.sqrt(user_emb.sum() * 0) if len(calls) == 5 else loss
+        (lambda loss, user_emb: loss + 0 * torch.sqrt(user_emb.sum() * 0), "gradient norm is nan"),
+    ],
+    ids=["loss", "gradient"],
+)
+def test_non_finite_loss_or_gradients_stop_before_the_step_with_the_last_good_checkpoint(tmp_path, poison, match):
+    calls = []
 
-    with pytest.raises(NonFiniteLossError, match="gradient norm is nan at epoch 1, batch 5"):
+    def poisoned_at_fifth(model, user_emb, targets, batch=None):
+        calls.append(1)
+        loss = ce_loss(model, user_emb, targets)
+        return poison(loss, user_emb) if len(calls) == 5 else loss
+
+    with pytest.raises(NonFiniteLossError, match=f"{match} at epoch 1, batch 5.*last good checkpoint"):
         fit(TinyLaneGRU(), planted_dataset(), small_config(checkpoint_every=1), run_dir=tmp_path, progress=False,
-            loss_fn=nan_grad_at_fifth, evaluate_fn=lane_evaluate)  # fmt: skip
+            loss_fn=poisoned_at_fifth, evaluate_fn=lane_evaluate)  # fmt: skip
     kept = load_checkpoint(tmp_path / "last.pt")
     assert kept["run"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
