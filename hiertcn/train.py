@@ -368,8 +368,8 @@ def fit(
         model.train()
         if getattr(model, "carries_state", False) and (lane_state is None or run["batch"] == 0):
             lane_state = model.init_state(config.n_queues, device)
-        mine = source.batches(epoch, start=run["batch"]) if run["batch"] < n_mine else iter(())
-        loader = Prefetcher(_take(mine, n_mine - run["batch"]), config.prefetch)
+        own = source.batches(epoch, start=run["batch"]) if run["batch"] < n_mine else iter(())
+        loader = Prefetcher(_take(own, n_mine - run["batch"]), config.prefetch)
         bar = tqdm(
             total=n_batches, initial=run["batch"], desc=f"{model_name or type(model).__name__} epoch {epoch + 1}",
             unit="batch", disable=not (progress and writes), leave=False,
