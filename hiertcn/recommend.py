@@ -114,16 +114,14 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     )
     n_batches = -(-len(user_rows) // batch_users)
     for batch in tqdm(batches, total=n_batches, desc="recommend", unit="batch", disable=not progress, leave=False):
-        gap = None  # from each lane's last interaction to the request
-        if at is not None:
-            gap = torch.from_numpy(at - timestamp[session_ptr[user_ptr[batch.lane_user.numpy() + 1]] - 1])
+        lanes = batch.lane_user.numpy()  # read on the host, before the batch moves to the device
+        lo, hi = session_ptr[user_ptr[lanes]], session_ptr[user_ptr[lanes + 1]]  # each lane's interactions
+        gap = None if at is None else torch.from_numpy(at - timestamp[hi - 1])  # since the last one
         batch = with_next_slot(batch, max_session_len, gap, session_gap).to(device)
         state = model.init_state(batch.n_lanes, device) if model.carries_state else None
         user_emb, _ = model(batch, state)
         scores = model.scores(user_emb[batch.target_mask])
         if exclude_seen:
-            lanes = batch.lane_user.numpy()
-            lo, hi = session_ptr[user_ptr[lanes]], session_ptr[user_ptr[lanes + 1]]
             seen = torch.from_numpy(np.asarray(csr.item)[ranges(lo, hi)].astype(np.int64)).to(device)
             row = torch.repeat_interleave(torch.arange(len(lanes), device=device), torch.from_numpy(hi - lo).to(device))
             scores.index_put_((row, seen), scores.new_tensor(float("-inf")))
