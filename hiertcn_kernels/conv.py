@@ -32,13 +32,19 @@ def _use_triton(x, weight=None, activation="conv") -> bool:
     return False
 
 
+def autocast_state(x: torch.Tensor) -> tuple[str, bool, torch.dtype]:
+    """``(device_type, enabled, dtype)`` of ``torch.autocast`` for ``x``'s device (off for devices it lacks)."""
+    device_type = x.device.type if x.device.type in ("cpu", "cuda") else "cpu"
+    enabled = x.device.type == device_type and torch.is_autocast_enabled(device_type)
+    return device_type, enabled, torch.get_autocast_dtype(device_type)
+
+
 def _autocast(*tensors):
     """Under ``torch.autocast`` the floating tensors in its dtype, as ``F.conv1d`` runs there (the casts are
     differentiable: parameters keep their own dtype and get gradients in it); unchanged otherwise."""
-    device_type = tensors[0].device.type if isinstance(tensors[0], torch.Tensor) else "cpu"
-    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+    _, enabled, dtype = autocast_state(tensors[0])
+    if not enabled:
         return tensors
-    dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .conv import _use_triton, causal_conv1d, tcn_block
+from .conv import _use_triton, autocast_state, causal_conv1d, tcn_block
 from .segment import segment_reduce
 
 
@@ -55,8 +55,7 @@ class _Recomputed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, x, *params):
         ctx.fn = fn
-        ctx.device_type = x.device.type if x.device.type in ("cpu", "cuda") else "cpu"
-        ctx.autocast = torch.is_autocast_enabled(ctx.device_type), torch.get_autocast_dtype(ctx.device_type)
+        ctx.autocast = autocast_state(x)
         ctx.save_for_backward(x, *params)
         return fn(x, *params)
 
@@ -65,8 +64,8 @@ class _Recomputed(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         needs = ctx.needs_input_grad[1:]
         create_graph = torch.is_grad_enabled()  # True only under create_graph=True
-        enabled, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):
+        device_type, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
             y = ctx.fn(x, *params)
         wanted = [t for t, need in zip((x, *params), needs) if need]
         grads = iter(torch.autograd.grad(y, wanted, grad, create_graph=create_graph))
