@@ -78,8 +78,7 @@ def catalogue_fingerprint(dataset) -> int:
 def data_fingerprint(dataset) -> int:
     """CRC32 of the prepared log a run trains on: its sessions, items, times, split roles and impressions."""
     csr = dataset.csr
-    parts = [csr.user_ptr, csr.session_ptr, csr.item, csr.timestamp, dataset.role]
-    parts += [p for p in (getattr(dataset, "imp_ptr", None), getattr(dataset, "imp_item", None)) if p is not None]
+    parts = [csr.user_ptr, csr.session_ptr, csr.item, csr.timestamp, dataset.role, *(getattr(dataset, "impressions", None) or ())]
     crc = 0
     for part in parts:
         crc = zlib.crc32(np.ascontiguousarray(part, dtype=np.int64).tobytes(), crc)  # whatever dtype it was stored in
