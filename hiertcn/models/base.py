@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,6 +99,45 @@ def lane_slots(batch: SessionBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return slots
 
 
+@dataclass(frozen=True)
+class LaneRuns:
+    """Each lane's windows cut into runs of one user (a run starts at a lane start or a ``new_user``
+    window), padded ``(R, L)``: ``window[r, j]`` is run ``r``'s ``j``-th window where ``valid``
+    (clamped to a real window elsewhere), in window order row by row. ``lane (R,)``: the run's lane;
+    ``fresh (R,)``: it starts from a zero state (a new user), else from the lane's carried state;
+    ``last (R,)``: the run ends its lane's windows."""
+
+    window: torch.Tensor
+    valid: torch.Tensor
+    lane: torch.Tensor
+    fresh: torch.Tensor
+    last: torch.Tensor
+
+
+def lane_runs(batch: SessionBatch) -> LaneRuns | None:
+    """:class:`LaneRuns` of ``batch``, from one host read; None if a window is empty (hand-built
+    batches only), whose state a recurrence over runs cannot pass through unchanged."""
+    n_windows, n_lanes = batch.n_sessions, batch.n_lanes
+    host = torch.cat([batch.lane_ptr.long(), batch.new_user.long(), (window_lengths(batch) == 0).long()]).cpu().numpy()
+    lane_ptr, new_user, empty = host[: n_lanes + 1], host[n_lanes + 1 : n_lanes + 1 + n_windows], host[-n_windows:]
+    if n_windows == 0 or empty.any():
+        return None
+    counts = np.diff(lane_ptr)
+    window_lane = np.repeat(np.arange(n_lanes), counts)
+    starts_run = new_user.astype(bool)
+    starts_run[lane_ptr[:-1][counts > 0]] = True
+    run_start = np.flatnonzero(starts_run)
+    run_len = np.diff(np.append(run_start, n_windows))
+    run_lane = window_lane[run_start]
+    last = np.append(run_lane[1:] != run_lane[:-1], True)
+    width = int(run_len.max())
+    col = np.arange(width)
+    valid = col[None, :] < run_len[:, None]
+    window = np.minimum(run_start[:, None] + col[None, :], n_windows - 1)
+    device = batch.cu_seqlens.device
+    return LaneRuns(*(torch.from_numpy(a).to(device) for a in (window, valid, run_lane, new_user[run_start] > 0, last)))
+
+
 def window_lengths(batch: SessionBatch) -> torch.Tensor:
     return batch.cu_seqlens.long().diff()
 
@@ -115,11 +156,10 @@ def user_offsets(batch: SessionBatch) -> torch.Tensor:
 def shift_right(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """``out[t] = x[t-1]`` inside each segment of ``offsets``, zero at a segment's first row (the start token)."""
     shifted = torch.cat([x.new_zeros(1, x.shape[1]), x[:-1]])
-    offsets = offsets.long()
-    starts = offsets[:-1][offsets.diff() > 0]
-    keep = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
-    keep[starts] = 0
-    return shifted * keep
+    # Every segment start is zeroed (an empty segment's "start" is the next one's, or row T: the extra row).
+    keep = torch.ones(x.shape[0] + 1, 1, dtype=x.dtype, device=x.device)
+    keep[offsets[:-1].long()] = 0
+    return shifted * keep[:-1]
 
 
 def pad_segments(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor):

@@ -145,15 +145,15 @@ def test_hiertcn_agg_feeds_the_gru_the_mean_embedding(agg_dense, small_csr):
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))  # a non-zero bias
     (b,) = list(user_batches(small_csr))
-    seen = []
-    model.cells[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    seen, session_context = [], model.session_context
+    model.session_context = lambda batch, summaries, state: seen.append(summaries) or session_context(
+        batch, summaries, state)
     model(b)
     mean = segment_reduce(model.item_emb(b.items), b.cu_seqlens, "mean")
     expect = model.agg_dense(mean) if agg_dense == "separate" else mean + model.agg_bias
-    fed = torch.cat(seen)  # lane slot by lane slot: every window once
-    assert fed.shape == expect.shape
-    assert torch.allclose(fed.sum(0), expect.sum(0)) and not hasattr(model, "agg_bias" if agg_dense == "separate" else "agg_dense")
-    assert torch.allclose(fed.sort(0).values, expect.sort(0).values)
+    (fed,) = seen  # the GRU's input, one row per window
+    torch.testing.assert_close(fed, expect)
+    assert not hasattr(model, "agg_bias" if agg_dense == "separate" else "agg_dense")
 
 
 def test_old_hiertcn_checkpoints_load_with_their_own_agg(tmp_path):
@@ -370,3 +370,46 @@ def test_hrnn_dropouts_act_in_training_only(option, small_csr):
     train_out, train_state = dropped.train()(b)
     plain_out, plain_state = plain.train()(b)
     assert not torch.allclose(train_out, plain_out) or not torch.allclose(train_state, plain_state)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hiertcn_gru_over_runs_equals_the_slot_by_slot_cells(seed):
+    """The fused per-layer GRU over each user's run of windows (the path without gap decay) gives the
+    slot-by-slot cells' contexts, final state and every gradient, on queue batches where lanes change
+    user mid-batch, carry a state in, or hold no window at all."""
+    from hiertcn.batching import QueueBatcher
+    from hiertcn.bench import fixed_history_csr
+    from hiertcn.models.base import lane_runs
+
+    model = _model("hiertcn", n_items=50)
+    csr = fixed_history_csr(9, 23, n_items=50, seed=seed)
+    batches = list(QueueBatcher(csr, n_queues=4, sessions_per_lane=3, shuffle=True, seed=seed).batches(0))
+    gen = torch.Generator().manual_seed(seed)
+    seen = {"reset inside a run": False, "carried state": False, "empty lane": False}
+    for batch in batches:
+        runs = lane_runs(batch)
+        seen["reset inside a run"] |= bool(batch.new_user[1:].any())
+        seen["carried state"] |= not bool(runs.fresh.all())
+        seen["empty lane"] |= bool((batch.lane_ptr.diff() == 0).any())
+        summaries = torch.randn(batch.n_sessions, model.item_emb.embedding_dim, generator=gen, dtype=torch.float64)
+        state = torch.randn(model.gru_layers, batch.n_lanes, model.hidden_dim, generator=gen, dtype=torch.float64)
+        inputs = [summaries.requires_grad_(), state.requires_grad_(), *model.cells.parameters()]
+        fused = model._context_by_runs(summaries, state, runs)
+        slots = model._context_by_slots(batch, summaries, state)
+        weights = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in fused]
+        grads = [torch.autograd.grad(sum((t * w).sum() for t, w in zip(out, weights)), inputs) for out in (fused, slots)]
+        for a, b in zip((*fused, *grads[0]), (*slots, *grads[1])):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert all(seen.values()), seen
+    assert model.session_context.__func__ is HierTCN.session_context
+
+
+def test_hiertcn_runs_path_is_taken_without_gap_decay_only(small_csr, monkeypatch):
+    from hiertcn.models import hiertcn as module
+
+    calls = []
+    monkeypatch.setattr(module, "lane_runs", lambda batch: calls.append(batch) or None)
+    (batch,) = list(user_batches(small_csr))
+    _model("hiertcn")(batch)
+    _model("hiertcn", gap_decay="fixed")(batch)
+    assert len(calls) == 1  # the decaying model never asks for runs; the plain one fell back to slots (None)
