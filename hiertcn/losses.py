@@ -111,8 +111,10 @@ def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None
     computed in fp32 (the loss is fp32), under ``torch.autocast`` too.
     """
     n_items = weight.shape[0]
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_items):
-        raise ValueError(f"targets must be item ids in [0, {n_items}), got min {int(targets.min())} max {int(targets.max())}")
+    if targets.numel():
+        low, high = torch.stack([targets.min(), targets.max()]).tolist()  # one host read
+        if low < 0 or high >= n_items:
+            raise ValueError(f"targets must be item ids in [0, {n_items}), got min {low} max {high}")
     if chunk_rows is None:
         chunk_rows = max(1, _CHUNK_ELEMENTS // n_items)
     if chunk_rows < 1:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import operator
+import weakref
+from typing import NamedTuple
 
 import torch
 
@@ -30,6 +32,44 @@ def check_same(x: torch.Tensor, y: torch.Tensor | None, name: str, ref_name: str
         raise TypeError(f"{name} has dtype {y.dtype} but {ref_name} has {x.dtype}")
 
 
+class OffsetFacts(NamedTuple):
+    first: int
+    last: int
+    decreasing: bool
+    longest: int  # the longest segment
+
+
+# Facts of recently seen CUDA offsets, by tensor: a model passes one batch's offsets to every op of a
+# step, and each read is a host sync that stalls the launch queue. Keyed by identity, checked against
+# the storage pointer and the version counter (bumped by every in-place write through torch).
+_FACTS: dict[int, tuple[weakref.ref, int, int, OffsetFacts]] = {}
+_FACTS_KEPT = 32
+
+
+def offsets_facts(offsets: torch.Tensor) -> OffsetFacts:
+    """First and last value, whether it ever decreases, and the longest segment: one host read, remembered
+    for CUDA tensors until they are written in place (writes through ``.data`` are not seen)."""
+    key = id(offsets)
+    if offsets.is_cuda:
+        hit = _FACTS.get(key)
+        if hit is not None and hit[0]() is offsets and hit[1] == offsets._version and hit[2] == offsets.data_ptr():
+            return hit[3]
+    if offsets.numel() > 1:
+        steps = offsets[1:] - offsets[:-1]
+        first, last, decreasing, longest = torch.stack(
+            [offsets[0].long(), offsets[-1].long(), (steps < 0).any().long(), steps.max().long()]
+        ).tolist()
+    else:
+        first = last = int(offsets[0]) if offsets.numel() else 0
+        decreasing, longest = False, 0
+    facts = OffsetFacts(first, last, bool(decreasing), longest)
+    if offsets.is_cuda:
+        if len(_FACTS) >= _FACTS_KEPT:
+            _FACTS.clear()
+        _FACTS[key] = (weakref.ref(offsets), offsets._version, offsets.data_ptr(), facts)
+    return facts
+
+
 def check_offsets(offsets, total: int, device: torch.device, name: str = "cu_seqlens") -> torch.Tensor:
     """``offsets``: 1-D int32/int64 on ``device``, starts at 0, non-decreasing, ends at ``total``."""
     if not isinstance(offsets, torch.Tensor):
@@ -40,15 +80,12 @@ def check_offsets(offsets, total: int, device: torch.device, name: str = "cu_seq
         raise ValueError(f"{name} must be 1-D with at least one element, got shape {tuple(offsets.shape)}")
     if offsets.device != device:
         raise ValueError(f"{name} is on {offsets.device} but the values are on {device}")
-    # One host sync for all three conditions.
-    first, last, decreasing = torch.stack(
-        [offsets[0].long(), offsets[-1].long(), (offsets[1:] < offsets[:-1]).any().long()]
-    ).tolist()
-    if first != 0:
-        raise ValueError(f"{name}[0] must be 0, got {first}")
-    if last != total:
-        raise ValueError(f"{name}[-1] must equal the number of rows ({total}), got {last}")
-    if decreasing:
+    facts = offsets_facts(offsets)
+    if facts.first != 0:
+        raise ValueError(f"{name}[0] must be 0, got {facts.first}")
+    if facts.last != total:
+        raise ValueError(f"{name}[-1] must equal the number of rows ({total}), got {facts.last}")
+    if facts.decreasing:
         raise ValueError(f"{name} must be non-decreasing")
     return offsets
 
@@ -139,5 +176,5 @@ def check_expand(rows, offsets) -> None:
         raise ValueError(
             f"offsets must be 1-D of length rows.shape[0] + 1 = {rows.shape[0] + 1}, got shape {tuple(offsets.shape)}"
         )
-    total = int(offsets[-1]) if offsets.dtype in (torch.int32, torch.int64) else 0
+    total = offsets_facts(offsets).last if offsets.dtype in (torch.int32, torch.int64) and offsets.numel() else 0
     check_offsets(offsets, total, rows.device, name="offsets")

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from .._backend import interpreting, launch_device
+from .._checks import offsets_facts
 
 _SUM, _MEAN, _MAX = 0, 1, 2
 _REDUCE_CODES = {"sum": _SUM, "mean": _MEAN, "max": _MAX}
@@ -215,8 +216,9 @@ def _chunk(rows: int, tiling: _Tiling) -> int:
 
 
 def _longest(ptr: torch.Tensor) -> int:
-    """The longest segment: the one host sync on the common (short segment) path."""
-    return int((ptr[1:] - ptr[:-1]).max())
+    """The longest segment: the one host sync on the common (short segment) path, read with the
+    argument checks' (remembered per offsets tensor)."""
+    return offsets_facts(ptr).longest
 
 
 def _split(ptr: torch.Tensor, chunk: int):
@@ -384,4 +386,4 @@ def segment_reduce(values, offsets, reduce="mean"):
 
 def segment_expand(rows, offsets):
     """Arguments as validated by ``hiertcn_kernels.segment.segment_expand``."""
-    return SegmentBroadcastFunction.apply(rows, offsets.contiguous(), int(offsets[-1]), "sum", None)
+    return SegmentBroadcastFunction.apply(rows, offsets.contiguous(), offsets_facts(offsets).last, "sum", None)

@@ -476,3 +476,25 @@ def test_cuda_new_batch_sizes_do_not_recompile():
     for n_segments in (1001, 1024, 4099, 77):
         step(n_segments)
     assert n_compiled() == compiled
+
+
+def test_offsets_facts_reads_first_last_order_and_longest():
+    from hiertcn_kernels._checks import offsets_facts
+
+    assert offsets_facts(torch.tensor([0, 3, 3, 10, 11])) == (0, 11, False, 7)
+    assert offsets_facts(torch.tensor([0, 4, 2], dtype=torch.int32)) == (0, 2, True, 4)
+    assert offsets_facts(torch.tensor([0])) == (0, 0, False, 0)
+
+
+@pytest.mark.cuda
+def test_cuda_offsets_checks_see_in_place_writes():
+    """The facts of CUDA offsets are remembered per tensor (one host sync per batch, not per op), but
+    an in-place write makes the next op read them again."""
+    x = torch.randn(10, 4, device="cuda")
+    offsets = torch.tensor([0, 3, 10], device="cuda")
+    torch.testing.assert_close(K.segment_reduce(x, offsets, "sum")[1], x[3:].sum(0))
+    offsets[1] = 12
+    with pytest.raises(ValueError, match="non-decreasing"):
+        K.segment_reduce(x, offsets, "sum")
+    offsets[1] = 1  # the longest segment grows from 7 to 9 rows: all of them must be summed
+    torch.testing.assert_close(K.segment_reduce(x, offsets, "sum")[1], x[1:].sum(0))
