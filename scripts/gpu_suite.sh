@@ -14,6 +14,9 @@
 #   bench-<file> the GPU benchmarks (-k "cuda or gpu"), one file per step: segment, conv, csrc, models.
 #                Benchmark files without GPU benchmarks are not run (a file with cuda-marked tests
 #                that is not in BENCH_FILES is named in a warning instead).
+#   profile      scripts/profile_train_step.py: step times of HierTCN and the baselines, HierTCN's host
+#                syncs by source line, kernel launches and GPU-busy time per step (suite.log only;
+#                skipped in a dry run or with GPU_SUITE_PROFILE=0).
 #   summary      exit statuses, test counts, the skip reasons of the cuda tests (from the JUnit XML),
 #                and a warning for each expected bench-<file>.json that is missing or empty.
 # Into $OUT (the device returns at most 8 files: keep it so): suite.log (everything printed),
@@ -23,7 +26,8 @@
 # The commit: $HIERTCN_COMMIT when set, else git's HEAD when the checkout has .git, else "unknown".
 # Budgets (seconds), each can be set: SUITE_BUDGET (the whole suite, default 540: no step starts or
 # runs past it), BUDGET_INFO (30), BUDGET_GATE (60), BUDGET_TESTS (170), BUDGET_BENCH_SEGMENT (90),
-# BUDGET_BENCH_CONV (60), BUDGET_BENCH_CSRC (40), BUDGET_BENCH_MODELS (60); defaults sum to 510
+# BUDGET_BENCH_CONV (60), BUDGET_BENCH_CSRC (40), BUDGET_BENCH_MODELS (60), BUDGET_PROFILE (60);
+# defaults sum to 570, more than the suite's 540: the first H200 run took 200 s in all
 # (a step that finishes early leaves its time to the later ones).
 # Reruns of a part: GPU_SUITE_TEST_FILES="tests/kernels/test_conv.py" (space-separated paths),
 # GPU_SUITE_BENCH_FILES="conv models" (names; "" runs no benchmark), BUDGET_TESTS=0 (no tests),
@@ -316,6 +320,13 @@ for file in "${BENCH_FILES[@]}"; do
   step "bench-$file" "$budget" python3 -m pytest "$path" --benchmark-only -k "$BENCH_SELECT" -q -s -rs \
     -p no:cacheprovider --benchmark-json="$OUT/bench-$file.json"
 done
+if [[ $GPU_SUITE_DRY_RUN == 1 || ${GPU_SUITE_PROFILE:-1} == 0 ]]; then
+  echo "===== profile: skipped (dry run or GPU_SUITE_PROFILE=0) =====" | tee -a "$LOG"
+  printf 'profile\tskipped\t0\n' >> "$OUT/steps.tsv"
+else  # where a HierTCN training step's time goes (launches, syncs, top ops): into suite.log only
+  step profile "${BUDGET_PROFILE:-60}" python3 scripts/profile_train_step.py
+fi
+
 for path in tests/benchmarks/test_*.py; do  # GPU benchmarks missing from the default list: say so
   file=$(basename "$path" .py)
   file=${file#test_bench_}

@@ -1,0 +1,104 @@
+"""Where one training step goes, on the batches ``hiertcn bench`` times (the GPU suite's last step).
+
+    PYTHONPATH=. python3 scripts/profile_train_step.py [--repeats N] [--device cuda|cpu]
+
+Prints, for HierTCN against the baselines on the default synthetic log (first training batch of
+each, as :func:`hiertcn.bench.bench_models` takes them):
+- median step time of every model, interleaved (HierTCN also on the PyTorch reference kernels, and
+  HierTCN and GRU4Rec on one whole-user batch of 32 users x 100 events);
+- HierTCN's host syncs in one step, by source line (``torch.cuda.set_sync_debug_mode``);
+- kernel launches and GPU-busy time per step of HierTCN and GRU4Rec, and torch.profiler's top ops.
+A step whose launches' CPU cost exceeds its GPU-busy time is launch-bound: fewer, larger ops help;
+faster kernels do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hiertcn.batching import user_batches  # noqa: E402
+from hiertcn.bench import _train_step, fixed_history_csr, interleaved_medians  # noqa: E402
+from hiertcn.cli import load_dataset  # noqa: E402
+from hiertcn.config import Config  # noqa: E402
+from hiertcn.models import build_model  # noqa: E402
+from hiertcn.train import batch_source, training_loss  # noqa: E402
+
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    config = Config(device=device.type)
+    dataset, _ = load_dataset(config)
+    loss_fn = training_loss(config.loss, dataset)
+
+    def make_step(name, batch=None):
+        torch.manual_seed(0)
+        model = build_model(name, n_items=dataset.csr.n_items).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        if batch is None:
+            batch = next(iter(batch_source(model, dataset, config, loss_fn=loss_fn).batches(0)))
+        batch = batch.to(device)
+        state = model.init_state(batch.n_lanes, device) if model.carries_state else None
+        print(f"{name}: {batch.n_tokens} tokens, {batch.n_sessions} windows, {batch.n_lanes} lanes", flush=True)
+        return lambda: _train_step(model, loss_fn, optimizer, batch, state)
+
+    def report(medians):
+        print("median step ms: " + ", ".join(f"{k} {1e3 * v:.2f}" for k, v in medians.items()), flush=True)
+
+    steps = {name: make_step(name) for name in ("hiertcn", "gru4rec", "hrnn", "flat_tcn")}
+    report(interleaved_medians(steps, repeats=args.repeats, warmup=2, device=device))
+    os.environ["HIERTCN_BACKEND"] = "reference"
+    report(interleaved_medians({"hiertcn (reference kernels)": steps["hiertcn"]}, repeats=args.repeats, warmup=2,
+                               device=device))  # fmt: skip
+    del os.environ["HIERTCN_BACKEND"]
+    (whole,) = list(user_batches(fixed_history_csr(32, 100, n_items=dataset.csr.n_items), batch_users=32))
+    report(interleaved_medians({f"{name} (whole 32x100)": make_step(name, whole) for name in ("hiertcn", "gru4rec")},
+                               repeats=args.repeats, warmup=2, device=device))  # fmt: skip
+
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            steps["hiertcn"]()
+        torch.cuda.set_sync_debug_mode(0)
+        where = collections.Counter(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
+                                    if "synchroniz" in str(w.message))  # fmt: skip
+        print(f"host syncs in one hiertcn step: {sum(where.values())}")
+        for line, count in where.most_common(20):
+            print(f"  {count:4d}  {line}")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    for name in ("hiertcn", "gru4rec"):
+        with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+            for _ in range(5):
+                steps[name]()
+            if cuda:
+                torch.cuda.synchronize()
+        table = prof.key_averages()
+        launches = sum(e.count for e in table if e.key in LAUNCHES)
+        busy_ms = sum(e.self_device_time_total for e in table) / 5 / 1e3
+        print(f"\n== {name}: per step {launches / 5:.0f} kernel launches, GPU busy {busy_ms:.2f} ms")
+        print(table.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
+        if cuda:
+            print(table.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
