@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hiertcn.batching import user_batches  # noqa: E402
-from hiertcn.bench import _train_step, fixed_history_csr, interleaved_medians  # noqa: E402
-from hiertcn.cli import load_dataset  # noqa: E402
-from hiertcn.config import Config  # noqa: E402
-from hiertcn.models import build_model  # noqa: E402
-from hiertcn.train import batch_source, training_loss  # noqa: E402
+from hiertcn.batching import user_batches
+from hiertcn.bench import _train_step, fixed_history_csr, interleaved_medians
+from hiertcn.cli import load_dataset
+from hiertcn.config import Config
+from hiertcn.models import build_model
+from hiertcn.train import batch_source, training_loss
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
 

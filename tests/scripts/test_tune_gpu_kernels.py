@@ -1,0 +1,38 @@
+"""scripts/tune_gpu_kernels.py without a GPU: its first variant of each kernel is the shipped choice."""
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tune():
+    spec = importlib.util.spec_from_file_location("tune_gpu_kernels", ROOT / "scripts" / "tune_gpu_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_the_first_variants_are_the_shipped_launch_choices(tune):
+    shipped = tune.TS._GPU_TILING
+    assert tune.segment_tiles(False)[0] == shipped.narrow
+    assert tune._SweptTiling(**dataclasses.asdict(shipped)).narrow == shipped.narrow
+    assert tune.conv_variants(False)[0] == ("shipped", 1, {})
+    names = [name for name, _, _ in tune.conv_variants(False)]
+    assert len(names) == len(set(names)) == 13
+    assert len(tune.conv_variants(True)) == 4 and len(tune.segment_tiles(True)) == 3
+
+
+def test_session_offsets_cover_the_tokens_with_lengths_1_to_20(tune):
+    offsets = tune.session_offsets(10_007, "cpu")
+    lengths = offsets.diff()
+    assert int(offsets[0]) == 0 and int(offsets[-1]) == 10_007
+    assert int(lengths.min()) >= 1 and int(lengths.max()) <= 20
