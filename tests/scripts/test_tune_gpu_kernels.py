@@ -36,3 +36,28 @@ def test_session_offsets_cover_the_tokens_with_lengths_1_to_20(tune):
     lengths = offsets.diff()
     assert int(offsets[0]) == 0 and int(offsets[-1]) == 10_007
     assert int(lengths.min()) >= 1 and int(lengths.max()) <= 20
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", ["relu", "gated"])
+def test_split_backward_candidate_matches_the_shipped_backward(tune, mode):
+    """The three-launch candidate the script races gives the shipped one-launch backward's gradients
+    (Triton's interpreter: sessions of 1..20 rows across many row tiles and weight chunks)."""
+    import torch
+
+    torch.manual_seed(0)
+    c, k, dilation, t = 8, 3, 2, 150
+    c_out = 2 * c if mode == "gated" else c
+    x = torch.randn(t, c)
+    weight, bias = torch.randn(c_out, c, k) / (c * k) ** 0.5, 0.5 * torch.randn(c_out)
+    out_weight = torch.randn(c, c) / c**0.5 if mode == "gated" else None
+    rows, start = tune.TC._as_rows(x, tune.session_offsets(t, "cpu"))
+    wt = weight.permute(2, 1, 0).contiguous()
+    dy = torch.randn(t, c)
+    needs = {"x": True, "weight": True, "bias": True, "out_weight": mode == "gated", "out_bias": mode == "gated"}
+    shipped = tune.TC._backward(dy, rows, start, wt, bias, out_weight, dilation, mode, needs)
+    split = tune.split_backward(dy, rows, start, wt, bias, out_weight, dilation, mode, w_per_sm=3)
+    for a, b in zip(split, shipped):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
