@@ -11,12 +11,15 @@
 #                CUDA C (csrc) tests, conv, then any other file with cuda-marked tests; -rs lists skip
 #                reasons, --durations=15 the slowest; pytest-xdist (-n $CUDA_TEST_WORKERS, default 6)
 #                only where it imports.
-#   bench-<file> the GPU benchmarks (-k "cuda or gpu"), one file per step: segment, conv, csrc, models.
+#   bench-<file> the GPU benchmarks (-k "cuda or gpu"), one file per step: models, segment, conv, csrc.
 #                Benchmark files without GPU benchmarks are not run (a file with cuda-marked tests
 #                that is not in BENCH_FILES is named in a warning instead).
 #   profile      scripts/profile_train_step.py: step times of HierTCN and the baselines, HierTCN's host
-#                syncs by source line, kernel launches and GPU-busy time per step (suite.log only;
-#                skipped in a dry run or with GPU_SUITE_PROFILE=0).
+#                syncs by source line, kernel launches and GPU-busy time per step.
+#   bench-256    hiertcn bench with 256 lanes / users per batch (the default is 32).
+#   tune         scripts/tune_gpu_kernels.py: the kernels' launch-choice sweep, split conv backward.
+#                These three print into suite.log only and are skipped in a dry run or when
+#                GPU_SUITE_PROFILE / GPU_SUITE_BENCH_256 / GPU_SUITE_TUNE is 0.
 #   summary      exit statuses, test counts, the skip reasons of the cuda tests (from the JUnit XML),
 #                and a warning for each expected bench-<file>.json that is missing or empty.
 # Into $OUT (the device returns at most 8 files: keep it so): suite.log (everything printed),
@@ -26,9 +29,9 @@
 # The commit: $HIERTCN_COMMIT when set, else git's HEAD when the checkout has .git, else "unknown".
 # Budgets (seconds), each can be set: SUITE_BUDGET (the whole suite, default 540: no step starts or
 # runs past it), BUDGET_INFO (30), BUDGET_GATE (60), BUDGET_TESTS (170), BUDGET_BENCH_SEGMENT (90),
-# BUDGET_BENCH_CONV (60), BUDGET_BENCH_CSRC (40), BUDGET_BENCH_MODELS (60), BUDGET_PROFILE (60);
-# defaults sum to 570, more than the suite's 540: the first H200 run took 200 s in all
-# (a step that finishes early leaves its time to the later ones).
+# BUDGET_BENCH_CONV (60), BUDGET_BENCH_CSRC (40), BUDGET_BENCH_MODELS (60), BUDGET_PROFILE (60),
+# BUDGET_BENCH_256 (60), BUDGET_TUNE (240); more than the suite's 540 in all: the first H200 run took
+# 200 s up to the profile, and the tune step, last, takes what is left (it prints as it goes).
 # Reruns of a part: GPU_SUITE_TEST_FILES="tests/kernels/test_conv.py" (space-separated paths),
 # GPU_SUITE_BENCH_FILES="conv models" (names; "" runs no benchmark), BUDGET_TESTS=0 (no tests),
 # GATE_SKIP_CSRC=1 (the gate does not build the CUDA C kernel).
@@ -52,7 +55,7 @@ read -ra CUDA_TEST_FILES <<< "${GPU_SUITE_TEST_FILES:-tests/kernels/test_segment
 tests/kernels/test_csrc_conv.py tests/kernels/test_conv.py}"
 # GPU benchmark files (tests/benchmarks/test_bench_<name>.py), in the order they run; GPU_SUITE_BENCH_FILES
 # (space-separated names) replaces the list, to rerun a part in what is left of a session ("" runs none).
-read -ra BENCH_FILES <<< "${GPU_SUITE_BENCH_FILES-segment conv csrc models}"
+read -ra BENCH_FILES <<< "${GPU_SUITE_BENCH_FILES-models segment conv csrc}"
 
 SUITE_START=$(date +%s)
 LAST_RC=0
@@ -320,12 +323,23 @@ for file in "${BENCH_FILES[@]}"; do
   step "bench-$file" "$budget" python3 -m pytest "$path" --benchmark-only -k "$BENCH_SELECT" -q -s -rs \
     -p no:cacheprovider --benchmark-json="$OUT/bench-$file.json"
 done
-if [[ $GPU_SUITE_DRY_RUN == 1 || ${GPU_SUITE_PROFILE:-1} == 0 ]]; then
-  echo "===== profile: skipped (dry run or GPU_SUITE_PROFILE=0) =====" | tee -a "$LOG"
-  printf 'profile\tskipped\t0\n' >> "$OUT/steps.tsv"
-else  # where a HierTCN training step's time goes (launches, syncs, top ops): into suite.log only
-  step profile "${BUDGET_PROFILE:-60}" python3 scripts/profile_train_step.py
-fi
+optional_step() {  # optional_step NAME SWITCH BUDGET COMMAND...: skipped in a dry run or when $SWITCH is 0
+  local name=$1 switch=$2 budget=$3
+  shift 3
+  if [[ $GPU_SUITE_DRY_RUN == 1 || ${!switch:-1} == 0 ]]; then
+    echo "===== $name: skipped (dry run or $switch=0) =====" | tee -a "$LOG"
+    printf '%s\tskipped\t0\n' "$name" >> "$OUT/steps.tsv"
+  else
+    step "$name" "$budget" "$@"
+  fi
+}
+# Into suite.log only. Where a HierTCN training step's time goes (launches, syncs, top ops):
+optional_step profile GPU_SUITE_PROFILE "${BUDGET_PROFILE:-60}" python3 scripts/profile_train_step.py
+# HierTCN vs GRU4Rec at 8x the default batch (256 lanes / users): GPU steps are launch-bound at 32.
+optional_step bench-256 GPU_SUITE_BENCH_256 "${BUDGET_BENCH_256:-60}" python3 -m hiertcn bench --device cuda \
+  --tokens 65536 --steps 10 --n-queues 256 --batch-users 256 --quiet --out /tmp/hiertcn-bench-256
+# The kernels' launch-choice sweep and the split conv backward candidate (last: it takes what is left).
+optional_step tune GPU_SUITE_TUNE "${BUDGET_TUNE:-240}" python3 scripts/tune_gpu_kernels.py
 
 for path in tests/benchmarks/test_*.py; do  # GPU benchmarks missing from the default list: say so
   file=$(basename "$path" .py)
