@@ -50,7 +50,8 @@ def offsets_facts(offsets: torch.Tensor) -> OffsetFacts:
     """First and last value, whether it ever decreases, and the longest segment: one host read, remembered
     for CUDA tensors until they are written in place (writes through ``.data`` are not seen)."""
     key = id(offsets)
-    if offsets.is_cuda:
+    remember = offsets.is_cuda and not offsets.is_inference()  # inference tensors have no version counter
+    if remember:
         hit = _FACTS.get(key)
         if hit is not None and hit[0]() is offsets and hit[1] == offsets._version and hit[2] == offsets.data_ptr():
             return hit[3]
@@ -63,7 +64,7 @@ def offsets_facts(offsets: torch.Tensor) -> OffsetFacts:
         first = last = int(offsets[0]) if offsets.numel() else 0
         decreasing, longest = False, 0
     facts = OffsetFacts(first, last, bool(decreasing), longest)
-    if offsets.is_cuda:
+    if remember:
         if len(_FACTS) >= _FACTS_KEPT:
             _FACTS.clear()
         _FACTS[key] = (weakref.ref(offsets), offsets._version, offsets.data_ptr(), facts)

@@ -498,3 +498,13 @@ def test_cuda_offsets_checks_see_in_place_writes():
         K.segment_reduce(x, offsets, "sum")
     offsets[1] = 1  # the longest segment grows from 7 to 9 rows: all of them must be summed
     torch.testing.assert_close(K.segment_reduce(x, offsets, "sum")[1], x[1:].sum(0))
+
+
+@pytest.mark.cuda
+def test_cuda_ops_run_under_inference_mode():
+    """Inference tensors keep no version counter: their offsets facts are read every call, not remembered."""
+    x = torch.randn(10, 4, device="cuda")
+    with torch.inference_mode():
+        offsets = torch.tensor([0, 3, 10], device="cuda")
+        torch.testing.assert_close(K.segment_reduce(x, offsets, "sum")[1], x[3:].sum(0))
+        torch.testing.assert_close(K.segment_expand(x[:2], offsets)[5], x[1])
