@@ -102,40 +102,51 @@ def lane_slots(batch: SessionBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
 @dataclass(frozen=True)
 class LaneRuns:
     """Each lane's windows cut into runs of one user (a run starts at a lane start or a ``new_user``
-    window), padded ``(R, L)``: ``window[r, j]`` is run ``r``'s ``j``-th window where ``valid``
-    (clamped to a real window elsewhere), in window order row by row. ``lane (R,)``: the run's lane;
-    ``fresh (R,)``: it starts from a zero state (a new user), else from the lane's carried state;
-    ``last (R,)``: the run ends its lane's windows."""
+    window), as index tensors built on the host (indexing with them needs no sync):
+
+    - ``window (R, L)``: run ``r``'s ``j``-th window, or ``S`` (one past the last window: a zero
+      row the caller appends) past the run's end;
+    - ``lane (R,)`` and ``fresh (R,)``: the run's lane, and whether it starts from a zero state
+      (a new user) rather than the lane's carried state;
+    - ``flat_valid (S,)``: the positions of the real windows in ``(R, L)`` flattened, in window order;
+    - ``last_run``, ``last_step``, ``last_lane``: the run that ends each lane holding windows, its
+      last position and that lane.
+    """
 
     window: torch.Tensor
-    valid: torch.Tensor
     lane: torch.Tensor
     fresh: torch.Tensor
-    last: torch.Tensor
+    flat_valid: torch.Tensor
+    last_run: torch.Tensor
+    last_step: torch.Tensor
+    last_lane: torch.Tensor
 
 
 def lane_runs(batch: SessionBatch) -> LaneRuns | None:
-    """:class:`LaneRuns` of ``batch``, from one host read; None if a window is empty (hand-built
-    batches only), whose state a recurrence over runs cannot pass through unchanged."""
+    """:class:`LaneRuns` of ``batch``, from one host read; None if there is no window, or an empty
+    one (hand-built batches only), whose state a recurrence over runs cannot pass through unchanged."""
     n_windows, n_lanes = batch.n_sessions, batch.n_lanes
+    if n_windows == 0:
+        return None
     host = torch.cat([batch.lane_ptr.long(), batch.new_user.long(), (window_lengths(batch) == 0).long()]).cpu().numpy()
     lane_ptr, new_user, empty = host[: n_lanes + 1], host[n_lanes + 1 : n_lanes + 1 + n_windows], host[-n_windows:]
-    if n_windows == 0 or empty.any():
+    if empty.any():
         return None
     counts = np.diff(lane_ptr)
-    window_lane = np.repeat(np.arange(n_lanes), counts)
+    window_lane = np.repeat(np.arange(n_lanes, dtype=np.int64), counts)
     starts_run = new_user.astype(bool)
     starts_run[lane_ptr[:-1][counts > 0]] = True
-    run_start = np.flatnonzero(starts_run)
+    run_start = np.flatnonzero(starts_run).astype(np.int64)
     run_len = np.diff(np.append(run_start, n_windows))
     run_lane = window_lane[run_start]
-    last = np.append(run_lane[1:] != run_lane[:-1], True)
-    width = int(run_len.max())
-    col = np.arange(width)
+    col = np.arange(int(run_len.max()), dtype=np.int64)
     valid = col[None, :] < run_len[:, None]
-    window = np.minimum(run_start[:, None] + col[None, :], n_windows - 1)
+    window = np.where(valid, run_start[:, None] + col[None, :], n_windows)
+    last_run = np.flatnonzero(np.append(run_lane[1:] != run_lane[:-1], True)).astype(np.int64)
+    arrays = (window, run_lane, new_user[run_start] > 0, np.flatnonzero(valid.ravel()).astype(np.int64), last_run,
+              run_len[last_run] - 1, run_lane[last_run])  # fmt: skip
     device = batch.cu_seqlens.device
-    return LaneRuns(*(torch.from_numpy(a).to(device) for a in (window, valid, run_lane, new_user[run_start] > 0, last)))
+    return LaneRuns(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays))
 
 
 def window_lengths(batch: SessionBatch) -> torch.Tensor:

@@ -139,21 +139,22 @@ class HierTCN(Recommender):
         return self._context_by_runs(summaries, state, runs)
 
     def _context_by_runs(self, summaries: torch.Tensor, state: torch.Tensor, runs: LaneRuns):
-        fresh = runs.fresh[None, :, None]
         # where, not a product: an inf/NaN state of the lane's previous user must not reach the new one
-        h0 = torch.where(fresh, 0.0, state[:, runs.lane])  # (layers, R, H)
-        x, before, final = summaries[runs.window], [], []
-        run_end = runs.valid.sum(1) - 1
+        h0 = torch.where(runs.fresh[None, :, None], 0.0, state[:, runs.lane])  # (layers, R, H)
+        # Past a run's end the GRU steps over zeros: finite, so no NaN reaches the real steps' gradients.
+        x = torch.cat([summaries, summaries.new_zeros(1, summaries.shape[1])])[runs.window]
+        n_runs, width = runs.window.shape
+        before, final = [], []
         for layer, cell in enumerate(self.cells):
             with warnings.catch_warnings():  # cuDNN copies the cell's four tensors into one buffer per call
                 warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+                # train=True whenever gradients flow: cuDNN's RNN backward refuses eval mode (no dropout here).
                 x = torch._VF.gru(x, h0[layer : layer + 1], [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh],
-                                  True, 1, 0.0, self.training, False, True)[0]  # fmt: skip
+                                  True, 1, 0.0, self.training or torch.is_grad_enabled(), False, True)[0]  # fmt: skip
             # The state before window j of a run: the run's initial state, then the output after window j-1.
-            before.append(torch.cat([h0[layer][:, None], x[:, :-1]], 1)[runs.valid])
-            final.append(x[torch.arange(len(run_end), device=x.device), run_end][runs.last])
-        lanes = runs.lane[runs.last]
-        return torch.cat(before, 1), state.index_copy(1, lanes, torch.stack(final).to(state.dtype))
+            before.append(torch.cat([h0[layer][:, None], x[:, :-1]], 1).reshape(n_runs * width, -1)[runs.flat_valid])
+            final.append(x[runs.last_run, runs.last_step])
+        return torch.cat(before, 1), state.index_copy(1, runs.last_lane, torch.stack(final).to(state.dtype))
 
     def _context_by_slots(self, batch: SessionBatch, summaries: torch.Tensor, state: torch.Tensor):
         h = state

@@ -413,3 +413,60 @@ def test_hiertcn_runs_path_is_taken_without_gap_decay_only(small_csr, monkeypatc
     _model("hiertcn")(batch)
     _model("hiertcn", gap_decay="fixed")(batch)
     assert len(calls) == 1  # the decaying model never asks for runs; the plain one fell back to slots (None)
+
+
+def test_lane_runs_are_int64_host_built_indices(small_csr):
+    from hiertcn.models.base import lane_runs
+
+    (batch,) = list(user_batches(small_csr))
+    runs = lane_runs(batch)
+    for name in ("window", "lane", "flat_valid", "last_run", "last_step", "last_lane"):
+        assert getattr(runs, name).dtype == torch.int64, name  # index_copy and gathers need int64
+    assert runs.fresh.dtype == torch.bool
+    assert int(runs.window.max()) == batch.n_sessions  # past a run's end: the appended zero row
+
+
+def test_hiertcn_runs_path_keeps_a_non_finite_window_to_its_own_run():
+    """Steps past a run's end read a zero row, not another window: a NaN summary in the batch's last
+    window (what padding used to repeat) leaves the other runs' gradients finite, as the cells do."""
+    from hiertcn.batching import QueueBatcher
+    from hiertcn.bench import fixed_history_csr
+    from hiertcn.models.base import lane_runs
+
+    model = _model("hiertcn", n_items=50)
+    csr = fixed_history_csr(9, 23, n_items=50, seed=0)
+    batch = next(iter(QueueBatcher(csr, n_queues=4, sessions_per_lane=3, shuffle=False).batches(0)))
+    runs, last = lane_runs(batch), batch.n_sessions - 1
+    assert bool((runs.window == batch.n_sessions).any())  # some run is padded
+    summaries = torch.randn(batch.n_sessions, model.item_emb.embedding_dim, dtype=torch.float64)
+    summaries[last] = float("nan")
+    summaries.requires_grad_()
+    state = torch.zeros(model.gru_layers, batch.n_lanes, model.hidden_dim, dtype=torch.float64)
+    context, _ = model._context_by_runs(summaries, state, runs)
+    (grad,) = torch.autograd.grad(context[torch.isfinite(context).all(1)].sum(), summaries)
+    own_run = next(row for row in runs.window.tolist() if last in row)
+    others = [w for w in range(batch.n_sessions) if w not in own_run]
+    assert others and torch.isfinite(grad[others]).all()
+
+
+@pytest.mark.cuda
+def test_cuda_hiertcn_gradients_in_eval_mode_and_under_autocast(small_csr):
+    """cuDNN's RNN backward refuses eval mode: the fused session GRU asks for training mode whenever
+    gradients flow. And it runs under fp16 autocast with the cells' fp32 weights."""
+    model = build_model("hiertcn", n_items=9, **TINY["hiertcn"]).cuda().eval()
+    (batch,) = list(user_batches(small_csr))
+    batch = batch.to("cuda")
+    out, _ = model(batch)
+    out.sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.autocast("cuda", dtype=torch.float16):
+        out, state = model(batch, model.init_state(batch.n_lanes, "cuda"))
+    assert torch.isfinite(out).all() and state.dtype == torch.float32
+    summaries = torch.randn(batch.n_sessions, model.item_emb.embedding_dim, device="cuda")
+    state = torch.randn(model.gru_layers, batch.n_lanes, model.hidden_dim, device="cuda")
+    from hiertcn.models.base import lane_runs
+
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # cuDNN's GRU against GRUCell, both fp32
+        for a, b in zip(model._context_by_runs(summaries, state, lane_runs(batch)),
+                        model._context_by_slots(batch, summaries, state)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
