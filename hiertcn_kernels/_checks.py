@@ -56,9 +56,10 @@ def offsets_facts(offsets: torch.Tensor) -> OffsetFacts:
         if hit is not None and hit[0]() is offsets and hit[1] == offsets._version and hit[2] == offsets.data_ptr():
             return hit[3]
     if offsets.numel() > 1:
-        steps = offsets[1:] - offsets[:-1]
+        wide = offsets.long()  # int32 differences could wrap past 2**31 and hide a decrease
+        steps = wide[1:] - wide[:-1]
         first, last, decreasing, longest = torch.stack(
-            [offsets[0].long(), offsets[-1].long(), (steps < 0).any().long(), steps.max().long()]
+            [wide[0], wide[-1], (steps < 0).any().long(), steps.max()]
         ).tolist()
     else:
         first = last = int(offsets[0]) if offsets.numel() else 0

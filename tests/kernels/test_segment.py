@@ -484,6 +484,8 @@ def test_offsets_facts_reads_first_last_order_and_longest():
     assert offsets_facts(torch.tensor([0, 3, 3, 10, 11])) == (0, 11, False, 7)
     assert offsets_facts(torch.tensor([0, 4, 2], dtype=torch.int32)) == (0, 2, True, 4)
     assert offsets_facts(torch.tensor([0])) == (0, 0, False, 0)
+    # int32 steps would wrap: 2**31 - 1 down to -5 is a decrease
+    assert offsets_facts(torch.tensor([0, 2**31 - 1, -5, 10], dtype=torch.int32)).decreasing
 
 
 @pytest.mark.cuda
