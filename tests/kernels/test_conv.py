@@ -79,7 +79,8 @@ def assert_matches_reference(mode, args, dilation, cu_seqlens, tol, *, nonzero=T
 
 def assert_as_accurate_as_torch(mode, args, dilation, cu_seqlens, floor, *, slack=2.0):
     """Ours and the PyTorch reference in the inputs' dtype, each measured against float64 on the same
-    inputs: ours must be within ``floor`` or ``slack`` times PyTorch's own error.
+    inputs: ours must be within ``floor`` (a number, or a function of the output's name: ``"y"``,
+    ``"dx"``, ...) or ``slack`` times PyTorch's own error.
 
     Not ours against PyTorch directly: at reduced precision the two can differ by more than either
     errs, because relu is discontinuous in its gradient. A pre-activation within rounding of 0 lands
@@ -99,7 +100,7 @@ def assert_as_accurate_as_torch(mode, args, dilation, cu_seqlens, floor, *, slac
         assert torch.isfinite(o).all(), f"{name} has non-finite values (unwritten elements?)"
         assert e.abs().max() > 0, f"{name}: reference is all zeros, the test would be vacuous"
         err, torch_err = rel_err(o, e), rel_err(b, e)
-        bound = max(floor, slack * torch_err)
+        bound = max(floor(name) if callable(floor) else floor, slack * torch_err)
         assert err < bound, f"{name}: relative error {err:.3g} against float64 (PyTorch's {torch_err:.3g}) >= {bound:.3g}"
 
 
@@ -677,15 +678,15 @@ def allow_tf32(request, monkeypatch):
     return request.param
 
 
-def _cuda_floor(mode, dtype, tf32):
+def _cuda_floor(mode, dtype, tf32, output="dx"):
     """Relative error against float64 that ours may always have: fp32 with 3xTF32 dots about fp32's,
-    except relu, whose few kink flips (rounding-level pre-activations) cost ~1e-3 each; TF32's and
-    16-bit inputs' rounding."""
+    except relu's gradients, which a few kink flips (rounding-level pre-activations) move by ~1e-3
+    each (not ``y``: relu is continuous); TF32's and 16-bit inputs' rounding."""
     if dtype != torch.float32:
         return 1e-2
     if tf32:
         return 3e-3
-    return 5e-3 if mode == "relu" else 1e-4
+    return 5e-3 if mode == "relu" and output != "y" else 1e-4
 
 
 @pytest.mark.cuda
@@ -697,7 +698,7 @@ def test_cuda_matches_reference(triton_backend, allow_tf32, mode, dtype, t, c):
         pytest.skip("allow_tf32 concerns float32 only")
     off = _sessions(t, 20, "cuda")
     args = make_args(mode, (t,), c, 5, dtype=dtype, device="cuda")
-    assert_as_accurate_as_torch(mode, args, 4, off, _cuda_floor(mode, dtype, allow_tf32))
+    assert_as_accurate_as_torch(mode, args, 4, off, lambda name: _cuda_floor(mode, dtype, allow_tf32, name))
 
 
 @pytest.mark.cuda
@@ -712,7 +713,8 @@ def test_cuda_gated_blocks_beyond_the_fused_kernel_run_on_the_reference(monkeypa
 @pytest.mark.parametrize("mode", ["relu", "gated"])
 def test_cuda_large_padded_and_deterministic(triton_backend, mode):
     args = make_args(mode, (64, 1024), 128, 5, device="cuda")  # fp32 with torch's default: TF32 convs
-    assert_as_accurate_as_torch(mode, args, 8, None, _cuda_floor(mode, torch.float32, torch.backends.cudnn.allow_tf32))
+    tf32 = torch.backends.cudnn.allow_tf32
+    assert_as_accurate_as_torch(mode, args, 8, None, lambda name: _cuda_floor(mode, torch.float32, tf32, name))
     assert_deterministic(mode, args, 8, None)
 
 
