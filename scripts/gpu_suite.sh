@@ -19,7 +19,8 @@
 #   bench-256    hiertcn bench with 256 lanes / users per batch (the default is 32).
 #   tune         scripts/tune_gpu_kernels.py: the kernels' launch-choice sweep, split conv backward.
 #                These three print into suite.log only and are skipped in a dry run or when
-#                GPU_SUITE_PROFILE / GPU_SUITE_BENCH_256 / GPU_SUITE_TUNE is 0.
+#                GPU_SUITE_PROFILE / GPU_SUITE_BENCH_256 / GPU_SUITE_TUNE is 0; in a rerun of a part
+#                (GPU_SUITE_TEST_FILES or GPU_SUITE_BENCH_FILES set) only those set to 1 run.
 #   summary      exit statuses, test counts, the skip reasons of the cuda tests (from the JUnit XML),
 #                and a warning for each expected bench-<file>.json that is missing or empty.
 # Into $OUT (the device returns at most 8 files: keep it so): suite.log (everything printed),
@@ -30,7 +31,7 @@
 # Budgets (seconds), each can be set: SUITE_BUDGET (the whole suite, default 540: no step starts or
 # runs past it), BUDGET_INFO (30), BUDGET_GATE (60), BUDGET_TESTS (170), BUDGET_BENCH_SEGMENT (90),
 # BUDGET_BENCH_CONV (60), BUDGET_BENCH_CSRC (40), BUDGET_BENCH_MODELS (60), BUDGET_PROFILE (60),
-# BUDGET_BENCH_256 (60), BUDGET_TUNE (240); more than the suite's 540 in all: the first H200 run took
+# BUDGET_BENCH_256 (90), BUDGET_TUNE (240); more than the suite's 540 in all: the first H200 run took
 # 200 s up to the profile, and the tune step, last, takes what is left (it prints as it goes).
 # Reruns of a part: GPU_SUITE_TEST_FILES="tests/kernels/test_conv.py" (space-separated paths),
 # GPU_SUITE_BENCH_FILES="conv models" (names; "" runs no benchmark), BUDGET_TESTS=0 (no tests),
@@ -323,10 +324,13 @@ for file in "${BENCH_FILES[@]}"; do
   step "bench-$file" "$budget" python3 -m pytest "$path" --benchmark-only -k "$BENCH_SELECT" -q -s -rs \
     -p no:cacheprovider --benchmark-json="$OUT/bench-$file.json"
 done
+# A rerun of a part (GPU_SUITE_TEST_FILES or GPU_SUITE_BENCH_FILES set) runs no optional step unless its switch is 1.
+OPTIONAL_DEFAULT=1
+if [[ -n ${GPU_SUITE_TEST_FILES+set}${GPU_SUITE_BENCH_FILES+set} ]]; then OPTIONAL_DEFAULT=0; fi
 optional_step() {  # optional_step NAME SWITCH BUDGET COMMAND...: skipped in a dry run or when $SWITCH is 0
   local name=$1 switch=$2 budget=$3
   shift 3
-  if [[ $GPU_SUITE_DRY_RUN == 1 || ${!switch:-1} == 0 ]]; then
+  if [[ $GPU_SUITE_DRY_RUN == 1 || ${!switch:-$OPTIONAL_DEFAULT} == 0 ]]; then
     echo "===== $name: skipped (dry run or $switch=0) =====" | tee -a "$LOG"
     printf '%s\tskipped\t0\n' "$name" >> "$OUT/steps.tsv"
   else
@@ -336,7 +340,7 @@ optional_step() {  # optional_step NAME SWITCH BUDGET COMMAND...: skipped in a d
 # Into suite.log only. Where a HierTCN training step's time goes (launches, syncs, top ops):
 optional_step profile GPU_SUITE_PROFILE "${BUDGET_PROFILE:-60}" python3 scripts/profile_train_step.py
 # HierTCN vs GRU4Rec at 8x the default batch (256 lanes / users): GPU steps are launch-bound at 32.
-optional_step bench-256 GPU_SUITE_BENCH_256 "${BUDGET_BENCH_256:-60}" python3 -m hiertcn bench --device cuda \
+optional_step bench-256 GPU_SUITE_BENCH_256 "${BUDGET_BENCH_256:-90}" python3 -m hiertcn bench --device cuda \
   --tokens 65536 --steps 10 --n-queues 256 --batch-users 256 --quiet --out /tmp/hiertcn-bench-256
 # The kernels' launch-choice sweep and the split conv backward candidate (last: it takes what is left).
 optional_step tune GPU_SUITE_TUNE "${BUDGET_TUNE:-240}" python3 scripts/tune_gpu_kernels.py
