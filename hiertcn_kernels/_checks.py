@@ -48,7 +48,8 @@ _FACTS_KEPT = 32
 
 def offsets_facts(offsets: torch.Tensor) -> OffsetFacts:
     """First and last value, whether it ever decreases, and the longest segment: one host read, remembered
-    for CUDA tensors until they are written in place (writes through ``.data`` are not seen)."""
+    for CUDA tensors until they are written in place through torch (writes through ``.data``, the raw
+    storage or DLPack are not seen: make new offsets rather than rewrite them that way)."""
     key = id(offsets)
     remember = offsets.is_cuda and not offsets.is_inference()  # inference tensors have no version counter
     if remember:
