@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hiertcn_kernels as K
 import hiertcn_kernels.triton.conv as TC
 import hiertcn_kernels.triton.segment as TS
+from hiertcn.bench import packed_lengths
 from hiertcn_kernels.triton.conv import _act_rows, _dx_rows, _tn_chunk
 
 
@@ -44,11 +46,10 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def session_offsets(total: int, device, seed: int = 0) -> torch.Tensor:
-    """Session lengths 1..20 summing to ``total`` (HierTCN's windows)."""
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 21, (total // 10 + 1,), generator=gen)
-    lengths = lengths[lengths.cumsum(0) < total]
-    lengths = torch.cat([lengths, torch.tensor([total - int(lengths.sum())])])
+    """Session lengths 1..20 summing to exactly ``total`` (HierTCN's windows): ``hiertcn bench``'s, topped up."""
+    lengths = packed_lengths(total, seed)
+    rest = total - int(lengths.sum())  # below the next length drawn, so at most 19
+    lengths = torch.cat([lengths, torch.tensor([rest])]) if rest else lengths
     return torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(device)
 
 
@@ -111,9 +112,7 @@ def split_backward(dy, x, start, wt, bias, out_weight, dilation, mode, w_per_sm)
         dy if gated else dx, da, start, wt, dx, t, c_in, c_out, dilation, K=k, HAS_RES=True,
         BLOCK_T=opts["BLOCK_T"], BLOCK_I=opts["BLOCK_I"], BLOCK_O=opts["BLOCK_O"], DOT_PREC=dot_prec, **launch,
     )  # fmt: skip
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
-    block = opts["BLOCK_T"]
-    rows = triton.cdiv(triton.cdiv(t, sms * w_per_sm), block) * block
+    rows = TC._chunk_rows(t, 0, x.device, per_sm=w_per_sm)  # no halo: da is there for every row
     n = triton.cdiv(t, rows)
     f32 = {"device": x.device, "dtype": torch.float32}
     dw_part, db_part = torch.empty(n, k, c_in, c_out, **f32), torch.empty(n, c_out, **f32)
@@ -121,7 +120,7 @@ def split_backward(dy, x, start, wt, bias, out_weight, dilation, mode, w_per_sm)
     dbo_part = torch.empty(n, c_in, **f32) if gated else db_part
     _split_w_kernel[(n,)](
         x, da, h, dy, start, dw_part, db_part, dwo_part, dbo_part, t, c_in, c_out, dilation, rows, K=k,
-        WANT_OUT=gated, BLOCK_T=block, BLOCK_I=opts["BLOCK_I"], BLOCK_O=opts["BLOCK_O"], DOT_PREC=dot_prec, **launch,
+        WANT_OUT=gated, BLOCK_T=opts["BLOCK_T"], BLOCK_I=opts["BLOCK_I"], BLOCK_O=opts["BLOCK_O"], DOT_PREC=dot_prec, **launch,
     )  # fmt: skip
     dw = dw_part.sum(0).permute(2, 1, 0).to(wt.dtype)
     db = db_part.sum(0).to(x.dtype) if bias is not None else None
@@ -139,15 +138,6 @@ def conv_variants(quick: bool):
             for stages in (1, 2):
                 variants.append((f"{per_sm}/SM {warps}w {stages}st", per_sm, {"num_warps": warps, "num_stages": stages}))
     return variants[:4] if quick else variants
-
-
-def chunk_rows(per_sm: int):
-    def rows(t: int, halo: int, device: torch.device) -> int:
-        programs = torch.cuda.get_device_properties(device).multi_processor_count * per_sm
-        block = TC._row_block()
-        return triton.cdiv(max(triton.cdiv(t, programs), halo, 1), block) * block
-
-    return rows
 
 
 def sweep_conv(tokens: int, quick: bool) -> list[dict]:
@@ -174,7 +164,7 @@ def conv_case(tokens: int, dtype: torch.dtype, mode: str, quick: bool) -> list[d
     shipped_chunks, shipped_opts = TC._chunk_rows, TC._bwd_opts
     out, reference, shipped_ms = [], None, None
     for name, per_sm, overrides in conv_variants(quick):
-        TC._chunk_rows = chunk_rows(per_sm)
+        TC._chunk_rows = functools.partial(shipped_chunks, per_sm=per_sm)
         TC._bwd_opts = lambda *a, _o=overrides, **kw: {**shipped_opts(*a, **kw), **_o}
         try:
             grads = [g for g in backward() if g is not None]

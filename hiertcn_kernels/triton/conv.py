@@ -426,17 +426,17 @@ def _forward(x, start, wt, bias, out_weight, out_bias, dilation, mode):
     return y
 
 
-def _chunk_rows(t: int, halo: int, device: torch.device) -> int:
+def _chunk_rows(t: int, halo: int, device: torch.device, per_sm: int = 1) -> int:
     """Rows per backward program: a multiple of the row tile (the kernel takes any count >= 1;
-    tests replace this function to force many chunk boundaries). On GPU one program per SM: at
-    up to 255 registers x 8 warps only one fits in an SM's registers anyway, and every program
-    adds one ``(K, C_in, C_out)`` fp32 partial. Never fewer rows than the halo, so the
-    recompute is at most 100%. Two programs in the interpreter, so the cross-chunk sum is
-    exercised."""
+    tests replace this function to force many chunk boundaries). On GPU ``per_sm`` (one) program
+    per SM: at up to 255 registers x 8 warps only one fits in an SM's registers anyway, and every
+    program adds one ``(K, C_in, C_out)`` fp32 partial. Never fewer rows than the halo, so the
+    recompute is at most 100%. ``2 * per_sm`` programs in the interpreter, so the cross-chunk sum
+    is exercised. (``scripts/tune_gpu_kernels.py`` sweeps ``per_sm``.)"""
     if interpreting() or device.type != "cuda":
-        programs = 2
+        programs = 2 * per_sm
     else:
-        programs = torch.cuda.get_device_properties(device).multi_processor_count
+        programs = torch.cuda.get_device_properties(device).multi_processor_count * per_sm
     block = _row_block()
     return triton.cdiv(max(triton.cdiv(t, programs), halo, 1), block) * block
 
