@@ -448,6 +448,33 @@ def _train_step(model, loss_fn, optimizer, batch, state):
     return model.detach_state(state) if state is not None else None
 
 
+def model_step(name: str, dataset, config, loss_fn, device: torch.device, batch=None):
+    """``(step, model, batch)``: ``step()`` is one optimiser step of a fresh ``name`` (seeded by
+    ``config.seed``, built with ``config.model_config``) on ``batch``, by default its first training
+    batch (:func:`hiertcn.train.batch_source`); the same batch and initial state every call.
+    A model with nothing to train (moving average) runs its forward and loss only."""
+    from .models import build_model
+    from .train import batch_source
+
+    torch.manual_seed(config.seed)
+    model = build_model(name, n_items=dataset.csr.n_items, **config.model_config.get(name, {})).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr) if trainable else None
+    if batch is None:
+        batch = next(iter(batch_source(model, dataset, config, loss_fn=loss_fn).batches(0)))
+    batch = batch.to(device)
+    state = model.init_state(batch.n_lanes, device) if model.carries_state else None
+
+    def step():
+        if optimizer is None:
+            user_emb, _ = model(batch, state)
+            loss_fn(model, user_emb[batch.target_mask], batch.items[batch.target_mask], batch=batch)
+            return
+        _train_step(model, loss_fn, optimizer, batch, state)
+
+    return step, model, batch
+
+
 def bench_models(dataset, config, names: list[str], *, repeats: int = 3, progress: bool = False) -> dict[str, dict]:
     """Training-step throughput per model on its first training batch, interleaved; ``speedup_vs_gru4rec``.
 
@@ -459,27 +486,13 @@ def bench_models(dataset, config, names: list[str], *, repeats: int = 3, progres
     """
     from tqdm.auto import tqdm
 
-    from .models import build_model
-    from .train import batch_source, resolve_device, training_loss
+    from .train import resolve_device, training_loss
 
     device = resolve_device(config.device)
     loss_fn = training_loss(config.loss, dataset)
     steps, info = {}, {}
     for name in names:
-        torch.manual_seed(config.seed)
-        model = build_model(name, n_items=dataset.csr.n_items, **config.model_config.get(name, {})).to(device)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=config.lr) if trainable else None
-        batch = next(iter(batch_source(model, dataset, config, loss_fn=loss_fn).batches(0))).to(device)
-        state = model.init_state(batch.n_lanes, device) if model.carries_state else None
-
-        def step(model=model, batch=batch, state=state, optimizer=optimizer):
-            if optimizer is None:  # nothing to train (moving average): forward and loss only
-                user_emb, _ = model(batch, state)
-                loss_fn(model, user_emb[batch.target_mask], batch.items[batch.target_mask], batch=batch)
-                return
-            _train_step(model, loss_fn, optimizer, batch, state)
-
+        step, model, batch = model_step(name, dataset, config, loss_fn, device)
         steps[name] = step
         memory, method = peak_memory_bytes(step, device, exclude=list(model.parameters()))
         info[name] = {"tokens": batch.n_tokens, "peak_bytes": memory, "memory_method": method,

@@ -26,11 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hiertcn.batching import user_batches
-from hiertcn.bench import _train_step, fixed_history_csr, interleaved_medians
+from hiertcn.bench import fixed_history_csr, interleaved_medians, model_step
 from hiertcn.cli import load_dataset
 from hiertcn.config import Config
-from hiertcn.models import build_model
-from hiertcn.train import batch_source, training_loss
+from hiertcn.train import training_loss
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
 
@@ -47,15 +46,9 @@ def main() -> None:
     loss_fn = training_loss(config.loss, dataset)
 
     def make_step(name, batch=None):
-        torch.manual_seed(0)
-        model = build_model(name, n_items=dataset.csr.n_items).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        if batch is None:
-            batch = next(iter(batch_source(model, dataset, config, loss_fn=loss_fn).batches(0)))
-        batch = batch.to(device)
-        state = model.init_state(batch.n_lanes, device) if model.carries_state else None
+        step, _, batch = model_step(name, dataset, config, loss_fn, device, batch)
         print(f"{name}: {batch.n_tokens} tokens, {batch.n_sessions} windows, {batch.n_lanes} lanes", flush=True)
-        return lambda: _train_step(model, loss_fn, optimizer, batch, state)
+        return step
 
     def report(medians):
         print("median step ms: " + ", ".join(f"{k} {1e3 * v:.2f}" for k, v in medians.items()), flush=True)
