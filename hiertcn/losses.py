@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hiertcn_kernels.conv import autocast_state
+
 LOSS_NAMES = ("softmax", "sampled_softmax", "bpr", "hinge")
 
 
@@ -123,8 +125,7 @@ def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None
     # fp32 (also under torch.autocast, which would cast the products back); gradients return in the inputs' dtypes.
     user_emb, weight, bias = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
                               for t in (user_emb, weight, bias))  # fmt: skip
-    device_type = user_emb.device.type if user_emb.device.type in ("cpu", "cuda") else "cpu"
-    with torch.autocast(device_type, enabled=False):
+    with torch.autocast(autocast_state(user_emb)[0], enabled=False):
         if user_emb.shape[0] == 0:  # nothing to average: NaN, as F.cross_entropy gives
             return F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets)
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in (user_emb, weight, bias))):
