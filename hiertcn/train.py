@@ -398,7 +398,10 @@ def fit(
                 # The gradient norm (clipping with an infinite bound changes nothing): a finite loss can still
                 # give inf/NaN gradients, and one step on them would turn the weights, and the next checkpoint, NaN.
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm or math.inf)
-                here, norm = loss.item(), grad_norm.item()
+                # One host read for the three numbers the step reports (each read waits for the GPU).
+                here, norm, n_targets = torch.stack(
+                    [loss.detach().double(), grad_norm.double(), batch.target_mask.sum().double()]
+                ).tolist()
                 if _any_rank(not (math.isfinite(here) and math.isfinite(norm)), world, device):  # all stop together
                     kept = f"; the last good checkpoint is {last_path}" if last_path.exists() else ""
                     what = (f"loss is {here}" if not math.isfinite(here) else f"gradient norm is {norm}"
@@ -412,7 +415,7 @@ def fit(
                 run["batch"] += 1
                 run["step"] += 1
                 if active:  # an idle step trains nothing
-                    n_targets = int(batch.target_mask.sum())
+                    n_targets = int(n_targets)
                     run["epoch_loss"] += here * n_targets
                     run["epoch_targets"] += n_targets
                     run["curve"].append((run["step"], here))
