@@ -1,11 +1,13 @@
 """Sweep the Triton kernels' launch choices on a GPU, check each against the shipped choice, print a table.
 
-    PYTHONPATH=. python3 scripts/tune_gpu_kernels.py [--out DIR] [--tokens T] [--quick]
+    PYTHONPATH=. python3 scripts/tune_gpu_kernels.py [--out DIR] [--tokens T] [--channels C] [--only conv|segment]
+                                                     [--quick]
 
 The first H200 run (benchmarks/README.md) found two kernels under their targets, each with a launch
 choice nobody had timed:
-- the conv block's backward (``_bwd_kernel``): one program per SM walks its row chunk's three
-  phases in series, at 4-5% of the roofline. Swept: programs per SM (row chunks), warps, pipeline
+- the conv block's backward (``_bwd_kernel``): one program per SM walked its row chunk's three
+  phases in series, at 4-5% of the roofline (the second run's sweep picked today's choices,
+  ``_bwd_programs_per_sm`` and ``_bwd_opts``). Swept: programs per SM (row chunks), warps, pipeline
   stages; relu and gated; bf16 and fp32 (TF32). Also a candidate design, "split": the same three
   phases as three launches over the whole batch (``da`` written once to a ``(T, C_out)`` buffer, so
   no halo recompute; phases 1 and 2 tiled like the forward, which is 2-6x faster than cuDNN),
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import sys
@@ -131,8 +132,8 @@ def split_backward(dy, x, start, wt, bias, out_weight, dilation, mode, w_per_sm)
 
 
 def conv_variants(quick: bool):
-    """(name, programs per SM, overrides of _bwd_opts); the first is the shipped choice."""
-    variants = [("shipped", 1, {})]  # 8 warps; 2 stages (relu) or 1 (gated): swept again below, a noise check
+    """(name, programs per SM, overrides of _bwd_opts); the first is the shipped choice (None, {}: no override)."""
+    variants = [("shipped", None, {})]  # swept again below: a noise check
     for per_sm in (1, 2, 4):
         for warps in (4, 8):
             for stages in (1, 2):
@@ -140,13 +141,13 @@ def conv_variants(quick: bool):
     return variants[:4] if quick else variants
 
 
-def sweep_conv(tokens: int, quick: bool) -> list[dict]:
+def sweep_conv(tokens: int, quick: bool, channels: int) -> list[dict]:
     return [row for dtype in (torch.bfloat16, torch.float32) for mode in ("relu", "gated")
-            for row in conv_case(tokens, dtype, mode, quick)]  # fmt: skip
+            for row in conv_case(tokens, dtype, mode, quick, channels)]  # fmt: skip
 
 
-def conv_case(tokens: int, dtype: torch.dtype, mode: str, quick: bool) -> list[dict]:
-    c, k, dilation = 128, 5, 2
+def conv_case(tokens: int, dtype: torch.dtype, mode: str, quick: bool, c: int) -> list[dict]:
+    k, dilation = 5, 2
     torch.manual_seed(0)
     c_out = 2 * c if mode == "gated" else c
     x = torch.randn(tokens, c, device="cuda", dtype=dtype)
@@ -161,10 +162,11 @@ def conv_case(tokens: int, dtype: torch.dtype, mode: str, quick: bool) -> list[d
     def backward():
         return TC._backward(dy, rows, start, wt, bias, out_weight, dilation, mode, needs)
 
-    shipped_chunks, shipped_opts = TC._chunk_rows, TC._bwd_opts
+    shipped_per_sm, shipped_opts = TC._bwd_programs_per_sm, TC._bwd_opts
     out, reference, shipped_ms = [], None, None
     for name, per_sm, overrides in conv_variants(quick):
-        TC._chunk_rows = functools.partial(shipped_chunks, per_sm=per_sm)
+        if per_sm is not None:
+            TC._bwd_programs_per_sm = lambda *a, _n=per_sm: _n
         TC._bwd_opts = lambda *a, _o=overrides, **kw: {**shipped_opts(*a, **kw), **_o}
         try:
             grads = [g for g in backward() if g is not None]
@@ -175,7 +177,7 @@ def conv_case(tokens: int, dtype: torch.dtype, mode: str, quick: bool) -> list[d
         except Exception as exc:  # noqa: BLE001 (a variant that fails to compile, out of resources, is a result too)
             err, ms, status = float("nan"), float("nan"), f"failed: {type(exc).__name__}: {str(exc)[:80]}"
         finally:
-            TC._chunk_rows, TC._bwd_opts = shipped_chunks, shipped_opts
+            TC._bwd_programs_per_sm, TC._bwd_opts = shipped_per_sm, shipped_opts
         shipped_ms = shipped_ms or ms
         out.append(conv_row(mode, dtype, name, ms, shipped_ms, err, status))
     for w_per_sm in (1, 2) if quick else (1, 2, 4, 8):
@@ -275,16 +277,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for tune.json")
     parser.add_argument("--tokens", type=int, default=2**20)
     parser.add_argument("--quick", action="store_true", help="three variants of each (a plumbing check)")
+    parser.add_argument("--channels", type=int, default=128, help="the conv block's channels")
+    parser.add_argument("--only", choices=("conv", "segment"), default=None, help="one of the two sweeps")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("tune_gpu_kernels.py needs a CUDA GPU")
-    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
-    rows = sweep_conv(args.tokens, args.quick)  # first: the main target, if the suite's budget cuts the sweep
-    rows += sweep_segment(args.tokens, args.quick)
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, triton {triton.__version__}; "
+          f"T = {args.tokens}, conv channels {args.channels}", flush=True)
+    rows = []  # conv first: the main target, if the suite's budget cuts the sweep
+    if args.only != "segment":
+        rows += sweep_conv(args.tokens, args.quick, args.channels)
+    if args.only != "conv":
+        rows += sweep_segment(args.tokens, args.quick)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "tune.json").write_text(json.dumps({"device": torch.cuda.get_device_name(0), "tokens": args.tokens,
-                                                        "rows": rows}, indent=1))  # fmt: skip
+                                                        "channels": args.channels, "rows": rows}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

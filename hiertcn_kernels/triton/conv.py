@@ -14,8 +14,8 @@ Launches: one forward, one backward.
 
 - forward, ``_fwd_kernel``: conv + bias + activation + residual, and for ``gated``
   the 1x1 output projection + bias.
-- backward, ``_bwd_kernel``: one program per chunk of rows ``[r0, r1)`` (one per SM on
-  GPU, ``_chunk_rows``), three phases:
+- backward, ``_bwd_kernel``: one program per chunk of rows ``[r0, r1)`` (two to four per
+  SM on GPU, ``_bwd_programs_per_sm``), three phases:
 
   1. (relu/gated) recompute the pre-activation from ``x`` (only the inputs are saved) and
      write the pre-activation gradient ``da`` to the program's private window, for its own
@@ -360,7 +360,10 @@ def _block_opts(gated: bool, c_in: int, c_out: int, dot_prec: str = "tf32") -> d
 
 def _bwd_opts(gated: bool, c_in: int, c_out: int, dot_prec: str = "tf32") -> dict:
     """Tiles and launch options of ``_bwd_kernel``: phase 1 (``ACT_*``, ``BLOCK_C``) tiles like the
-    forward; phases 2 and 3 use ``BLOCK_T`` rows and ``BLOCK_I`` x ``BLOCK_O`` channel tiles."""
+    forward; phases 2 and 3 use ``BLOCK_T`` rows and ``BLOCK_I`` x ``BLOCK_O`` channel tiles.
+    Launch options from the H200 sweep (``scripts/tune_gpu_kernels.py``, T = 2^20, C = 128; see
+    ``_bwd_programs_per_sm``): 4 warps beat 8 in every case (1.25-2.35x, with 2-4 programs per SM),
+    a second pipeline stage helps gated and hurts relu."""
     act = _block_opts(gated, c_in, c_out, dot_prec)
     opts = {"ACT_BLOCK_T": act["BLOCK_T"], "ACT_BLOCK_I": act["BLOCK_I"], "ACT_BLOCK_O": act["BLOCK_O"],
             "BLOCK_C": _channel_block(c_in), "BLOCK_T": _row_block(),
@@ -372,10 +375,10 @@ def _bwd_opts(gated: bool, c_in: int, c_out: int, dot_prec: str = "tf32") -> dic
         # spills 100 bytes at C = 128 with a second pipeline stage.
         if not gated:
             opts["ACT_BLOCK_T"] = 32
-        opts.update(num_warps=8, num_stages=1 if gated else 2)
-        if dot_prec == "tf32x3":  # three products per dot: narrower tiles keep phases 2-3 spill-free
+        opts.update(num_warps=4, num_stages=2 if gated else 1)
+        if dot_prec == "tf32x3":  # three products per dot: narrower tiles keep phases 2-3 spill-free (not swept)
             opts.update(BLOCK_I=min(opts["BLOCK_I"], 32), BLOCK_O=min(opts["BLOCK_O"], 32),
-                        BLOCK_C=min(opts["BLOCK_C"], 32), num_stages=1)
+                        BLOCK_C=min(opts["BLOCK_C"], 32), num_warps=8, num_stages=1)
     return opts
 
 
@@ -426,15 +429,24 @@ def _forward(x, start, wt, bias, out_weight, out_bias, dilation, mode):
     return y
 
 
+def _bwd_programs_per_sm(gated: bool, x: torch.Tensor) -> int:
+    """Backward programs per SM, from the H200 sweep (``scripts/tune_gpu_kernels.py``, T = 2^20, C = 128,
+    4 warps; against one program per SM): bf16 relu 2.35x at 4 (1.68x at 2), bf16 gated 2.14x at 2
+    (2.07x at 4), fp32 relu 1.79x at 2, fp32 gated 1.25x at 2. Two 4-warp programs fit an SM's registers
+    at 255 each, and smaller chunks even out the tail; each program adds one fp32 weight partial."""
+    if _dot_precision(x) == "tf32x3":  # not swept: the one-per-SM choice of before
+        return 1
+    return 4 if not gated and x.element_size() == 2 else 2
+
+
 def _chunk_rows(t: int, halo: int, device: torch.device, per_sm: int = 1) -> int:
     """Rows per backward program: a multiple of the row tile (the kernel takes any count >= 1;
-    tests replace this function to force many chunk boundaries). On GPU ``per_sm`` (one) program
-    per SM: at up to 255 registers x 8 warps only one fits in an SM's registers anyway, and every
-    program adds one ``(K, C_in, C_out)`` fp32 partial. Never fewer rows than the halo, so the
-    recompute is at most 100%. ``2 * per_sm`` programs in the interpreter, so the cross-chunk sum
-    is exercised. (``scripts/tune_gpu_kernels.py`` sweeps ``per_sm``.)"""
+    tests replace this function to force many chunk boundaries). On GPU ``per_sm`` programs per SM
+    (``_bwd_programs_per_sm``); every program adds one ``(K, C_in, C_out)`` fp32 partial. Never
+    fewer rows than the halo, so the recompute is at most 100%. Two programs in the interpreter, so
+    the cross-chunk sum is exercised."""
     if interpreting() or device.type != "cuda":
-        programs = 2 * per_sm
+        programs = 2
     else:
         programs = torch.cuda.get_device_properties(device).multi_processor_count * per_sm
     block = _row_block()
@@ -460,7 +472,7 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
     want_w = needs["weight"] or needs["bias"]
     want_out = gated and (needs["out_weight"] or needs["out_bias"])
     halo = (k - 1) * dilation
-    rows = _chunk_rows(t, halo, x.device)
+    rows = _chunk_rows(t, halo, x.device, per_sm=_bwd_programs_per_sm(gated, x))
     n_chunks = triton.cdiv(t, rows)
     win_rows = min(rows + halo, t)
     if act:

@@ -234,7 +234,7 @@ def chunk_rows(monkeypatch, poisoned):
     from hiertcn_kernels.triton import conv as tconv
 
     def force(rows):
-        monkeypatch.setattr(tconv, "_chunk_rows", lambda t, halo, device: rows)
+        monkeypatch.setattr(tconv, "_chunk_rows", lambda t, halo, device, per_sm=1: rows)
 
     return force
 
@@ -735,7 +735,7 @@ from triton.compiler import ASTSource
 import hiertcn_kernels.triton.conv as C
 from ptxas_spills import assert_no_spills
 
-def compile_for(fn, dtype, arch, consts, **options):
+def compile_for(fn, dtype, arch, consts, spill_free=True, **options):
     sig, constexprs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
@@ -748,7 +748,7 @@ def compile_for(fn, dtype, arch, consts, **options):
                             target=GPUTarget("cuda", arch, 32), options=options)
     where = (fn.__name__, dtype, consts)
     assert kernel.metadata.shared <= 160 * 1024, (where, kernel.metadata.shared)
-    if arch == 90:
+    if arch == 90 and spill_free:
         assert_no_spills(kernel, where)
 
 for dtype, arch, prec in [("fp32", 90, "tf32"), ("fp32", 90, "tf32x3"), ("bf16", 90, "tf32"), ("fp16", 80, "tf32")]:
@@ -761,11 +761,13 @@ for dtype, arch, prec in [("fp32", 90, "tf32"), ("fp32", 90, "tf32x3"), ("bf16",
             compile_for(C._fwd_kernel, dtype, arch, dict(flags, RELU=not gated, GATED=gated, HAS_OUT_BIAS=True), **launch)
             bwd = C._bwd_opts(gated, c, 2 * c if gated else c, prec)
             # Block (with and without weight gradients: phase 3 changes register allocation), plain conv.
+            # The backward's 4 warps spill on sm_90 yet beat spill-free 8 warps by 1.25-2.35x on an H200
+            # (C._bwd_programs_per_sm): only the 3xTF32 choice, not swept, stays spill-free.
             for act, want in [(True, True), (True, False)] + [(False, True)] * (not gated):
                 compile_for(C._bwd_kernel, dtype, arch,
                             dict(K=5, ACT=act, GATED=gated, HAS_BIAS=True, WANT_W=want, WANT_OUT=gated and want,
                                  DOT_PREC=prec, **{k: v for k, v in bwd.items() if k.isupper()}),
-                            **{k: v for k, v in bwd.items() if not k.isupper()})
+                            spill_free=prec == "tf32x3", **{k: v for k, v in bwd.items() if not k.isupper()})
 print("compiled")
 """
 
@@ -773,7 +775,8 @@ print("compiled")
 @pytest.mark.slow
 def test_kernels_compile_for_gpu(tmp_path):
     """The interpreter accepts code the GPU compiler rejects: compile the real GPU configurations
-    (sm_90/sm_80, no GPU needed) in a process without TRITON_INTERPRET; no register spills on sm_90."""
+    (sm_90/sm_80, no GPU needed) in a process without TRITON_INTERPRET; no register spills on sm_90 in the
+    forward and the 3xTF32 backward."""
     import os
     import subprocess
     import sys
