@@ -437,15 +437,14 @@ def bench_kernels(
 # ---------------------------------------------------------------------------------------------- models
 
 
-def _train_step(model, loss_fn, optimizer, batch, state):
-    """One optimiser step; returns the carried state (detached) for the next batch."""
-    user_emb, state = model(batch, state)
-    mask = batch.target_mask
-    loss = loss_fn(model, user_emb[mask], batch.items[mask], batch=batch)
+def _train_step(step_loss, optimizer, batch, state):
+    """One optimiser step of ``step_loss`` (a :class:`hiertcn.train.LossStep`); returns the carried
+    state (detached) for the next batch."""
+    loss, state = step_loss(batch, state)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return model.detach_state(state) if state is not None else None
+    return state
 
 
 def model_step(name: str, dataset, config, loss_fn, device: torch.device, batch=None):
@@ -454,23 +453,23 @@ def model_step(name: str, dataset, config, loss_fn, device: torch.device, batch=
     batch (:func:`hiertcn.train.batch_source`); the same batch and initial state every call.
     A model with nothing to train (moving average) runs its forward and loss only."""
     from .models import build_model
-    from .train import batch_source
+    from .train import LossStep, batch_source, build_adam
 
     torch.manual_seed(config.seed)
     model = build_model(name, n_items=dataset.csr.n_items, **config.model_config.get(name, {})).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.lr) if trainable else None
+    optimizer = build_adam(trainable, lr=config.lr) if trainable else None
     if batch is None:
         batch = next(iter(batch_source(model, dataset, config, loss_fn=loss_fn).batches(0)))
     batch = batch.to(device)
     state = model.init_state(batch.n_lanes, device) if model.carries_state else None
+    step_loss = LossStep(model, loss_fn)
 
     def step():
         if optimizer is None:
-            user_emb, _ = model(batch, state)
-            loss_fn(model, user_emb[batch.target_mask], batch.items[batch.target_mask], batch=batch)
+            step_loss(batch, state)
             return
-        _train_step(model, loss_fn, optimizer, batch, state)
+        _train_step(step_loss, optimizer, batch, state)
 
     return step, model, batch
 
@@ -715,7 +714,7 @@ def train_within_budget(dataset_dir: str, model_name: str, *, budget_s: float, d
     from .data.splits import TRAIN, Dataset
     from .losses import build_loss
     from .models import build_model
-    from .train import batch_source, resolve_device
+    from .train import LossStep, batch_source, build_adam, resolve_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -725,7 +724,8 @@ def train_within_budget(dataset_dir: str, model_name: str, *, budget_s: float, d
     torch.manual_seed(seed)
     setup = time.perf_counter()
     model = build_model(model_name, n_items=dataset.csr.n_items).to(dev)
-    loss_fn, optimizer = build_loss("softmax"), torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn, optimizer = build_loss("softmax"), build_adam(model.parameters(), lr=config.lr)
+    step_loss = LossStep(model, loss_fn)
     source = batch_source(model, dataset, config, loss_fn=loss_fn)
     n_batches = source.n_batches(0)  # builds the epoch's plan
     setup_s = time.perf_counter() - setup
@@ -739,7 +739,7 @@ def train_within_budget(dataset_dir: str, model_name: str, *, budget_s: float, d
     begin = time.perf_counter()
     for batch in source.batches(0):
         batch = batch.to(dev)
-        state = _train_step(model, loss_fn, optimizer, batch, state)
+        state = _train_step(step_loss, optimizer, batch, state)
         synchronize(dev)
         now = time.perf_counter()
         seconds.append(now - begin)

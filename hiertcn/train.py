@@ -237,8 +237,18 @@ class LossStep(torch.nn.Module):
         extra = {}
         if batch.has_impressions and getattr(self.loss_fn, "takes_impressions", False):
             extra["impressions"] = batch.impression_matrix(self.loss_fn.num_negatives, mask, sample=True)
-        loss = self.loss_fn(self.model, user_emb[mask], batch.items[mask], batch=batch, **extra)
+        targets = mask.nonzero().squeeze(1)  # one host sync, where two boolean indexings would take two
+        loss = self.loss_fn(self.model, user_emb.index_select(0, targets), batch.items.index_select(0, targets),
+                            batch=batch, **extra)  # fmt: skip
         return loss, self.model.detach_state(state) if state is not None else None
+
+
+def build_adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam; with every parameter on CUDA its fused kernel (a few launches for all parameters, not a
+    chain of foreach ops: these models' steps are launch-bound on a GPU), elsewhere torch's default."""
+    params = list(params)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
 
 
 def fit(
@@ -291,7 +301,7 @@ def fit(
     source = batch_source(model, dataset, config, users=users, loss_fn=loss_fn)
     if world > 1 and _any_rank(len(source.users) == 0, world, device):
         raise ValueError(f"{world} ranks but some get no user with TRAIN sessions: use fewer ranks")
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     step_fn = LossStep(model, loss_fn)
     if world > 1:

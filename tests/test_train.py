@@ -13,7 +13,7 @@ from hiertcn.batching import QueueBatcher
 from hiertcn.checkpoint import load_checkpoint
 from hiertcn.config import Config
 from hiertcn.data.splits import Dataset
-from hiertcn.train import NonFiniteLossError, Prefetcher, fit, train_item_counts, training_loss
+from hiertcn.train import NonFiniteLossError, Prefetcher, build_adam, fit, train_item_counts, training_loss
 from hiertcn_kernels.packing import SessionCSR
 
 N_ITEMS = 12
@@ -303,3 +303,22 @@ def test_a_model_fit_without_its_build_model_name_is_named_not_rebuilt(tmp_path)
     with pytest.raises(CheckpointError, match="holds a TinyLaneGRU trained by fit\\(\\) without model_name"):
         load_model(tmp_path / "run" / "best.pt")
 
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_build_adam_is_fused_on_cuda_and_steps_as_torch_adam(device):
+    """Fused Adam (a few launches for every parameter) exactly where every parameter is on CUDA, and
+    the same update as torch's default Adam."""
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, device=device, requires_grad=True), torch.randn(7, device=device, requires_grad=True)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    fused, plain = build_adam(params, lr=1e-2, weight_decay=1e-3), torch.optim.Adam(twins, lr=1e-2, weight_decay=1e-3)
+    assert fused.defaults["fused"] is (True if device == "cuda" else None)
+    for _ in range(3):
+        for group in (params, twins):
+            for p in group:
+                p.grad = torch.sin(p.detach() * 3)  # the same gradient of the same weights
+        fused.step()
+        plain.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
