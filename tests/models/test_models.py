@@ -470,3 +470,17 @@ def test_cuda_hiertcn_gradients_in_eval_mode_and_under_autocast(small_csr):
         for a, b in zip(model._context_by_runs(summaries, state, lane_runs(batch)),
                         model._context_by_slots(batch, summaries, state)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_lane_runs_match_the_host_built_ones(small_csr):
+    """On CUDA the seven index tensors arrive in one non-blocking copy from pinned memory and are split
+    on the device: the same values, dtypes and shapes as the CPU batch's."""
+    from hiertcn.models.base import lane_runs
+
+    (batch,) = list(user_batches(small_csr))
+    on_cpu, on_gpu = lane_runs(batch), lane_runs(batch.to("cuda"))
+    for field in dataclasses.fields(on_cpu):
+        a, b = getattr(on_cpu, field.name), getattr(on_gpu, field.name)
+        assert b.is_cuda and b.dtype == a.dtype and b.shape == a.shape, field.name
+        assert torch.equal(a, b.cpu()), field.name
