@@ -16,11 +16,13 @@
 #                that is not in BENCH_FILES is named in a warning instead).
 #   profile      scripts/profile_train_step.py: step times of HierTCN and the baselines, HierTCN's host
 #                syncs by source line, kernel launches and GPU-busy time per step.
-#   bench-256    hiertcn bench with 256 lanes / users per batch (the default is 32).
-#   tune         scripts/tune_gpu_kernels.py: the kernels' launch-choice sweep, split conv backward.
-#                These three print into suite.log only and are skipped in a dry run or when
-#                GPU_SUITE_PROFILE / GPU_SUITE_BENCH_256 / GPU_SUITE_TUNE is 0; in a rerun of a part
-#                (GPU_SUITE_TEST_FILES or GPU_SUITE_BENCH_FILES set) only those set to 1 run.
+#   bench-32     hiertcn bench at the default 32 lanes / users per batch.
+#   bench-256    hiertcn bench with 256 lanes / users per batch.
+#   tune         scripts/tune_gpu_kernels.py: the kernels' launch-choice sweep, split conv backward
+#                (GPU_SUITE_TUNE_ARGS: its arguments, e.g. "--only conv --channels 256").
+#                These four print into suite.log only and are skipped in a dry run or when
+#                GPU_SUITE_PROFILE / GPU_SUITE_BENCH_32 / GPU_SUITE_BENCH_256 / GPU_SUITE_TUNE is 0; in a
+#                rerun of a part (GPU_SUITE_TEST_FILES or GPU_SUITE_BENCH_FILES set) only those set to 1 run.
 #   summary      exit statuses, test counts, the skip reasons of the cuda tests (from the JUnit XML),
 #                and a warning for each expected bench-<file>.json that is missing or empty.
 # Into $OUT (the device returns at most 8 files: keep it so): suite.log (everything printed),
@@ -31,8 +33,8 @@
 # Budgets (seconds), each can be set: SUITE_BUDGET (the whole suite, default 540: no step starts or
 # runs past it), BUDGET_INFO (30), BUDGET_GATE (60), BUDGET_TESTS (170), BUDGET_BENCH_SEGMENT (90),
 # BUDGET_BENCH_CONV (60), BUDGET_BENCH_CSRC (40), BUDGET_BENCH_MODELS (60), BUDGET_PROFILE (60),
-# BUDGET_BENCH_256 (90), BUDGET_TUNE (240); more than the suite's 540 in all: the first H200 run took
-# 200 s up to the profile, and the tune step, last, takes what is left (it prints as it goes).
+# BUDGET_BENCH_32 (60), BUDGET_BENCH_256 (90), BUDGET_TUNE (240); more than the suite's 540 in all: the
+# second H200 run took 290 s in all, and the tune step, last, takes what is left (it prints as it goes).
 # Reruns of a part: GPU_SUITE_TEST_FILES="tests/kernels/test_conv.py" (space-separated paths),
 # GPU_SUITE_BENCH_FILES="conv models" (names; "" runs no benchmark), BUDGET_TESTS=0 (no tests),
 # GATE_SKIP_CSRC=1 (the gate does not build the CUDA C kernel).
@@ -339,11 +341,15 @@ optional_step() {  # optional_step NAME SWITCH BUDGET COMMAND...: skipped in a d
 }
 # Into suite.log only. Where a HierTCN training step's time goes (launches, syncs, top ops):
 optional_step profile GPU_SUITE_PROFILE "${BUDGET_PROFILE:-60}" python3 scripts/profile_train_step.py
-# HierTCN vs GRU4Rec at 8x the default batch (256 lanes / users): GPU steps are launch-bound at 32.
+# HierTCN vs GRU4Rec at the default batch (32 lanes / users, the official code's) and at 8x that:
+# GPU steps are launch-bound at 32.
+optional_step bench-32 GPU_SUITE_BENCH_32 "${BUDGET_BENCH_32:-60}" python3 -m hiertcn bench --device cuda \
+  --tokens 65536 --steps 10 --quiet --out /tmp/hiertcn-bench-32
 optional_step bench-256 GPU_SUITE_BENCH_256 "${BUDGET_BENCH_256:-90}" python3 -m hiertcn bench --device cuda \
   --tokens 65536 --steps 10 --n-queues 256 --batch-users 256 --quiet --out /tmp/hiertcn-bench-256
 # The kernels' launch-choice sweep and the split conv backward candidate (last: it takes what is left).
-optional_step tune GPU_SUITE_TUNE "${BUDGET_TUNE:-240}" python3 scripts/tune_gpu_kernels.py
+read -ra TUNE_ARGS <<< "${GPU_SUITE_TUNE_ARGS:-}"
+optional_step tune GPU_SUITE_TUNE "${BUDGET_TUNE:-240}" python3 scripts/tune_gpu_kernels.py "${TUNE_ARGS[@]}"
 
 for path in tests/benchmarks/test_*.py; do  # GPU benchmarks missing from the default list: say so
   file=$(basename "$path" .py)
