@@ -7,7 +7,8 @@ each, as :func:`hiertcn.bench.bench_models` takes them):
 - median step time of every model, interleaved (HierTCN also on the PyTorch reference kernels, and
   HierTCN and GRU4Rec on one whole-user batch of 32 users x 100 events);
 - HierTCN's host syncs in one step, by source line (``torch.cuda.set_sync_debug_mode``);
-- kernel launches and GPU-busy time per step of HierTCN and GRU4Rec, and torch.profiler's top ops.
+- kernel launches and GPU-busy time per step of HierTCN and GRU4Rec, and torch.profiler's top ops;
+- HierTCN's host (Python) time by function (cProfile).
 A step whose launches' CPU cost exceeds its GPU-busy time is launch-bound: fewer, larger ops help;
 faster kernels do not.
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import os
+import pstats
 import sys
 import warnings
 from pathlib import Path
@@ -91,6 +94,16 @@ def main() -> None:
         print(table.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
         if cuda:
             print(table.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=60))
+
+    # A launch-bound step is as fast as its Python: where HierTCN's host time goes, by function.
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(10):
+        steps["hiertcn"]()
+    profiler.disable()
+    print("\n== hiertcn: host time of 10 steps by function (cProfile; cumulative, then own time)")
+    for key in ("cumulative", "tottime"):
+        pstats.Stats(profiler).sort_stats(key).print_stats(25)
 
 
 if __name__ == "__main__":
