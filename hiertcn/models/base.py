@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hiertcn.batching import SessionBatch
+from hiertcn_kernels.conv import autocast_state
 
 
 class Recommender(nn.Module, abc.ABC):
@@ -171,13 +173,50 @@ def user_offsets(batch: SessionBatch) -> torch.Tensor:
     return torch.cat([cu[first_windows], cu[-1:]])
 
 
-def shift_right(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """``out[t] = x[t-1]`` inside each segment of ``offsets``, zero at a segment's first row (the start token)."""
-    shifted = torch.cat([x.new_zeros(1, x.shape[1]), x[:-1]])
-    # Every segment start is zeroed (an empty segment's "start" is the next one's, or row T: the extra row).
+def _not_a_start(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``(T, 1)`` in ``x``'s dtype: 0 at each segment's first row, else 1 (an empty segment's "start" is
+    the next one's, or row T: the extra row dropped here)."""
     keep = torch.ones(x.shape[0] + 1, 1, dtype=x.dtype, device=x.device)
     keep.index_fill_(0, offsets[:-1].long(), 0)  # not keep[index] = 0: index_put_ waits for the GPU
-    return shifted * keep[:-1]
+    return keep[:-1]
+
+
+def shift_right(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``out[t] = x[t-1]`` inside each segment of ``offsets``, zero at a segment's first row (the start token)."""
+    return torch.cat([x.new_zeros(1, x.shape[1]), x[:-1]]) * _not_a_start(x, offsets)
+
+
+class _EmbedProjectShifted(torch.autograd.Function):
+    """``(emb, shift_right(emb) @ weight.T)`` with ``emb = table[items]``; for backward it keeps the
+    indices, not the shifted rows: they are gathered again (one ``(T, D)`` read), so the projection
+    holds no ``(T, D)`` activation. Double backward works (the backward is differentiable ops)."""
+
+    @staticmethod
+    def forward(ctx, table, items, weight, offsets):
+        emb = F.embedding(items, table)
+        ctx.save_for_backward(table, items, weight, offsets)
+        return emb, F.linear(shift_right(emb, offsets).to(weight.dtype), weight)
+
+    @staticmethod
+    def backward(ctx, d_emb, d_out):
+        table, items, weight, offsets = ctx.saved_tensors
+        d_table = d_weight = None
+        if ctx.needs_input_grad[2]:
+            d_weight = d_out.t().mm(shift_right(F.embedding(items, table), offsets).to(weight.dtype))
+        if ctx.needs_input_grad[0]:
+            # shift_right's adjoint: row t-1 gets row t's gradient unless t starts a segment.
+            d_shifted = (d_out.mm(weight) * _not_a_start(d_out, offsets)).to(d_emb.dtype)
+            d_emb = d_emb + torch.cat([d_shifted[1:], d_shifted.new_zeros(1, d_shifted.shape[1])])
+            d_table = torch.ops.aten.embedding_dense_backward(d_emb, items, table.shape[0], -1, False)
+        return d_table, None, d_weight, None
+
+
+def embed_project_shifted(table, items, weight, offsets):
+    """``(emb, F.linear(shift_right(emb, offsets), weight))`` with ``emb = F.embedding(items, table)``,
+    the same values and gradients, without keeping ``shift_right(emb)`` for backward. Under
+    ``torch.autocast`` the projection runs in its dtype, as ``F.linear`` does."""
+    _, enabled, dtype = autocast_state(table)
+    return _EmbedProjectShifted.apply(table, items, weight.to(dtype) if enabled else weight, offsets)
 
 
 def pad_segments(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor):

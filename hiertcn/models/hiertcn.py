@@ -45,7 +45,16 @@ from torch import nn
 from hiertcn.batching import SessionBatch
 from hiertcn_kernels import TemporalConvNet, segment_expand, segment_reduce
 
-from .base import LaneRuns, Recommender, check_state, lane_runs, lane_slots, shift_right, window_lengths
+from .base import (
+    LaneRuns,
+    Recommender,
+    check_state,
+    embed_project_shifted,
+    lane_runs,
+    lane_slots,
+    shift_right,
+    window_lengths,
+)
 
 GAP_DECAYS = ("none", "fixed", "learned")
 
@@ -95,8 +104,11 @@ class HierTCN(Recommender):
             self.agg_dense = nn.Linear(embedding_dim, embedding_dim)
         else:  # the release: the item embedding as the AGG's kernel, so only its bias is new
             self.agg_bias = nn.Parameter(torch.zeros(embedding_dim))
-        self.cells = nn.ModuleList(
-            nn.GRUCell(embedding_dim if layer == 0 else hidden_dim, hidden_dim) for layer in range(gru_layers)
+        # One single-layer GRU per layer (the state before every window is needed at every layer): the
+        # GRUCell parameters and init, kept in one flat buffer per layer, which cuDNN reads in place.
+        self.session_grus = nn.ModuleList(
+            nn.GRU(embedding_dim if layer == 0 else hidden_dim, hidden_dim, batch_first=True)
+            for layer in range(gru_layers)
         )
         if gap_decay == "learned":
             self.gap_dense = nn.Linear(gru_layers * hidden_dim, 1)
@@ -112,6 +124,13 @@ class HierTCN(Recommender):
     def init_state(self, n_lanes: int, device=None) -> torch.Tensor:
         """``(gru_layers, n_lanes, hidden_dim)`` zeros."""
         return torch.zeros(self.gru_layers, n_lanes, self.hidden_dim, device=device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints before 2026-11-30 held the session GRU as GRUCells: cells.{layer}.weight_ih, ...
+        for key in [k for k in state_dict if k.startswith(f"{prefix}cells.")]:
+            layer, name = key[len(prefix) + len("cells.") :].split(".", 1)
+            state_dict[f"{prefix}session_grus.{layer}.{name}_l0"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _decay(self, h: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
         """Factor ``exp(-gap / bandwidth)`` per lane, ``(n,)``, in ``h``'s dtype.
@@ -145,12 +164,13 @@ class HierTCN(Recommender):
         x = torch.cat([summaries, summaries.new_zeros(1, summaries.shape[1])])[runs.window]
         n_runs, width = runs.window.shape
         before, final = [], []
-        for layer, cell in enumerate(self.cells):
-            with warnings.catch_warnings():  # cuDNN copies the cell's four tensors into one buffer per call
+        for layer, gru in enumerate(self.session_grus):
+            # Not gru(x, h): train=True whenever gradients flow, as cuDNN's RNN backward refuses eval mode
+            # (no dropout here). The weights are gru's flat buffer (nn.GRU keeps them so): no copy per call.
+            with warnings.catch_warnings():  # a deep copy can leave them apart: then cuDNN copies, silently
                 warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
-                # train=True whenever gradients flow: cuDNN's RNN backward refuses eval mode (no dropout here).
-                x = torch._VF.gru(x, h0[layer : layer + 1], [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh],
-                                  True, 1, 0.0, self.training or torch.is_grad_enabled(), False, True)[0]  # fmt: skip
+                x = torch._VF.gru(x, h0[layer : layer + 1], gru._flat_weights, True, 1, 0.0,
+                                  self.training or torch.is_grad_enabled(), False, True)[0]  # fmt: skip
             # The state before window j of a run: the run's initial state, then the output after window j-1.
             before.append(torch.cat([h0[layer][:, None], x[:, :-1]], 1).reshape(n_runs * width, -1)[runs.flat_valid])
             final.append(x[runs.last_run, runs.last_step])
@@ -169,8 +189,8 @@ class HierTCN(Recommender):
             before.append(hl.permute(1, 0, 2).reshape(len(lanes), -1))
             order.append(windows)
             x, new = summaries[windows], []
-            for layer, cell in enumerate(self.cells):
-                x = cell(x, hl[layer])
+            for layer, gru in enumerate(self.session_grus):
+                x = torch._VF.gru_cell(x, hl[layer], *gru._flat_weights)  # w_ih, w_hh, b_ih, b_hh: GRUCell's step
                 new.append(x)
             # An empty window (hand-built batches only) steps nothing: the state passes it undecayed.
             h = h.index_copy(1, lanes, torch.where((lengths[windows] > 0)[None, :, None], torch.stack(new), reset))
@@ -189,17 +209,21 @@ class HierTCN(Recommender):
         return segment_reduce(self.item_emb(batch.imp_item), batch.imp_ptr, "mean")
 
     def forward(self, batch: SessionBatch, state: torch.Tensor | None = None):
-        emb = self.item_emb(batch.items)
+        cu = batch.cu_seqlens
+        # project(concat(shifted item, context)) as two products: the step half per token, the context half
+        # per window before the expand (no (T, D + layers*H) concat held for backward).
+        w_step, w_context = self.project.weight.split(
+            [self.project.in_features - self.gru_layers * self.hidden_dim, self.gru_layers * self.hidden_dim], dim=1)
+        if self.has_impression:
+            emb = self.item_emb(batch.items)
+            x_step = F.linear(shift_right(torch.cat([emb, self._impression_mean(batch)], 1), cu), w_step)
+        else:  # the shifted embeddings are gathered again in backward, not kept
+            emb, x_step = embed_project_shifted(self.item_emb.weight, batch.items, w_step, cu)
         if state is None:
             state = self.init_state(batch.n_lanes, emb.device)
         check_state(state, (self.gru_layers, batch.n_lanes, self.hidden_dim), "HierTCN")
-        cu = batch.cu_seqlens
         summaries = segment_reduce(emb, cu, self.agg)
         summaries = self.agg_dense(summaries) if hasattr(self, "agg_dense") else summaries + self.agg_bias
         context, new_state = self.session_context(batch, summaries, state.to(emb.dtype))
-        # project(concat(shifted item, context)) with the context half applied per window before the
-        # expand: the same product, without a (T, D + layers*H) concat held for backward.
-        step = torch.cat([emb, self._impression_mean(batch)], 1) if self.has_impression else emb
-        w_step, w_context = self.project.weight.split([step.shape[1], context.shape[1]], dim=1)
-        x = F.linear(shift_right(step, cu), w_step) + segment_expand(F.linear(context, w_context), cu)
+        x = x_step + segment_expand(F.linear(context, w_context), cu)
         return self.tcn(x, cu_seqlens=cu), new_state

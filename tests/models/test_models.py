@@ -393,7 +393,7 @@ def test_hiertcn_gru_over_runs_equals_the_slot_by_slot_cells(seed):
         seen["empty lane"] |= bool((batch.lane_ptr.diff() == 0).any())
         summaries = torch.randn(batch.n_sessions, model.item_emb.embedding_dim, generator=gen, dtype=torch.float64)
         state = torch.randn(model.gru_layers, batch.n_lanes, model.hidden_dim, generator=gen, dtype=torch.float64)
-        inputs = [summaries.requires_grad_(), state.requires_grad_(), *model.cells.parameters()]
+        inputs = [summaries.requires_grad_(), state.requires_grad_(), *model.session_grus.parameters()]
         fused = model._context_by_runs(summaries, state, runs)
         slots = model._context_by_slots(batch, summaries, state)
         weights = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in fused]
@@ -484,3 +484,77 @@ def test_cuda_lane_runs_match_the_host_built_ones(small_csr):
         a, b = getattr(on_cpu, field.name), getattr(on_gpu, field.name)
         assert b.is_cuda and b.dtype == a.dtype and b.shape == a.shape, field.name
         assert torch.equal(a, b.cpu()), field.name
+
+
+def test_hiertcn_session_gru_keeps_gru_cell_init_and_loads_gru_cell_checkpoints():
+    """The session GRU (one nn.GRU per layer, flat weights for cuDNN) draws what GRUCells drew from the
+    same seed, and a state dict saved when it was GRUCells (``cells.{layer}.weight_ih``...) loads."""
+    for size in [(6, 5), (5, 5)]:
+        torch.manual_seed(3)
+        gru = torch.nn.GRU(*size, batch_first=True)
+        torch.manual_seed(3)
+        cell = torch.nn.GRUCell(*size)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            assert torch.equal(getattr(gru, f"{name}_l0"), getattr(cell, name)), name
+    reference = build_model("hiertcn", n_items=9, **TINY["hiertcn"])
+    old = {}
+    for key, value in reference.state_dict().items():
+        if key.startswith("session_grus."):
+            _, layer, name = key.split(".")
+            key = f"cells.{layer}.{name.removesuffix('_l0')}"
+        old[key] = value + 1 if "bias" in key else value  # changed, so the load is seen
+    fresh = build_model("hiertcn", n_items=9, **TINY["hiertcn"])
+    fresh.load_state_dict(old)  # strict: every key is used
+    torch.testing.assert_close(fresh.session_grus[1].bias_hh_l0, reference.session_grus[1].bias_hh_l0 + 1)
+
+
+def test_embed_project_shifted_matches_the_plain_ops_and_keeps_no_activation():
+    """Values, gradients and double backward of (emb, linear(shift_right(emb))) as the plain ops give them,
+    empty and one-row segments included; for backward it keeps the indices, no (T, D) float rows."""
+    import torch.nn.functional as F
+
+    from hiertcn.models.base import embed_project_shifted, shift_right
+
+    gen = torch.Generator().manual_seed(0)
+    offsets = torch.tensor([0, 3, 3, 4, 9, 9, 12])
+    items = torch.randint(0, 7, (12,), generator=gen)
+    table = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    w_emb, w_out = torch.randn(12, 5, generator=gen, dtype=torch.float64), torch.randn(12, 4, generator=gen,
+                                                                                        dtype=torch.float64)
+
+    def fused(t, w):
+        emb, out = embed_project_shifted(t, items, w, offsets)
+        return (emb * w_emb).sum() + (out * w_out).sum()
+
+    def plain(t, w):
+        emb = F.embedding(items, t)
+        return (emb * w_emb).sum() + (F.linear(shift_right(emb, offsets), w) * w_out).sum()
+
+    for a, b in zip(embed_project_shifted(table, items, weight, offsets),
+                    (F.embedding(items, table), F.linear(shift_right(F.embedding(items, table), offsets), weight))):
+        torch.testing.assert_close(a, b)
+    grads = [torch.autograd.grad(f(table, weight), (table, weight)) for f in (fused, plain)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradgradcheck(fused, (table, weight))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        embed_project_shifted(table, items, weight, offsets)
+    assert not [t for t in saved if t.is_floating_point() and t.shape[0] == items.numel()]
+
+
+def test_embed_project_shifted_under_cpu_autocast_projects_in_bf16():
+    import torch.nn.functional as F
+
+    from hiertcn.models.base import embed_project_shifted, shift_right
+
+    offsets, items = torch.tensor([0, 2, 6]), torch.tensor([1, 0, 2, 2, 1, 0])
+    table, weight = torch.randn(3, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb, out = embed_project_shifted(table, items, weight, offsets)
+        expected = F.linear(shift_right(F.embedding(items, table), offsets), weight)
+    assert emb.dtype == torch.float32 and out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected)
+    out.float().sum().backward()
+    assert weight.grad.dtype == torch.float32 and table.grad.dtype == torch.float32
