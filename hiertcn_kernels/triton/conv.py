@@ -439,18 +439,26 @@ def _bwd_programs_per_sm(gated: bool, x: torch.Tensor) -> int:
     return 4 if not gated and x.element_size() == 2 else 2
 
 
+# Fewest rows per backward program on GPU: each program's fp32 weight partial (327 KB at C = 128,
+# K = 5) outweighed its rows below this. On an H200 (2026-11-30, relu fp32 C = 128) the floor cut
+# the backward's transient memory at T = 12k from 81 to 34 MiB, and at T = 1.5k from 11 to 5 MiB,
+# for the same time (within noise from T = 0.9k to 65k; HierTCN's step at 256 lanes 10% faster).
+_MIN_CHUNK_ROWS = 256
+
+
 def _chunk_rows(t: int, halo: int, device: torch.device, per_sm: int = 1) -> int:
     """Rows per backward program: a multiple of the row tile (the kernel takes any count >= 1;
     tests replace this function to force many chunk boundaries). On GPU ``per_sm`` programs per SM
-    (``_bwd_programs_per_sm``); every program adds one ``(K, C_in, C_out)`` fp32 partial. Never
-    fewer rows than the halo, so the recompute is at most 100%. Two programs in the interpreter, so
-    the cross-chunk sum is exercised."""
+    (``_bwd_programs_per_sm``), but at least ``_MIN_CHUNK_ROWS`` rows each: every program adds one
+    ``(K, C_in, C_out)`` fp32 partial. Never fewer rows than the halo, so the recompute is at most
+    100%. Two programs in the interpreter, so the cross-chunk sum is exercised."""
     if interpreting() or device.type != "cuda":
-        programs = 2
+        programs, least = 2, 1
     else:
         programs = torch.cuda.get_device_properties(device).multi_processor_count * per_sm
+        least = _MIN_CHUNK_ROWS
     block = _row_block()
-    return triton.cdiv(max(triton.cdiv(t, programs), halo, 1), block) * block
+    return triton.cdiv(max(triton.cdiv(t, programs), halo, least), block) * block
 
 
 def _zeros_or_none(p):

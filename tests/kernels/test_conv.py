@@ -787,3 +787,18 @@ def test_kernels_compile_for_gpu(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=600, check=False)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_gpu_backward_chunks_keep_a_row_floor(monkeypatch):
+    """On GPU (faked here: 132 SMs) a small batch gets a few programs of at least 256 rows, not one per
+    row tile: each program adds a (K, C_in, C_out) fp32 partial. Large batches still fill every SM."""
+    from types import SimpleNamespace
+
+    from hiertcn_kernels.triton import conv as tconv
+
+    monkeypatch.setattr(tconv, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    cuda = torch.device("cuda")
+    assert tconv._chunk_rows(877, 8, cuda, per_sm=2) == 256
+    assert tconv._chunk_rows(2**20, 8, cuda, per_sm=2) == 4032  # ceil(2^20 / 264) rounded up to the 64-row tile
+    assert tconv._chunk_rows(877, 300, cuda, per_sm=2) == 320  # the halo, when longer
