@@ -237,7 +237,7 @@ class LossStep(torch.nn.Module):
         extra = {}
         if batch.has_impressions and getattr(self.loss_fn, "takes_impressions", False):
             extra["impressions"] = batch.impression_matrix(self.loss_fn.num_negatives, mask, sample=True)
-        targets = mask.nonzero().squeeze(1)  # one host sync, where two boolean indexings would take two
+        targets = mask.nonzero().squeeze(1)  # one host sync for both, where boolean indexing takes one each
         loss = self.loss_fn(self.model, user_emb.index_select(0, targets), batch.items.index_select(0, targets),
                             batch=batch, **extra)  # fmt: skip
         return loss, self.model.detach_state(state) if state is not None else None
@@ -249,6 +249,14 @@ def build_adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam
     params = list(params)
     fused = bool(params) and all(p.is_cuda for p in params)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
+
+
+def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` keeping ``optimizer``'s fused choice: loading takes every group
+    option from ``state``, so a run saved unfused (or on CPU) would resume unfused on CUDA."""
+    fused = optimizer.defaults.get("fused")
+    state = {**state, "param_groups": [{**group, "fused": fused} for group in state["param_groups"]]}
+    optimizer.load_state_dict(state)
 
 
 def fit(
@@ -321,7 +329,7 @@ def fit(
         ckpt = load_checkpoint(last_path, map_location=device)
         check_same_data(ckpt, dataset, catalogue, data, last_path)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_adam_state(optimizer, ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         run = ckpt["run"]
         mine = ckpt  # written before checkpoints kept every rank's state: lane_state and rng at the top

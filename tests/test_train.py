@@ -322,3 +322,22 @@ def test_build_adam_is_fused_on_cuda_and_steps_as_torch_adam(device):
         plain.step()
     for p, q in zip(params, twins):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_resumed_adam_keeps_its_fused_choice(device):
+    """An optimizer state saved unfused (an older run, or one on CPU) resumes fused on CUDA, and
+    steps there (fused Adam keeps its step counts on the device)."""
+    from hiertcn.train import load_adam_state
+
+    param = torch.randn(4, 3, device=device, requires_grad=True)
+    saved = torch.optim.Adam([param.detach().cpu().clone().requires_grad_()], lr=1e-2)
+    saved.param_groups[0]["params"][0].grad = torch.ones(4, 3)
+    saved.step()
+    optimizer = build_adam([param], lr=1e-2)
+    load_adam_state(optimizer, saved.state_dict())
+    assert optimizer.param_groups[0]["fused"] is (True if device == "cuda" else None)
+    assert int(optimizer.state[param]["step"]) == 1
+    param.grad = torch.ones_like(param)
+    optimizer.step()
+    assert int(optimizer.state[param]["step"]) == 2

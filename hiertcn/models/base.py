@@ -216,7 +216,8 @@ def embed_project_shifted(table, items, weight, offsets):
     the same values and gradients, without keeping ``shift_right(emb)`` for backward. Under
     ``torch.autocast`` the projection runs in its dtype, as ``F.linear`` does."""
     _, enabled, dtype = autocast_state(table)
-    return _EmbedProjectShifted.apply(table, items, weight.to(dtype) if enabled else weight, offsets)
+    cast = enabled and weight.dtype != torch.float64  # autocast leaves float64 alone
+    return _EmbedProjectShifted.apply(table, items, weight.to(dtype) if cast else weight, offsets)
 
 
 def pad_segments(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor):

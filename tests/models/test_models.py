@@ -558,3 +558,6 @@ def test_embed_project_shifted_under_cpu_autocast_projects_in_bf16():
     torch.testing.assert_close(out, expected)
     out.float().sum().backward()
     assert weight.grad.dtype == torch.float32 and table.grad.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as F.linear: autocast leaves float64 alone
+        _, out64 = embed_project_shifted(table.double(), items, weight.double(), offsets)
+    assert out64.dtype == torch.float64
