@@ -25,7 +25,7 @@ def test_the_first_variants_are_the_shipped_launch_choices(tune):
     shipped = tune.TS._GPU_TILING
     assert tune.segment_tiles(False)[0] == shipped.narrow
     assert tune._SweptTiling(**dataclasses.asdict(shipped)).narrow == shipped.narrow
-    assert tune.conv_variants(False)[0] == ("shipped", 1, {})
+    assert tune.conv_variants(False)[0] == ("shipped", None, {})  # no override: _bwd_programs_per_sm, _bwd_opts
     names = [name for name, _, _ in tune.conv_variants(False)]
     assert len(names) == len(set(names)) == 13
     assert len(tune.conv_variants(True)) == 4 and len(tune.segment_tiles(True)) == 3
