@@ -42,6 +42,8 @@ def autocast_state(x: torch.Tensor) -> tuple[str, bool, torch.dtype]:
 def _autocast(*tensors):
     """Under ``torch.autocast`` the floating tensors in its dtype, as ``F.conv1d`` runs there (the casts are
     differentiable: parameters keep their own dtype and get gradients in it); unchanged otherwise."""
+    if not isinstance(tensors[0], torch.Tensor):  # the checks after the cast name it
+        return tensors
     _, enabled, dtype = autocast_state(tensors[0])
     if not enabled:
         return tensors

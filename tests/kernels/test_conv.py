@@ -613,6 +613,8 @@ def _valid():
         (lambda a: {**a, "cu_seqlens": torch.tensor([0, 2, 6], device="meta")}, ValueError, "cu_seqlens is on"),
         (lambda a: {**a, "x": torch.randn(2, 3, 4)}, ValueError, "x must be packed"),
         (lambda a: {**a, "x": torch.randint(0, 3, (6, 4))}, TypeError, "x must be a floating"),
+        (lambda a: {**a, "x": np.zeros((6, 4), np.float32)}, TypeError, "x must be a torch.Tensor"),
+        (lambda a: {**a, "x": None}, TypeError, "x must be a torch.Tensor"),
         (lambda a: {**a, "bias": torch.randn(4, dtype=torch.float64)}, TypeError, "bias has dtype"),
     ],
 )
@@ -655,6 +657,13 @@ def test_tcn_block_bad_input(triton_backend, kwargs, match):
     kwargs = {"conv_weight": w, **kwargs}
     with pytest.raises(ValueError, match=match):
         hk.tcn_block(x, kwargs.pop("conv_weight"), cu_seqlens=off, **kwargs)
+
+
+@pytest.mark.parametrize("x", [[[0.0, 0.0, 0.0, 0.0]], None], ids=["list", "none"])
+def test_tcn_block_names_a_non_tensor_x(x):
+    _, w, _, _ = _valid()
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        hk.tcn_block(x, w, cu_seqlens=torch.tensor([0, 1]))
 
 
 # --------------------------------------------------------------------------------------- CUDA

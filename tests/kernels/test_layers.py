@@ -59,6 +59,42 @@ def test_segment_agg_layer():
         hk.SegmentAgg("median")
 
 
+def test_segment_agg_takes_cu_seqlens_like_the_other_layers():
+    values, cu = torch.tensor([[1.0], [3.0], [2.0]]), torch.tensor([0, 2, 3])
+    agg = hk.SegmentAgg("sum")
+    expect = torch.tensor([[4.0], [2.0]])
+    for out in (agg(values, cu), agg(values, cu_seqlens=cu), agg(values, offsets=cu)):
+        torch.testing.assert_close(out, expect)
+    for bad in ({}, {"cu_seqlens": cu, "offsets": cu}):
+        with pytest.raises(TypeError, match="cu_seqlens"):
+            agg(values, **bad)
+
+
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda: hk.CausalConv1d(0, 4, 3), "in_channels"),
+        (lambda: hk.CausalConv1d(4, 4, 0), "kernel_size"),
+        (lambda: hk.CausalConv1d(4, 4, 3, dilation=0), "dilation"),
+        (lambda: hk.TCNBlock(4.0), "channels"),
+        (lambda: hk.TCNBlock(4, activation="gated", hidden=0), "hidden"),
+        (lambda: hk.TCNBlock(4, dilation=True), "dilation"),
+        (lambda: hk.TemporalConvNet(4, levels=-1), "levels"),
+        (lambda: hk.TemporalConvNet(4, levels=0), "levels"),
+    ],
+)
+def test_layers_reject_bad_sizes_when_built(build, name):
+    with pytest.raises(ValueError, match=f"^{name} must be a positive int"):
+        build()
+
+
+def test_layers_take_integer_likes_as_sizes():
+    import numpy as np
+
+    block = hk.TCNBlock(np.int64(4), kernel_size=np.int32(3), dilation=np.int64(2), activation="gated", hidden=6)
+    assert block.conv_weight.shape == (12, 4, 3) and block.dilation == 2 and type(block.dilation) is int
+
+
 def test_tcn_block_rejects_unknown_activation():
     with pytest.raises(ValueError, match="activation must be 'relu' or 'gated'"):
         hk.TCNBlock(4, kernel_size=3, activation="tanh")
