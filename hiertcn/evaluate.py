@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from hiertcn.batching import MAX_SESSION_LEN, user_batches
 from hiertcn.data.splits import TEST
 from hiertcn.metrics import MetricAccumulator, check_target_scores, count_at_or_above, target_ranks
+from hiertcn.models.base import check_catalogue
 
 
 def _unpack(data):
@@ -93,6 +94,7 @@ def score_events(
     ``impressions`` (``Dataset.impressions``) go into the batches of models that read them
     (``has_impression``).
     """
+    check_catalogue(model, csr)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     impressions = impressions if getattr(model, "has_impression", False) else None
     was_training = model.training

@@ -11,6 +11,7 @@ fill the pads with sampled negatives, and sample all of them when none are given
 from __future__ import annotations
 
 import inspect
+import operator
 
 import numpy as np
 import torch
@@ -46,15 +47,45 @@ def sample_items(popularity: torch.Tensor | None, n: int, n_items: int, device) 
     return torch.searchsorted(cdf, draws, right=True).clamp_(max=n_items - 1)
 
 
+def _count(name: str, value, least: int) -> int:
+    """A count option (``num_negatives``): an integer-like >= ``least``, bools and floats rejected."""
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    return count
+
+
+def _check_item_ids(name: str, ids, n_items: int, *, low: int = 0) -> None:
+    """``ids`` must be an integer tensor of item ids in ``[low, n_items)``: one host read."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"{name} must be an integer tensor of item ids, got {got}")
+    if ids.numel():
+        least, most = torch.stack([ids.min(), ids.max()]).tolist()
+        if least < low or most >= n_items:
+            raise ValueError(f"{name} must be item ids in [{low}, {n_items}), got min {least} max {most}")
+
+
 class _Loss:
     takes_impressions = False  # True: negatives come from impressions when the batch has them
     samples_items = False  # True: draws negatives by ``item_counts`` (popularity), given at construction
 
     def __call__(self, model, user_emb, targets, batch=None, impressions=None):
-        if user_emb.dim() != 2 or targets.shape != (user_emb.shape[0],):
-            raise ValueError(
-                f"user_emb must be (n, D) and targets (n,), got {tuple(user_emb.shape)} and {tuple(targets.shape)}"
-            )
+        if not isinstance(user_emb, torch.Tensor) or not user_emb.is_floating_point():
+            raise TypeError(f"user_emb must be a floating tensor, got {getattr(user_emb, 'dtype', type(user_emb))}")
+        if user_emb.dim() != 2 or not isinstance(targets, torch.Tensor) or targets.shape != (user_emb.shape[0],):
+            shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+            raise ValueError(f"user_emb must be (n, D) and targets (n,), got {tuple(user_emb.shape)} and {shape}")
+        weight, _ = model.output_embeddings()
+        if user_emb.shape[1] != weight.shape[1]:
+            raise ValueError(f"user_emb has {user_emb.shape[1]} columns but the model's output embeddings "
+                             f"{weight.shape[1]}")  # fmt: skip
+        _check_item_ids("targets", targets, weight.shape[0])
+        if impressions is not None:
+            _check_item_ids("impressions", impressions, weight.shape[0], low=-1)  # -1 pads
         return self.compute(model, user_emb, targets.long(), impressions)
 
 
@@ -105,7 +136,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (*(None if g is None else g * grad_output for g in ctx.saved_tensors), None, None)
 
 
-def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None = None):
+def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None = None, *,
+                         check_targets: bool = True):  # fmt: skip
     """Mean softmax cross-entropy of ``user_emb @ weight.T + bias`` against ``targets``, never materialising the logits.
 
     Same value and gradients as ``F.cross_entropy(torch.addmm(bias, user_emb, weight.t()), targets)``;
@@ -113,10 +145,8 @@ def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None
     computed in fp32 (the loss is fp32), under ``torch.autocast`` too.
     """
     n_items = weight.shape[0]
-    if targets.numel():
-        low, high = torch.stack([targets.min(), targets.max()]).tolist()  # one host read
-        if low < 0 or high >= n_items:
-            raise ValueError(f"targets must be item ids in [0, {n_items}), got min {low} max {high}")
+    if check_targets:  # one host read; a loss checks them once for all its parts (``_Loss``)
+        _check_item_ids("targets", targets, n_items)
     if chunk_rows is None:
         chunk_rows = max(1, _CHUNK_ELEMENTS // n_items)
     if chunk_rows < 1:
@@ -146,7 +176,7 @@ class SoftmaxLoss(_Loss):
 
     def compute(self, model, user_emb, targets, impressions):
         weight, bias = model.output_embeddings()
-        return linear_cross_entropy(user_emb, weight, bias, targets, self.chunk_rows)
+        return linear_cross_entropy(user_emb, weight, bias, targets, self.chunk_rows, check_targets=False)
 
 
 class SampledSoftmaxLoss(_Loss):
@@ -169,8 +199,7 @@ class SampledSoftmaxLoss(_Loss):
     samples_items = True
 
     def __init__(self, num_negatives: int = 100, in_batch: bool = True, item_counts=None):
-        if num_negatives < 0:
-            raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+        num_negatives = _count("num_negatives", num_negatives, 0)
         if num_negatives == 0 and not in_batch:
             raise ValueError("sampled_softmax needs negatives: num_negatives > 0 or in_batch=True")
         if in_batch and item_counts is None:
@@ -224,8 +253,6 @@ def _negatives(impressions, targets, num_negatives, popularity, n_items):
         impressions = impressions.long()
         if impressions.dim() != 2 or impressions.shape[0] != targets.shape[0]:
             raise ValueError(f"impressions must be (n, K) with n={targets.shape[0]}, got {tuple(impressions.shape)}")
-        if impressions.numel() and int(impressions.max()) >= n_items:
-            raise ValueError(f"impressions hold item ids >= n_items={n_items}")
     if impressions is not None and impressions.shape[1] == 0:
         impressions = None  # no columns at all: every negative is sampled
     if impressions is not None and not bool((impressions < 0).any()):
@@ -253,9 +280,7 @@ class BPRLoss(_Loss):
     samples_items = True
 
     def __init__(self, num_negatives: int = 1, item_counts=None):
-        if num_negatives < 1:
-            raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
-        self.num_negatives = num_negatives
+        self.num_negatives = _count("num_negatives", num_negatives, 1)
         self.popularity = _proposal(item_counts, "bpr")
 
     def compute(self, model, user_emb, targets, impressions):
@@ -278,10 +303,8 @@ class HingeLoss(_Loss):
     samples_items = True
 
     def __init__(self, margin: float = 0.1, num_negatives: int = 20, item_counts=None):
-        if num_negatives < 1:
-            raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
         self.margin = margin
-        self.num_negatives = num_negatives
+        self.num_negatives = _count("num_negatives", num_negatives, 1)
         self.popularity = _proposal(item_counts, "hinge")
 
     def compute(self, model, user_emb, targets, impressions):

@@ -17,13 +17,23 @@ METRIC_KEYS = tuple(f"recall@{k}" for k in RECALL_CUTOFFS) + ("mrr", "mrr@20", "
 
 
 def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each target among all items, ties against the target: ``(E,)`` int64."""
+    """1-based rank of each target among all items, ties against the target: ``(E,)`` int64.
+
+    Tensors, or anything ``torch.as_tensor`` takes (numpy arrays, lists)."""
+    scores = torch.as_tensor(scores)
+    target = torch.as_tensor(target, device=scores.device)
     if scores.dim() != 2:
         raise ValueError(f"scores must be (E, I), got shape {tuple(scores.shape)}")
+    if scores.dtype == torch.bool or scores.is_complex():
+        raise TypeError(f"scores must be real numbers, got {scores.dtype}")
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"target must hold integer item ids, got {target.dtype}")
     if target.dim() != 1 or target.shape[0] != scores.shape[0]:
         raise ValueError(f"target must be (E,) with E={scores.shape[0]}, got shape {tuple(target.shape)}")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= scores.shape[1]):
-        raise ValueError(f"target ids must lie in [0, {scores.shape[1]})")
+    if target.numel():
+        low, high = torch.stack([target.min(), target.max()]).tolist()  # one host read
+        if low < 0 or high >= scores.shape[1]:
+            raise ValueError(f"target ids must lie in [0, {scores.shape[1]}), got min {low} max {high}")
     target_score = scores.gather(1, target.long()[:, None])
     check_target_scores(target_score)
     # The target itself is counted by >=, which supplies the "1 +".
@@ -50,8 +60,10 @@ def metrics_per_event(ranks: torch.Tensor, n_items: int) -> torch.Tensor:
 
 
 def ranking_metrics(scores: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Mean of every metric in METRIC_KEYS over the events: ``scores (E, I)``, ``target (E,)``."""
-    if scores.shape[0] == 0:
+    """Mean of every metric in METRIC_KEYS over the events: ``scores (E, I)``, ``target (E,)`` (tensors,
+    or anything ``torch.as_tensor`` takes)."""
+    scores = torch.as_tensor(scores)
+    if scores.dim() >= 1 and scores.shape[0] == 0:
         raise ValueError("scores must hold at least one event")
     values = metrics_per_event(target_ranks(scores, target), scores.shape[1]).mean(0)
     return dict(zip(METRIC_KEYS, values.tolist()))

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ._ragged import ranges
 from .batching import SessionBatch, user_batches
+from .models.base import check_catalogue
 
 
 def with_next_slot(
@@ -88,6 +89,7 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     ``exclude_seen``: leave out the items in each user's history (they score ``-inf`` and are
     listed only when fewer than ``k`` items are left). ``progress``: a progress bar over the batches of users.
     """
+    check_catalogue(model, csr, exact=True)
     if not 1 <= k <= csr.n_items:
         raise ValueError(f"k must be in [1, {csr.n_items}], got {k}")
     user_rows = np.asarray(user_rows, dtype=np.int64)

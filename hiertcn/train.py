@@ -44,6 +44,7 @@ from .checkpoint import (
 from .config import Config
 from .data.splits import TEST, TRAIN, VALID
 from .metrics import combine_results
+from .models.base import check_catalogue
 
 
 class NonFiniteLossError(RuntimeError):
@@ -282,6 +283,7 @@ def fit(
     ``build_model`` arguments) go into the checkpoints so they can rebuild the model. Writes ``last.pt``, ``best.pt``,
     ``history.json`` and ``metrics.json`` into ``run_dir`` (rank 0 only).
     """
+    check_catalogue(model, dataset.csr)
     roles = np.asarray(dataset.role)
     for role, name in ((TRAIN, "TRAIN"), (TEST, "TEST")):
         if not (roles == role).any():  # found now rather than after the last epoch

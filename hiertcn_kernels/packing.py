@@ -191,7 +191,8 @@ def pack_sessions(user, item, timestamp, *, session_gap=1800, session=None) -> S
     """Pack an interaction log into a :class:`SessionCSR`.
 
     ``user``, ``item``, ``timestamp`` (and ``session`` if given) are equal-length
-    integer arrays in any order; raw ids may be any integers. Rows are ordered
+    integer arrays in any order; raw ids may be any integers, timestamps any
+    non-negative integers (seconds, or any unit ``session_gap`` is in). Rows are ordered
     by user then time, stably (ties in time keep input order). A new session
     starts where the user changes, where ``session`` changes, or where the gap
     to the user's previous interaction is ``>= session_gap`` seconds (``inf``

@@ -118,6 +118,15 @@ def test_recommend_needs_an_interaction_per_user():
     assert items.shape == (2, 3)
 
 
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_recommend_needs_the_model_of_the_logs_catalogue(delta):
+    """Fewer items: an embedding index error otherwise; more: top items with no raw id in the log."""
+    csr = planted_dataset(n_users=3).csr
+    model = build_model("gru4rec", n_items=csr.n_items + delta, **TINY["gru4rec"]).eval()
+    with pytest.raises(ValueError, match=f"the log has {csr.n_items} items but the model scores {csr.n_items + delta}"):
+        recommend(model, csr, np.array([0]), k=1)
+
+
 @pytest.mark.parametrize("rows", [[3], [0, 5], [-1], [], [[0]]])
 def test_recommend_rejects_user_rows_outside_the_log(rows):
     csr = planted_dataset(n_users=3).csr

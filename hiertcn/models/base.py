@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +33,13 @@ class Recommender(nn.Module, abc.ABC):
 
     def __init__(self, n_items: int):
         super().__init__()
-        if not isinstance(n_items, int) or isinstance(n_items, bool) or n_items < 1:
+        try:  # any integer-like (numpy's too, as csr.n_items may be); bools and floats are not
+            count = None if isinstance(n_items, bool) else operator.index(n_items)
+        except TypeError:
+            count = None
+        if count is None or count < 1:
             raise ValueError(f"n_items must be a positive int, got {n_items!r}")
-        self.n_items = n_items
+        self.n_items = count
 
     def _init_head(self, dim: int, tied_to: nn.Embedding | None = None) -> None:
         """Output table ``(n_items, dim)`` plus bias; ``tied_to`` shares the input item embeddings."""
@@ -232,6 +237,19 @@ def pad_segments(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor):
     padded = x.new_zeros(lengths.numel(), width, x.shape[1])
     padded[valid] = x[rows]
     return padded, valid, rows
+
+
+def check_catalogue(model: nn.Module, csr, *, exact: bool = False) -> None:
+    """``model`` must score every item of ``csr`` (and only those when ``exact``: its outputs are mapped back
+    to ``csr``'s raw ids). Found here, from two ints, rather than as an embedding's bare index error (on a GPU,
+    a device-side assert)."""
+    n_model, n_log = getattr(model, "n_items", None), csr.n_items
+    if n_model is None or (n_model == n_log if exact else n_model >= n_log):
+        return
+    raise ValueError(
+        f"the log has {n_log} items but the model scores {n_model}: use the model with the dataset it was "
+        f"built for (n_items=dataset.csr.n_items)"
+    )
 
 
 def check_state(state: torch.Tensor, expected: tuple[int, ...], model: str) -> None:

@@ -169,3 +169,17 @@ def test_fit_evaluates_on_the_training_windows(tmp_path, monkeypatch):
     model = build_model("hiertcn", n_items=N_ITEMS, embedding_dim=8, hidden_dim=8, channels=8)
     fit(model, planted_dataset(), small_config(epochs=1, max_session_len=3), run_dir=tmp_path / "w", progress=False)
     assert len(seen) == 2 and set(seen) == {3}  # one validation, one test
+
+
+def test_evaluate_and_fit_need_a_model_that_scores_every_item_of_the_log(tmp_path):
+    """Found from the sizes before any batch, not as an embedding's bare IndexError (a device assert on GPU)."""
+    data = planted_dataset()
+    model = build_model("gru4rec", n_items=data.csr.n_items - 1, embedding_dim=8, hidden_dim=8)
+    match = f"the log has {data.csr.n_items} items but the model scores {data.csr.n_items - 1}"
+    with pytest.raises(ValueError, match=match):
+        evaluate(model, data)
+    with pytest.raises(ValueError, match=match):
+        fit(model, data, small_config(epochs=1), run_dir=tmp_path / "w", progress=False)
+    # A larger catalogue than the log's is fine for ranking: the extra items are ranked too.
+    bigger = build_model("gru4rec", n_items=data.csr.n_items + 2, embedding_dim=8, hidden_dim=8)
+    assert evaluate(bigger, data)["n_events"] > 0

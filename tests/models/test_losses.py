@@ -6,7 +6,14 @@ import torch.nn.functional as F
 from tinylogs import TINY, small_log
 
 from hiertcn.batching import user_batches
-from hiertcn.losses import LOSS_NAMES, SampledSoftmaxLoss, build_loss, linear_cross_entropy, sample_items
+from hiertcn.losses import (
+    LOSS_NAMES,
+    LOSSES,
+    SampledSoftmaxLoss,
+    build_loss,
+    linear_cross_entropy,
+    sample_items,
+)
 from hiertcn.models import build_model
 
 
@@ -230,11 +237,11 @@ def test_build_loss_rejects_bad_names_and_keys():
 @pytest.mark.parametrize(
     ("name", "config", "match"),
     [
-        ("sampled_softmax", {"num_negatives": -1}, "num_negatives must be >= 0"),
+        ("sampled_softmax", {"num_negatives": -1}, "num_negatives must be an int >= 0"),
         ("sampled_softmax", {"num_negatives": 0, "in_batch": False}, "needs negatives"),
         ("sampled_softmax", {"in_batch": True}, "in_batch=True needs item_counts"),
-        ("bpr", {"num_negatives": 0}, "num_negatives must be >= 1"),
-        ("hinge", {"num_negatives": 0}, "num_negatives must be >= 1"),
+        ("bpr", {"num_negatives": 0}, "num_negatives must be an int >= 1"),
+        ("hinge", {"num_negatives": 0}, "num_negatives must be an int >= 1"),
     ],
 )
 def test_losses_reject_bad_options(name, config, match):
@@ -250,8 +257,39 @@ def test_losses_reject_bad_shapes_and_catalogue_mismatch():
         build_loss()(table, u[0], torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="item_counts has 3 items, model 4"):
         build_loss("sampled_softmax", item_counts=[1, 2, 3])(table, u, torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match="item ids >= n_items=4"):
+    with pytest.raises(ValueError, match=r"impressions must be item ids in \[-1, 4\), got min 1 max 4"):
         build_loss("bpr")(table, u, torch.tensor([0, 1, 2]), impressions=torch.tensor([[1], [2], [4]]))
+    with pytest.raises(ValueError, match="user_emb has 3 columns but the model's output embeddings 2"):
+        build_loss()(table, torch.randn(3, 3, dtype=torch.float64), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("name", ["softmax", "sampled_softmax", "bpr", "hinge"])
+@pytest.mark.parametrize(
+    ("targets", "error", "match"),
+    [
+        (torch.tensor([0, -1]), ValueError, r"targets must be item ids in \[0, 4\), got min -1 max 0"),
+        (torch.tensor([0, 4]), ValueError, r"targets must be item ids in \[0, 4\), got min 0 max 4"),
+        (torch.tensor([0.9, 3.7]), TypeError, "targets must be an integer tensor of item ids, got torch.float32"),
+        (torch.tensor([True, False]), TypeError, "targets must be an integer tensor"),
+    ],
+)
+def test_every_loss_checks_its_targets(name, targets, error, match):
+    """Not only softmax: an id of -1 would read the last item's row, a float would be truncated."""
+    loss = build_loss(name, **({"item_counts": [1, 1, 1, 1]} if LOSSES[name].samples_items else {}))
+    with pytest.raises(error, match=match):
+        loss(_Table(4, 2), torch.randn(2, 2, dtype=torch.float64), targets)
+
+
+def test_impressions_must_be_integer_ids():
+    with pytest.raises(TypeError, match="impressions must be an integer tensor"):
+        build_loss("bpr")(_Table(4, 2), torch.randn(1, 2, dtype=torch.float64), torch.tensor([0]),
+                          impressions=torch.tensor([[1.5]]))
+
+
+@pytest.mark.parametrize("value", [2.5, True, "3"])
+def test_negative_counts_must_be_ints(value):
+    with pytest.raises(ValueError, match="num_negatives must be an int"):
+        build_loss("bpr", num_negatives=value)
 
 
 def test_full_impressions_are_the_negatives_without_sampling():

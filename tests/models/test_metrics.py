@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,18 @@ def test_bad_input_is_rejected():
         target_ranks(torch.rand(5), torch.tensor([0]))
     with pytest.raises(ValueError, match="no events"):
         MetricAccumulator(3).result()
+    # A float or bool target is not an item id: it must not be truncated to one.
+    for target in (torch.tensor([1.9]), torch.tensor([True])):
+        with pytest.raises(TypeError, match="target must hold integer item ids"):
+            ranking_metrics(torch.tensor([[0.0, 1.0, 2.0]]), target)
+    with pytest.raises(TypeError, match="scores must be real numbers"):
+        ranking_metrics(torch.tensor([[True, False]]), torch.tensor([0]))
+
+
+def test_ranking_metrics_takes_numpy_arrays():
+    scores, target = np.array([[0.0, 1.0, 2.0], [3.0, 2.0, 1.0]]), np.array([1, 0])
+    assert ranking_metrics(scores, target) == ranking_metrics(torch.from_numpy(scores), torch.from_numpy(target))
+    assert ranking_metrics(scores, target)["mrr"] == pytest.approx(0.75)
 
 
 def test_accumulator_splits_first_and_later_events():

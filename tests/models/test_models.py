@@ -238,8 +238,12 @@ def test_build_model_rejects_bad_names_and_keys():
         build_model("sasrec", n_items=5)
     with pytest.raises(TypeError, match="levelz"):
         build_model("hiertcn", n_items=5, levelz=3)
-    with pytest.raises(ValueError, match="n_items"):
-        build_model("gru4rec", n_items=0)
+    for bad in (0, 5.0, True, "5"):
+        with pytest.raises(ValueError, match="n_items must be a positive int"):
+            build_model("gru4rec", n_items=bad)
+    # csr.n_items may come as a numpy integer: it is a count like any other.
+    model = build_model("gru4rec", n_items=np.int64(5))
+    assert model.n_items == 5 and type(model.n_items) is int
     # Config-file values of the wrong kind are named (they failed as shape errors inside torch).
     for model, key, value, wanted in (("hiertcn", "embedding_dim", -4, "a positive int"),
                                       ("hiertcn", "levels", "3", "a positive int"),
