@@ -27,7 +27,7 @@ from .checkpoint import (
     saved_model_config,
 )
 from .config import SPLITS, TIME_UNITS, Config
-from .train import NonFiniteLossError, fit, resolve_device, seed_everything, write_metrics
+from .train import NonFiniteLossError, fit, json_safe, resolve_device, seed_everything, write_metrics
 
 TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp", "first/mrr", "later/mrr")
 DATA_KEYS = ("format", "preset", "preset_until_stable", "split", "user_col", "item_col", "time_col", "session_col",
@@ -230,10 +230,15 @@ def load_dataset(config: Config, *, echo=print):
     dataset, cache_path = prepare_dataset(config.data, seed=config.seed, **options)
     csr = dataset.csr
     shown = "" if dataset.impressions is None else f", {len(dataset.imp_item)} impressions"
+    source = "the built-in synthetic XING log (--data for yours)" if config.data is None else "dataset"
     echo(
-        f"dataset: {csr.n_users} users, {csr.n_sessions} sessions, {csr.n_interactions} interactions, "
+        f"{source}: {csr.n_users} users, {csr.n_sessions} sessions, {csr.n_interactions} interactions, "
         f"{csr.n_items} items{shown} (cache {cache_path}, {time.perf_counter() - start:.1f}s)"
     )
+    skipped = dataset.info.get("skipped_rows", 0)
+    if skipped:
+        lines = ", ".join(map(str, dataset.info.get("skipped_lines_head", [])))
+        echo(f"skipped {skipped} bad row(s) of the log (--skip-bad-rows){f'; lines {lines}' if lines else ''}")
     return dataset, cache_path
 
 
@@ -243,7 +248,7 @@ def build_for(name: str, dataset, config: Config):
     options = dict(config.model_config.get(name, {}))
     try:
         return build_model(name, n_items=dataset.csr.n_items, **options), options
-    except TypeError as err:  # an unknown key in model_config.<name>
+    except (TypeError, ValueError) as err:  # an unknown key or a bad value in model_config.<name>
         raise ValueError(f"model_config.{name}: {err}") from err
 
 
@@ -266,7 +271,7 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
 
 def _finish(args, obj) -> int:
     if args.json:
-        print(json.dumps(obj))
+        print(json.dumps(json_safe(obj), allow_nan=False))
     return 0
 
 
@@ -330,7 +335,10 @@ def cmd_prepare(args) -> int:
             f"({summary['dropped_interactions']} interactions) left with < {dataset.info['min_test_len']} "
             "interactions once items unseen in training were removed"
         )
-    _say(args)(json.dumps(summary, indent=2))
+    _say(args)(
+        f"sessions: {summary['train_sessions']} train, {summary['valid_sessions']} valid, "
+        f"{summary['test_sessions']} test (split {dataset.info.get('split')}); prepared in {cache_path}"
+    )
     for role in ("train", "test"):
         if not summary[f"{role}_sessions"]:
             print(f"hiertcn prepare: warning: no {role} sessions, so train will refuse this split "
@@ -362,6 +370,7 @@ def cmd_train(args) -> int:
     if rank != 0:
         return 0
     say(format_table({config.model: result.metrics}))
+    say(_tested_weights(result))
     if result.stopped == "max_time":
         say(f"stopped at max_time ({config.max_time:g} s of training, {result.metrics['epochs']} epoch(s) done); "
             "--resume with a larger --max-time to go on")
@@ -397,6 +406,15 @@ def _resumed_config(args, last: Path) -> Config:
             f"{', '.join(RESUME_MAY_CHANGE)}"
         )
     return config
+
+
+def _tested_weights(result) -> str:
+    """Which weights the test metrics are of: the best validation epoch's (best.pt), or the last ones."""
+    scored = [row for row in result.history if "val_mrr" in row]
+    if not scored:
+        return "test metrics of the last weights (no validation sessions to pick the best epoch by)"
+    best = max(scored, key=lambda row: row["val_mrr"])  # the first of equals, as training keeps it
+    return f"test metrics of epoch {best['epoch']:g}'s weights (best validation mrr {best['val_mrr']:.4f}; best.pt)"
 
 
 def _scoring_defaults(saved) -> dict:
@@ -438,9 +456,14 @@ def cmd_compare(args) -> int:
 
 
 def run_comparison(dataset, config: Config, *, progress=True, echo=print):
-    """Train and test every model of ``config.models``; ``{name: TrainResult}`` in that order."""
+    """Train and test every model of ``config.models``; ``{name: TrainResult}`` in that order.
+
+    Every model is built once first, so a bad option of the last one fails before the first trains."""
+    names = _model_names(config)
+    for name in names:
+        build_for(name, dataset, config)
     results = {}
-    for name in _model_names(config):
+    for name in names:
         seed_everything(config.seed)
         model, options = build_for(name, dataset, config)
         echo(f"training {name} ({sum(p.numel() for p in model.parameters())} parameters)")
@@ -484,7 +507,12 @@ def cmd_recommend(args) -> int:
         wanted = [u.strip() if user_names is not None else _int_id(u) for u in args.users.split(",")]
         unknown = [str(u) for u in wanted if u not in row_of]
         if unknown:
-            raise ValueError(f"--users: unknown user id(s) {', '.join(unknown)}")
+            preset = dataset.info.get("preset") or "none"
+            raise ValueError(
+                f"--users: unknown user id(s) {', '.join(unknown)}: not in the prepared log (not in --data, or "
+                f"removed by --preset {preset}, which `hiertcn prepare` reports on); only its users have a history "
+                "to recommend after"
+            )
         rows = np.array([row_of[u] for u in wanted], dtype=np.int64)
     else:
         rows = np.arange(csr.n_users)
@@ -496,6 +524,9 @@ def cmd_recommend(args) -> int:
     if not listed:
         every = args.users == "all" or args.output
         rows = rows[has_history] if every else rows[has_history][:5]
+    if args.at is not None and not model.carries_state:
+        _say(args)(f"note: {saved['model_name']} reads each history as one sequence, without sessions, so --at "
+                   "does not change its recommendations")  # fmt: skip
     items, scores = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
                               impressions=getattr(dataset, "impressions", None), at=args.at,
                               session_gap=config.session_gap, exclude_seen=args.exclude_seen,
@@ -635,8 +666,9 @@ def cmd_demo(args) -> int:
 def _check_catalogue(dataset, saved, path) -> None:
     if dataset.csr.n_items != saved["n_items"]:
         raise ValueError(
-            f"checkpoint {path} was trained on {saved['n_items']} items but this dataset has "
-            f"{dataset.csr.n_items}; pass the --data/--preset/--split it was trained with"
+            f"checkpoint {path} was trained on {saved['n_items']} items but the log as prepared now has "
+            f"{dataset.csr.n_items}: pass the --data/--preset/--split it was trained with, or, if that log has "
+            "changed since (new items), train again on it"
         )
     fingerprint = catalogue_fingerprint(dataset)
     if saved.get("catalogue", fingerprint) != fingerprint:

@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -260,6 +261,18 @@ def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
     optimizer.load_state_dict(state)
 
 
+# Why a split can leave TRAIN or TEST empty, and what to try instead, by split.
+_EMPTY_SPLIT_HINTS = {
+    "last_session": "the last-session split holds out the last sessions of users with 3+ sessions, if 2+ of "
+                    "their items were trained on (check --session-gap and the timestamps), or use --split user "
+                    "or --split time",
+    "user": "the user split deals whole users out to train, valid and test, so it needs several users (and "
+            "users with 2+ interactions); use more data or --split last_session",
+    "time": "the time split cuts at a timestamp, so a log whose events all fall on one side of it (or share one "
+            "time) leaves a part empty; check the timestamps, or use --split last_session or --split user",
+}
+
+
 def fit(
     model: torch.nn.Module,
     dataset,
@@ -290,9 +303,8 @@ def fit(
             split = getattr(dataset, "info", {}).get("split", "?")
             raise ValueError(
                 f"the dataset has no {name} sessions (split {split!r}: {int((roles == TRAIN).sum())} train, "
-                f"{int((roles == VALID).sum())} valid, {int((roles == TEST).sum())} test); the last-session split "
-                "holds out the last sessions of users with 3+ sessions, if 2+ of their items were trained on "
-                "(check --session-gap and the timestamps), or use --split user or --split time"
+                f"{int((roles == VALID).sum())} valid, {int((roles == TEST).sum())} test); "
+                + _EMPTY_SPLIT_HINTS.get(split, "check the split options")
             )
     if loss_fn is None:
         loss_fn = training_loss(config.loss, dataset)
@@ -475,12 +487,14 @@ def fit(
             "train_time_s": run["train_time"],
             **({"partial": True} if partial else {}),
         }
+        improved = False
         if has_valid:
             model.eval()
             with torch.no_grad():
                 val = evaluate_sharded(evaluate_fn, model, dataset, (VALID,))
             row.update({f"val_{k}": v for k, v in val.items() if "/" not in k})
             if val["mrr"] > run["best_mrr"]:
+                improved = True
                 run["best_mrr"] = val["mrr"]
                 run["bad_epochs"] = run["bad_epochs"] if partial else 0
                 if writes:
@@ -489,6 +503,12 @@ def fit(
                 run["bad_epochs"] += 1
             stop = _patience_spent(run, config)
         run["history"].append(row)
+        if progress and writes:
+            shown = f", valid mrr {row['val_mrr']:.4f}" if "val_mrr" in row else ""
+            best = " (best so far: best.pt)" if improved else ""
+            tqdm.write(f"{model_name or type(model).__name__} epoch {row['epoch']:g}: train loss "
+                       f"{row['train_loss']:.4f}{shown}{best}{', stopped within the epoch' if partial else ''}",
+                       file=sys.stderr)  # beside the progress bars  # fmt: skip
         if not partial:
             run["epoch"], run["batch"] = epoch + 1, 0
             run["epoch_loss"], run["epoch_targets"] = 0.0, 0
@@ -520,7 +540,7 @@ def fit(
         }
     )
     if writes:
-        (run_dir / "history.json").write_text(json.dumps({"epochs": run["history"], "steps": run["curve"]}))
+        (run_dir / "history.json").write_text(json.dumps(json_safe({"epochs": run["history"], "steps": run["curve"]})))
         write_metrics(run_dir, metrics)
     stopped = "max_time" if out_of_time else "patience" if stop else "epochs"
     return TrainResult(metrics=metrics, history=run["history"], curve=run["curve"], run_dir=run_dir, stopped=stopped)
@@ -548,10 +568,22 @@ def evaluate_sharded(evaluate_fn: Callable, model, dataset, roles: tuple[int, ..
     return combine_results([p for p in parts if p])
 
 
+def json_safe(obj):
+    """``obj`` with every non-finite float as None: JSON has no NaN (``later/mrr`` of a split with no later
+    event), and strict parsers (``JSON.parse``, ``jq``) refuse the ``NaN`` that ``json.dumps`` writes."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:
     path = Path(out_dir) / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2))
+    path.write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False))
     return path
 
 

@@ -421,3 +421,58 @@ def test_loss_curve_smoothing_skips_non_finite_values():
     smoothed = _smooth([1.0, 1.0, float("nan")] + [1.0] * 30, window=5)
     assert smoothed[:2] == [1.0, 1.0] and smoothed[2:] == [1.0] * 31  # the NaN is left out, not carried forward
     assert math.isnan(_smooth([float("nan")], window=5)[0])
+
+
+def test_compare_builds_every_model_before_training_any(tiny, tmp_path, capsys):
+    """A bad option of the last model fails at once, not after the first ones have trained."""
+    config = tmp_path / "tied.toml"
+    config.write_text(tiny.read_text() + "tied = true\n")  # lands in [model_config.moving_average]: fine
+    config.write_text(tiny.read_text().replace("[model_config.gru4rec]\n", "[model_config.gru4rec]\ntied = true\n")
+                      .replace("embedding_dim = 8\nhidden_dim = 8\n[model_config.moving_average]",
+                               "embedding_dim = 8\nhidden_dim = 16\n[model_config.moving_average]"))  # fmt: skip
+    out = tmp_path / "cmp"
+    code = cli.main(["compare", "--config", str(config), "--models", "hiertcn,gru4rec", "--out", str(out),
+                     "--epochs", "1", "--quiet"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "model_config.gru4rec: tied output embeddings need the user embedding size (16)" in err
+    assert not (out / "hiertcn").exists()  # nothing trained
+
+
+def test_train_says_each_epoch_and_which_weights_it_tested(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--config", str(tiny), "--out", str(out), "--epochs", "2"]) == 0
+    captured = capsys.readouterr()
+    history = json.loads((out / "history.json").read_text())["epochs"]
+    best = max(history, key=lambda row: row["val_mrr"])
+    for row in history:
+        assert f"hiertcn epoch {row['epoch']:g}: train loss {row['train_loss']:.4f}, valid mrr {row['val_mrr']:.4f}" \
+            in captured.err  # fmt: skip
+    assert captured.err.count("(best so far: best.pt)") == 1 + (history[1]["val_mrr"] > history[0]["val_mrr"])
+    assert f"test metrics of epoch {best['epoch']:g}'s weights (best validation mrr {best['val_mrr']:.4f}" \
+        in captured.out  # fmt: skip
+
+
+def test_json_output_has_no_nan(capsys, tmp_path):
+    """``later/mrr`` of a split with no later event is NaN: JSON has none, strict parsers refuse it."""
+    metrics = {"mrr": 0.5, "later/mrr": math.nan, "rows": [math.inf, 1.0]}
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    cli._finish(dataclasses.make_dataclass("Args", ["json"])(True), metrics)
+    assert strict(capsys.readouterr().out) == {"mrr": 0.5, "later/mrr": None, "rows": [None, 1.0]}
+    assert strict(cli.write_metrics(tmp_path, metrics).read_text())["later/mrr"] is None
+
+
+def test_recommend_says_at_changes_nothing_for_a_model_without_sessions(tiny, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert cli.main(["train", "--config", str(tiny), "--model", "gru4rec", "--out", str(out), "--epochs", "1",
+                     "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    argv = ["recommend", "--checkpoint", str(out / "best.pt"), "--users", "0", "-k", "3", "--json"]
+    assert cli.main([*argv, "--at", "now"]) == 0
+    captured = capsys.readouterr()
+    assert "gru4rec reads each history as one sequence, without sessions, so --at" in captured.err
+    assert cli.main(argv) == 0
+    assert json.loads(captured.out.strip().splitlines()[-1]) == last_json(capsys)
