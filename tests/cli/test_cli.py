@@ -173,6 +173,13 @@ def test_train_refuses_a_split_without_test_sessions_before_training(tmp_path, m
     assert cli.main(["train", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "the dataset has no TEST sessions" in capsys.readouterr().err
     assert not (tmp_path / "r" / "last.pt").exists()
+    # The hint is about the split in use, not always the last-session one.
+    for split, hint in (("user", "the user split deals whole users out"), ("time", "the time split cuts at")):
+        other = dataclasses.replace(no_test, info={**no_test.info, "split": split})
+        monkeypatch.setattr(cli, "load_dataset", lambda config, echo=print, d=other: (d, tmp_path / "cache"))
+        assert cli.main(["train", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert hint in err and "last-session split holds out" not in err
     assert cli.main(["prepare", "--quiet"]) == 0
     assert "warning: no test sessions" in capsys.readouterr().err
 
