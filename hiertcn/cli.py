@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p), _data_args(p), _train_args(p)
     _flag(p, "--model", help="model name (default hiertcn)")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run (refused "
+                   "otherwise, so that a forgotten --resume does not discard a killed run)")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("evaluate", help="full-catalogue ranking metrics of a checkpoint")
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train and evaluate several models on one dataset; print a table")
     _common(p), _data_args(p), _train_args(p)
     _flag(p, "--models", help="comma-separated model names (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs already in --out/<model>")
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("recommend", help="top-K next items for users from a checkpoint")
@@ -205,6 +208,15 @@ def _absolute_paths(config: Config) -> Config:
         if value is not None and not (key == "impressions" and value in ("auto", "none")):
             setattr(config, key, str(Path(value).expanduser().resolve()))
     return config
+
+
+def check_fresh_run(run_dir, overwrite: bool, resume_hint: bool = True) -> None:
+    """A new run must not replace one already in ``run_dir`` unless asked (``--overwrite``)."""
+    last = Path(run_dir) / "last.pt"
+    if last.exists() and not overwrite:
+        resume = "--resume continues it, " if resume_hint else ""
+        raise ValueError(f"{run_dir} already holds a run ({last.name}): {resume}--overwrite replaces it, or "
+                         "choose another --out")  # fmt: skip
 
 
 def writable_out(out) -> Path:
@@ -350,6 +362,8 @@ def cmd_train(args) -> int:
     config = config_from_args(args, out="runs/train")
     if args.resume:
         config = _resumed_config(args, Path(config.out) / "last.pt")
+    else:
+        check_fresh_run(config.out, args.overwrite)
     writable_out(config.out)
     say = _say(args)
     ddp = _init_distributed(config)
@@ -442,7 +456,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_compare(args) -> int:
     config = config_from_args(args, out="runs/compare")
-    _model_names(config)  # bad names fail before the data is prepared
+    for name in _model_names(config):  # bad names fail before the data is prepared
+        check_fresh_run(Path(config.out) / name, args.overwrite, resume_hint=False)
     writable_out(config.out)
     say = _say(args)
     dataset, _ = load_dataset(config, echo=say)

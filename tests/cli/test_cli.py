@@ -483,3 +483,25 @@ def test_recommend_says_at_changes_nothing_for_a_model_without_sessions(tiny, tm
     assert "gru4rec reads each history as one sequence, without sessions, so --at" in captured.err
     assert cli.main(argv) == 0
     assert json.loads(captured.out.strip().splitlines()[-1]) == last_json(capsys)
+
+
+def test_a_new_run_does_not_silently_replace_one_in_out(tiny, tmp_path, capsys):
+    """Forgetting --resume after a kill must not discard the run: a second train into --out is refused."""
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(tiny), "--out", str(out), "--epochs", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    before = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert cli.main([*argv, "--model", "gru4rec"]) == 2
+    assert f"{out} already holds a run (last.pt): --resume continues it, --overwrite replaces it" in \
+        capsys.readouterr().err  # fmt: skip
+    assert (out / "last.pt").read_bytes() == before
+    assert cli.main([*argv, "--model", "gru4rec", "--overwrite", "--json"]) == 0
+    assert (out / "last.pt").read_bytes() != before
+
+    cmp = ["compare", "--config", str(tiny), "--models", "moving_average", "--out", str(tmp_path / "c"),
+           "--epochs", "1", "--quiet"]  # fmt: skip
+    assert cli.main(cmp) == 0
+    assert cli.main(cmp) == 2
+    assert "moving_average already holds a run (last.pt): --overwrite replaces it" in capsys.readouterr().err
+    assert cli.main([*cmp, "--overwrite"]) == 0
