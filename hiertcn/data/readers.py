@@ -11,14 +11,18 @@ empty id, a NaN or negative timestamp), the file is read again single-threaded
 with the needed columns as text, so every bad row is located by its line
 number (1-based, header and blank lines included; assumes no multi-line quoted
 fields). Then ``skip_bad_rows=False`` raises a ValueError listing the first
-bad lines and ``skip_bad_rows=True`` drops them and records their line
-numbers in ``InteractionLog.skipped_lines``.
+bad lines, with the column, value and reason of the first one, and
+``skip_bad_rows=True`` drops them and records their line numbers in
+``InteractionLog.skipped_lines``. When nearly every row is bad (``_MOSTLY_BAD``)
+the error blames the format or the column instead of suggesting to skip rows.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -51,6 +55,11 @@ _INT_RE = r"^\s*-?\d+(\.0*)?\s*$"  # "7.0" too: pandas writes int columns with g
 _NUM_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 _BLOCK_SIZE = 4 << 20
 _SHOWN_LINES = 10
+# A string id column whose non-integer values are at most this share is integer ids with a few typos:
+# read as strings with a warning, or with skip_bad_rows those values are bad rows and the ids stay integers.
+_STRAY_SHARE = 0.01
+_MOSTLY_BAD = 0.9  # this share of bad rows is a wrong format or column, not rows to skip
+_ISO_FORM = "ISO 8601 (YYYY-MM-DD[Thh:mm[:ss]][Z|+hh:mm])"
 
 
 @dataclass(frozen=True)
@@ -146,18 +155,53 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
+def _content_format(path: Path) -> str:
+    """The format the file's content looks like, for an error that suggests the right one."""
+    with pa.input_stream(path, compression="detect") as f:
+        if f.read(4) == b"PAR1":  # every Parquet file starts (and ends) with these magic bytes
+            return "parquet"
+    first = _first_line(path)
+    if first.split("\t") == XING_HEADER:
+        return "xing"
+    return "movielens" if "::" in first else "csv"
+
+
 def _file_columns(path: Path, fmt: str, layout: _Layout) -> list[str]:
     if fmt == "parquet":
-        return pq.ParquetFile(path).schema_arrow.names
+        try:
+            return pq.ParquetFile(path).schema_arrow.names
+        except pa.ArrowInvalid as exc:  # e.g. a CSV file read with format="parquet"
+            looks = _content_format(path)
+            hint = ""
+            if looks != "parquet":
+                hint = f"; if it is {looks} text, pass format={looks!r} (--format {looks})"
+            raise ValueError(f"{path} is not a readable Parquet file ({exc}){hint}") from None
+    if _content_format(path) == "parquet":  # binary: its "first line" is noise, or a csv.Error
+        raise ValueError(f"{path} is a Parquet file, not CSV/TSV text; pass format='parquet' "
+                         "(--format parquet) or leave the format out to detect it")  # fmt: skip
     if layout.column_names is not None:
         return layout.column_names
-    return next(csv.reader([_first_line(path)], delimiter=layout.sep))  # honours quoted names
+    first = _first_line(path)
+    try:
+        if "\x00" in first:
+            raise csv.Error("NUL bytes in the first line; a binary or UTF-16 file?")
+        return next(csv.reader([first], delimiter=layout.sep))  # honours quoted names
+    except csv.Error as exc:  # e.g. a lone '\r' inside the line: binary data
+        raise ValueError(f"{path} is not CSV/TSV text ({exc}); pass the file's format (--format)") from None
 
 
 def _read_table(
-    path: Path, fmt: str, layout: _Layout, names: list[str], *, as_text: bool, bad_lines: list[int]
+    path: Path,
+    fmt: str,
+    layout: _Layout,
+    names: list[str],
+    *,
+    as_text: bool,
+    bad_lines: list[int],
+    first_bad: list | None = None,
 ) -> pa.Table:
-    """Read the columns ``names`` in blocks; ``as_text`` reads them as strings, single-threaded, recording bad lines."""
+    """Read the columns ``names`` in blocks; ``as_text`` reads them as strings, single-threaded, recording bad
+    lines (and in ``first_bad`` the first such row, as Arrow's ``InvalidRow``, to explain it)."""
     progress = tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, disable=None, leave=False)
     batches = []
     if fmt == "parquet":
@@ -169,6 +213,8 @@ def _read_table(
         def on_invalid(row):
             if not as_text:
                 return "error"  # the threaded pass has no line numbers: the careful pass locates it
+            if first_bad is not None and not bad_lines:
+                first_bad.append(row)
             bad_lines.append(row.number)
             return "skip"
 
@@ -214,36 +260,47 @@ def _int_values(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ids(
-    col: pa.ChunkedArray, what: str, integer: bool, text_pass: bool = False
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(int64 values or codes, names or None, invalid mask). ``integer``: the format declares integer ids,
-    so text that is not an integer is a bad row (otherwise a column with any non-integer is string ids).
+    col: pa.ChunkedArray, what: str, integer: bool, text_pass: bool = False, strays_bad: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(int64 values or codes, names or None, invalid mask, strays). ``integer``: the format declares integer
+    ids, so text that is not an integer is a bad row (otherwise a column with any non-integer is string ids).
+    ``strays``: where a column of ids is integers but for at most ``_STRAY_SHARE`` of them, the mask of those
+    that are not (likely typos), else None; ``strays_bad`` makes them bad rows and keeps integer ids.
     ``text_pass``: the file can be read again as text, so float ids too big to be exact raise ``_Retry``."""
     if pa.types.is_dictionary(col.type):
         col = col.cast(pa.string())
     if pa.types.is_integer(col.type):
         values, invalid = _int_values(col)
-        return values, None, invalid
+        return values, None, invalid, None
     if pa.types.is_floating(col.type):
         values = col.to_numpy(zero_copy_only=False)
         if text_pass and (np.abs(values) >= 2.0**53).any():
             raise _Retry  # float64 has merged distinct ids above 2**53: the text pass reads them exactly
         invalid = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2.0**63)
-        return np.where(invalid, 0, values).astype(np.int64), None, invalid
+        return np.where(invalid, 0, values).astype(np.int64), None, invalid, None
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         text = pc.utf8_trim_whitespace(col)
         empty = pc.fill_null(pc.equal(text, ""), True)
         digits = pc.replace_substring_regex(text, r"\.0*$", "")  # "7.0" -> "7"
         is_int = pc.and_(pc.fill_null(pc.match_substring_regex(text, _INT_RE), False), _fits_int64(digits))
         invalid = empty.to_numpy(zero_copy_only=False)
+        strays = None
+        if not integer:
+            other = pc.invert(pc.or_(is_int, empty))  # present, not an integer
+            n_other = pc.sum(other).as_py() or 0
+            if 0 < n_other <= _STRAY_SHARE * (len(col) - (pc.sum(empty).as_py() or 0)):
+                strays = other.to_numpy(zero_copy_only=False)
+                integer = strays_bad
+            elif n_other == 0:
+                integer = True  # every present id is an integer
         if integer:
             invalid |= ~is_int.to_numpy(zero_copy_only=False)
-        if integer or pc.all(pc.or_(is_int, empty)).as_py() is not False:
-            return pc.cast(pc.if_else(invalid, "0", digits), pa.int64()).to_numpy(), None, invalid
+            return pc.cast(pc.if_else(invalid, "0", digits), pa.int64()).to_numpy(), None, invalid, strays
         names = pc.unique(text.filter(pa.array(~invalid)))
         sorted_names = names.take(pc.array_sort_indices(names))
         codes = pc.index_in(text, value_set=sorted_names).fill_null(0)
-        return codes.cast(pa.int64()).to_numpy(), np.asarray(sorted_names.to_pylist(), dtype=object), invalid
+        names = np.asarray(sorted_names.to_pylist(), dtype=object)
+        return codes.cast(pa.int64()).to_numpy(), names, invalid, strays
     raise TypeError(f"{what} column has unsupported type {col.type}")
 
 
@@ -379,6 +436,82 @@ def _line_numbers(rows: np.ndarray, first_data_line: int, skipped: list[int]) ->
         lines = moved
 
 
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:56] + "...'"
+
+
+def _fields_problem(row, fmt: str, layout: _Layout) -> str:
+    """Why the text pass rejected a whole row (Arrow's ``InvalidRow``)."""
+    return (f"{row.actual_columns} field(s) where the {fmt} layout has {row.expected_columns} (separated by "
+            f"{layout.sep!r}): {_shown(row.text)}")  # fmt: skip
+
+
+def _value_problem(
+    table: pa.Table,
+    roles: dict[str, str],
+    causes: dict[str, np.ndarray],
+    row: int,
+    layout: _Layout,
+    unit: str,
+    fmt: str,
+) -> tuple[str, str]:
+    """(role, why) for the first column that makes ``row`` bad, as ``_ids`` and ``_times`` decided."""
+    role = next(r for r, mask in causes.items() if mask[row])
+    name = roles[role]
+    value = table[name][row].as_py()
+    if value is None or (isinstance(value, str) and not value.strip()):
+        missing = "is null" if fmt == "parquet" else "is empty (or a null token such as NA)"
+        return role, f"{role} column {name!r} {missing}"
+    if isinstance(value, float) and np.isnan(value):
+        why = "is NaN"
+    elif role == "time":
+        why = _time_problem(value, unit)
+    elif isinstance(value, str) and re.match(_INT_RE, value):
+        why = "does not fit in a 64-bit integer"
+    elif pa.types.is_integer(layout.types.get(name, pa.string())):
+        why = f"is not an integer, as the {fmt} format requires"
+    else:
+        why = "is not an integer, unlike nearly all the column's ids"  # a stray, bad under skip_bad_rows
+    return role, f"{role} column {name!r}: {_shown(value)} {why}"
+
+
+def _time_problem(value, unit: str) -> str:
+    if isinstance(value, str):
+        text = value.strip()
+        if unit == "iso" or not re.match(_NUM_RE, text):
+            if unit in _UNIT_DIVISORS:
+                return f"is not a number (time_unit={unit!r})"
+            seconds = _iso_seconds(pa.chunked_array([[text]]))[0].as_py()
+            if seconds is not None and seconds < 0:
+                return "is before 1970"
+            if unit == "iso":
+                return f"is not {_ISO_FORM}"
+            return f"is neither a number (unix s/ms/us/ns) nor {_ISO_FORM}"
+        value = float(text)
+    if isinstance(value, (int, float)):
+        return "is negative" if value < 0 else "is out of range"
+    return "is before 1970"  # a Parquet date or timestamp
+
+
+def _format_hint(path: Path, kind: str, roles: dict[str, str], fmt: str) -> str:
+    """What to change when nearly every row is bad as the first one is: the format or column, not the rows."""
+    looks = _content_format(path)
+    fix = f"it looks like {looks}: pass format={looks!r} (--format {looks})" if looks != fmt else ""
+    if kind == "fields":
+        fix = fix or "pass its format (--format) or sep (--sep)"
+        return f"the file does not split into {fmt} rows; {fix}"
+    name = roles[kind]
+    if kind == "time":
+        return (f"the {name!r} column's format is not understood: convert it to unix seconds/ms/us/ns or "
+                "ISO 8601, declare the unit of its numbers with time_unit (--time-unit), or pick another "
+                "column with time_col (--time-col)")  # fmt: skip
+    if kind in ("user", "item", "session"):
+        fix = fix or f"pick another column with {kind}_col (--{kind}-col) or check the format (--format)"
+    fix = fix or "check the format (--format)"
+    return f"the {name!r} column's values are not {kind} ids as the {fmt} format reads them; {fix}"
+
+
 def read_log(
     path: str | Path,
     format: str | None = None,
@@ -397,7 +530,8 @@ def read_log(
     ``format``: ``xing | csv | parquet | movielens | recbole`` (detected when None).
     ``user_col/item_col/time_col/session_col`` override the format's column names
     (generic CSV/Parquet take the first present of ``COMMON_COLUMNS``, e.g. ``user_id``
-    or ``userId``, ``item_id`` or ``movieId``, ``timestamp`` or ``created_at``);
+    or ``userId``, ``item_id`` or ``movieId``, ``timestamp`` or ``created_at``); names
+    match the file's with surrounding spaces trimmed (``user_id, item_id``);
     ``sep`` overrides the delimiter (one character, or ``tab``/``\\t`` for a tab;
     CSV sniffs tab vs comma).
     ``time_unit``: ``auto`` decides per value: a number is unix seconds below
@@ -408,7 +542,11 @@ def read_log(
     ``skip_bad_rows``: drop unparsable rows instead of raising (their line
     numbers land in ``skipped_lines``). A missing id, session or time (an empty
     field, or one of Arrow's null tokens ``NA``, ``NaN``, ``null``, ...) makes a
-    row bad; blank lines are ignored. ``impressions``: a XING impressions
+    row bad; blank lines are ignored. Ids are integers when every one is, else
+    strings (except in XING, whose ids are integers). A column whose non-integer
+    ids are at most 1% of its ids (``_STRAY_SHARE``) is read as strings with a
+    warning naming the first; with ``skip_bad_rows`` those rows are bad instead
+    (likely typos) and the ids stay integers. ``impressions``: a XING impressions
     file to attach. Files ending in ``.gz``, ``.bz2``, ``.zst`` or ``.lz4`` are
     decompressed as they are read, and named as without that suffix.
     """
@@ -427,20 +565,27 @@ def read_log(
     if sep is not None:
         layout = replace(layout, sep=sep)
     present = _file_columns(path, fmt, layout)
+    # A header "user_id, item_id" names " item_id": match names trimmed, read the column by the file's name.
+    found = {name: name for name in present}
+    for name in present:
+        found.setdefault(name.strip(), name)
     roles = dict(layout.columns)
     if fmt in ("csv", "parquet"):
         for role, candidates in COMMON_COLUMNS.items():
-            roles[role] = next((c for c in candidates if c in present), candidates[0])
+            roles[role] = next((c for c in candidates if c in found), candidates[0])
     given = {"user": user_col, "item": item_col, "time": time_col, "session": session_col}
     roles.update({role: name for role, name in given.items() if name is not None})
-    missing = [f"{role}_col={name!r}" for role, name in roles.items() if name not in present]
+    columns = {role: found.get(name, found.get(name.strip())) for role, name in roles.items()}
+    missing = [f"{role}_col={roles[role]!r}" for role, name in columns.items() if name is None]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the file has columns {present}")
+    roles = columns
     unit = layout.time_unit if time_unit == "auto" else time_unit
     names = list(dict.fromkeys(roles.values()))
     first_data_line = 1 + (layout.column_names is None) + layout.skip_rows
 
     bad_lines: list[int] = []
+    first_bad: list = []
     try:
         table = _read_table(path, fmt, layout, names, as_text=False, bad_lines=bad_lines)
         if table.num_rows == 0:
@@ -449,8 +594,10 @@ def read_log(
         if binary and fmt != "parquet":  # Arrow's CSV reader types text that is not UTF-8 as binary
             raise ValueError(f"{path}: column(s) {binary} are not UTF-8 text; re-encode the file as UTF-8 "
                              "(e.g. iconv -f latin1 -t utf-8)")  # fmt: skip
-        log, invalid = _convert(table, roles, layout, unit, text_pass=fmt != "parquet")
-        if invalid.any():
+        log, invalid, causes, strays = _convert(
+            table, roles, layout, unit, text_pass=fmt != "parquet", strays_bad=skip_bad_rows
+        )
+        if invalid.any() or (strays and fmt != "parquet"):  # the text pass locates them by line
             raise _Retry
     except (_Retry, pa.ArrowInvalid) as exc:
         if fmt == "parquet" and not isinstance(exc, _Retry):
@@ -458,67 +605,96 @@ def read_log(
         bad_lines = []
         if fmt != "parquet":
             try:
-                table = _read_table(path, fmt, layout, names, as_text=True, bad_lines=bad_lines)
+                table = _read_table(
+                    path, fmt, layout, names, as_text=True, bad_lines=bad_lines, first_bad=first_bad
+                )
             except pa.ArrowInvalid as unreadable:  # e.g. an unterminated quote: no row structure left
                 hint = "; the file is not UTF-8 text: re-encode it" if "UTF8" in str(unreadable) else ""
                 raise ValueError(f"{path}: cannot parse as {fmt} ({unreadable}){hint}") from unreadable
-        log, invalid = _convert(table, roles, layout, unit) if table.num_rows else (None, np.zeros(0, bool))
+        log, invalid, causes, strays = (
+            _convert(table, roles, layout, unit, strays_bad=skip_bad_rows)
+            if table.num_rows
+            else (None, np.zeros(0, bool), {}, {})
+        )
     blank = (
         _blank_rows(path, table, first_data_line, bad_lines)
         if fmt != "parquet"
         else np.zeros(len(invalid), dtype=bool)
     )
-    rows = np.flatnonzero(invalid & ~blank)
     where = "row" if fmt == "parquet" else "line"
-    bad = np.sort(
-        np.concatenate(
-            [
-                np.asarray(bad_lines, dtype=np.int64),
-                rows + 1 if fmt == "parquet" else _line_numbers(rows, first_data_line, bad_lines),
-            ]
-        )
-    )
-    if len(bad) and not skip_bad_rows:
+
+    def line_of(rows: np.ndarray) -> np.ndarray:
+        return rows + 1 if fmt == "parquet" else _line_numbers(rows, first_data_line, bad_lines)
+
+    rows = np.flatnonzero(invalid & ~blank)
+    bad = np.sort(np.concatenate([np.asarray(bad_lines, dtype=np.int64), line_of(rows)]))
+    n_rows = len(bad) + int((~invalid).sum())
+    mostly_bad = len(bad) >= _MOSTLY_BAD * n_rows
+    if len(bad) and (not skip_bad_rows or log is None or invalid.all()):
         shown = ", ".join(map(str, bad[:_SHOWN_LINES])) + (" ..." if len(bad) > _SHOWN_LINES else "")
-        raise BadRowsError(
-            f"{path}: {len(bad)} bad row(s) (wrong field count, unparsable value, empty id, NaN or negative "
-            f"timestamp) at {where}(s) {shown}; pass skip_bad_rows=True (--skip-bad-rows) to drop and count them"
-        )
-    if log is None or invalid.all():
-        raise ValueError(f"{path}: every row is bad ({len(bad)} rows)")
+        if first_bad and (not len(rows) or first_bad[0].number < line_of(rows[:1])[0]):
+            kind, why = "fields", _fields_problem(first_bad[0], fmt, layout)
+        else:
+            kind, why = _value_problem(table, roles, causes, int(rows[0]), layout, unit, fmt)
+        head = f"{len(bad)} bad row(s) at {where}(s) {shown}; {where} {bad[0]}: {why}"
+        if not mostly_bad:
+            skip = "pass skip_bad_rows=True (--skip-bad-rows) to drop and count them"
+            raise BadRowsError(f"{path}: {head}; {skip}")
+        every = "every row is bad" if log is None or invalid.all() else "nearly every row is bad"
+        raise BadRowsError(f"{path}: {every}: {head}; {_format_hint(path, kind, roles, fmt)}")
+    if log is None or invalid.all():  # nothing but blank lines
+        raise ValueError(f"{path} has no data rows")
     if invalid.any():
         log = log.select(~invalid)
     log = replace(log, skipped_lines=bad)
+    for role, stray in strays.items():
+        row = int(np.argmax(stray))
+        n, n_ids = int(stray.sum()), len(stray) - int(causes[role].sum())
+        value = table[roles[role]][row].as_py()
+        are = "is" if n == 1 else "are"
+        warnings.warn(
+            f"{path}: {role} column {roles[role]!r}: {n:,} of {n_ids:,} ids {are} not an integer "
+            f"({where} {line_of(np.array([row]))[0]}: {_shown(value)}); all ids are read as strings. Fix the "
+            "row(s), or drop them with skip_bad_rows=True (--skip-bad-rows) if you treat them as bad",
+            stacklevel=2,
+        )
     if impressions is not None:
         log = replace(log, impressions=read_impressions(impressions))
     return log
 
 
 def _convert(
-    table: pa.Table, roles: dict[str, str], layout: _Layout, unit: str, text_pass: bool = False
-) -> tuple[InteractionLog, np.ndarray]:
-    """Columns to numpy. Invalid rows get placeholder values; the caller drops or reports them.
+    table: pa.Table,
+    roles: dict[str, str],
+    layout: _Layout,
+    unit: str,
+    text_pass: bool = False,
+    strays_bad: bool = False,
+) -> tuple[InteractionLog | None, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Columns to numpy: (log, invalid, invalid mask per role, strays per role; see ``_ids``). Invalid rows
+    get placeholder values; the caller drops or reports them.
     ``text_pass``: raise ``_Retry`` where only the text pass reads the ids exactly."""
+    causes, strays = {}, {}
 
     def ids(role):
         name = roles[role]
         integer = pa.types.is_integer(layout.types.get(name, pa.string()))
-        return _ids(table[name], role, integer=integer, text_pass=text_pass)
+        values, names, causes[role], stray = _ids(table[name], role, integer, text_pass, strays_bad)
+        if stray is not None and names is not None:  # read as strings: read_log warns
+            strays[role] = stray
+        return values, names
 
-    user, user_names, bad_user = ids("user")
-    item, item_names, bad_item = ids("item")
-    timestamp, bad_time = _times(table[roles["time"]], unit)
-    invalid = bad_user | bad_item | bad_time
+    user, user_names = ids("user")
+    item, item_names = ids("item")
+    timestamp, causes["time"] = _times(table[roles["time"]], unit)
     session = itype = None
     if "session" in roles:
-        session, _, bad_session = ids("session")
-        invalid |= bad_session
+        session, _ = ids("session")
     if "type" in roles:
-        itype, _, bad_type = ids("type")
-        invalid |= bad_type
-        itype = itype.astype(np.int8)
+        itype = ids("type")[0].astype(np.int8)
+    invalid = np.logical_or.reduce(list(causes.values()))
     if invalid.all():  # keep the log constructible; read_log reports the rows
-        return None, invalid
+        return None, invalid, causes, strays
     log = InteractionLog(
         user=user,
         item=item,
@@ -528,7 +704,7 @@ def _convert(
         user_names=user_names,
         item_names=item_names,
     )
-    return log, invalid
+    return log, invalid, causes, strays
 
 
 def read_impressions(path: str | Path) -> Impressions:
