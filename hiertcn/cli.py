@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -695,8 +696,15 @@ def _check_catalogue(dataset, saved, path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def show_warning(message, category, *_, **__):  # a user-facing line, not Python's file:line source dump
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        print(f"hiertcn {args.command}: warning{kind}: {message}", file=sys.stderr)
+
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():  # restores Python's own display when main returns
+            warnings.showwarning = show_warning
+            return args.handler(args)
     except (ValueError, OSError, CheckpointError, NonFiniteLossError) as err:  # OSError: a disk or permission
         print(f"hiertcn {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -318,8 +318,22 @@ def test_prepare_skips_bad_rows_when_asked(tmp_path, capsys):
     assert cli.main(argv) == 2
     assert "--skip-bad-rows" in capsys.readouterr().err
     assert cli.main([*argv, "--skip-bad-rows"]) == 0
-    summary = last_json(capsys)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["interactions"] == 36 and summary["skipped_rows"] == 1
+    assert "skipped 1 bad row(s) of the log (--skip-bad-rows); lines 8" in captured.err  # said, not only in JSON
+
+
+def test_reader_warnings_are_one_line_of_the_command(tmp_path, capsys):
+    """A stray non-integer id warns as `hiertcn prepare: warning: ...`, not Python's file:line dump."""
+    rows = ["user,item,ts"] + [f"{u},{(u + t) % 5},{100 * t}" for u in range(30) for t in range(4)]
+    rows[11] = "2,abc,300"
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    assert cli.main(["prepare", "--data", str(tmp_path / "log.csv"), "--user-col", "user", "--item-col", "item",
+                     "--time-col", "ts", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "hiertcn prepare: warning: " in err and "1 of 120 ids is not an integer (line 12: 'abc')" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err
 
 
 def test_recommend_writes_every_user_to_a_file(tiny, tmp_path, capsys):
