@@ -175,12 +175,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     if suffix == ".toml":
         with path.open("rb") as f:
-            values = tomllib.load(f)
+            try:
+                values = tomllib.load(f)
+            except tomllib.TOMLDecodeError as err:
+                raise ValueError(f"config file {path}: {err}") from None
     elif suffix in (".yaml", ".yml"):
         import yaml
 
         with path.open() as f:
-            values = yaml.safe_load(f) or {}
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as err:  # not a ValueError: it would escape as a traceback
+                raise ValueError(f"config file {path}: {err}") from None
     else:
         raise ValueError(f"config file {path} must end in .toml, .yaml or .yml")
     if not isinstance(values, dict):

@@ -141,7 +141,7 @@ RECOMMENDATION_FORMATS = (".csv", ".parquet", ".jsonl")
 def recommendations_path(path) -> Path:
     """``path`` as a Path, after checking that its suffix names one of ``RECOMMENDATION_FORMATS``."""
     path = Path(path)
-    if path.suffix not in RECOMMENDATION_FORMATS:
+    if path.suffix.lower() not in RECOMMENDATION_FORMATS:  # recs.CSV too
         raise ValueError(f"{path}: the file name must end in {', '.join(RECOMMENDATION_FORMATS)}")
     return path
 
@@ -155,7 +155,7 @@ def write_recommendations(path, users, items, scores) -> Path:
     path = recommendations_path(path)
     users, items, scores = list(users), np.asarray(items), np.asarray(scores, dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         with path.open("w") as f:
             for user, row, row_scores in zip(users, items.tolist(), scores):
                 # float32 scores as their shortest decimal (0.2, not 0.2000000029); NaN/inf as null (valid JSON).
@@ -171,7 +171,7 @@ def write_recommendations(path, users, items, scores) -> Path:
         "item": pa.array(items.reshape(-1).tolist()),
         "score": pa.array(scores.reshape(-1)),
     })  # fmt: skip
-    if path.suffix == ".csv":
+    if path.suffix.lower() == ".csv":
         import pyarrow.csv as pacsv
 
         pacsv.write_csv(table, path)

@@ -26,6 +26,15 @@ def test_unknown_keys_are_named(tmp_path, suffix, text):
         load_config(path)
 
 
+@pytest.mark.parametrize("suffix, text", [(".toml", "epochs = = 3\n"), (".yaml", "epochs: [3\n")])
+def test_a_syntax_error_names_the_file(tmp_path, suffix, text):
+    """A ValueError naming the file (YAML's own error is no ValueError: it escaped the CLI as a traceback)."""
+    path = tmp_path / f"broken{suffix}"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"config file {path}: "):
+        load_config(path)
+
+
 def test_bad_values_and_files():
     with pytest.raises(ValueError, match="split"):
         Config(split="random")

@@ -357,6 +357,8 @@ def test_recommend_writes_every_user_to_a_file(tiny, tmp_path, capsys):
     assert parquet["item"] == table["item"] and parquet["user"] == table["user"]
     assert cli.main([*weights, "--output", str(tmp_path / "recs.txt")]) == 2
     assert "must end in .csv, .parquet, .jsonl" in capsys.readouterr().err
+    assert cli.main([*weights, "--output", str(tmp_path / "RECS.CSV")]) == 0  # the suffix in any case
+    assert pacsv.read_csv(tmp_path / "RECS.CSV").to_pydict() == table
 
 
 def test_recommend_on_integer_ids_rejects_a_non_integer_user(tiny, tmp_path, capsys):
