@@ -93,6 +93,8 @@ def test_compare_prints_a_table_and_writes_plots(tiny, tmp_path, capsys):
         (["train", "--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
         (["train", "--resume", "--out", "{missing}"], "there is no"),
         (["train", "--config", "{typo_model}"], "unknown model(s) 'hirtcn'"),
+        (["train", "--model", "sasrec"], "model must be one of"),
+        (["compare", "--loss", "nce"], "loss must be one of"),
         (["train", "--out", "{under_a_file}"], "cannot create the folder"),
     ],
 )
