@@ -11,12 +11,12 @@ fill the pads with sampled negatives, and sample all of them when none are given
 from __future__ import annotations
 
 import inspect
-import operator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hiertcn_kernels._checks import check_count
 from hiertcn_kernels.conv import autocast_state
 
 LOSS_NAMES = ("softmax", "sampled_softmax", "bpr", "hinge")
@@ -45,17 +45,6 @@ def sample_items(popularity: torch.Tensor | None, n: int, n_items: int, device) 
     cdf = popularity.to(device).cumsum(0)
     draws = torch.rand(n, dtype=cdf.dtype, device=device) * cdf[-1]
     return torch.searchsorted(cdf, draws, right=True).clamp_(max=n_items - 1)
-
-
-def _count(name: str, value, least: int) -> int:
-    """A count option (``num_negatives``): an integer-like >= ``least``, bools and floats rejected."""
-    try:
-        count = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        count = None
-    if count is None or count < least:
-        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
-    return count
 
 
 def _check_item_ids(name: str, ids, n_items: int, *, low: int = 0) -> None:
@@ -199,7 +188,7 @@ class SampledSoftmaxLoss(_Loss):
     samples_items = True
 
     def __init__(self, num_negatives: int = 100, in_batch: bool = True, item_counts=None):
-        num_negatives = _count("num_negatives", num_negatives, 0)
+        num_negatives = check_count("num_negatives", num_negatives, 0)
         if num_negatives == 0 and not in_batch:
             raise ValueError("sampled_softmax needs negatives: num_negatives > 0 or in_batch=True")
         if in_batch and item_counts is None:
@@ -280,7 +269,7 @@ class BPRLoss(_Loss):
     samples_items = True
 
     def __init__(self, num_negatives: int = 1, item_counts=None):
-        self.num_negatives = _count("num_negatives", num_negatives, 1)
+        self.num_negatives = check_count("num_negatives", num_negatives, 1)
         self.popularity = _proposal(item_counts, "bpr")
 
     def compute(self, model, user_emb, targets, impressions):
@@ -304,7 +293,7 @@ class HingeLoss(_Loss):
 
     def __init__(self, margin: float = 0.1, num_negatives: int = 20, item_counts=None):
         self.margin = margin
-        self.num_negatives = _count("num_negatives", num_negatives, 1)
+        self.num_negatives = check_count("num_negatives", num_negatives, 1)
         self.popularity = _proposal(item_counts, "hinge")
 
     def compute(self, model, user_emb, targets, impressions):

@@ -93,16 +93,22 @@ def check_offsets(offsets, total: int | None, device: torch.device, name: str = 
     return offsets
 
 
-def check_dilation(dilation) -> None:
-    """Any integer-like >= 1 (``operator.index``, as ``nn.Conv1d`` takes it: numpy integers,
-    0-d integer tensors); bools and floats are rejected."""
-    is_bool = isinstance(dilation, bool) or (isinstance(dilation, torch.Tensor) and dilation.dtype == torch.bool)
+def check_count(name: str, value, least: int = 1) -> int:
+    """``value`` as a plain int: any integer-like >= ``least`` (``operator.index``, as ``nn.Conv1d`` takes
+    sizes: numpy integers, 0-d integer tensors); bools and floats are rejected, naming ``name``."""
+    is_bool = isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool)
     try:
-        value = None if is_bool else operator.index(dilation)
+        count = None if is_bool else operator.index(value)
     except TypeError:
-        value = None
-    if value is None or value < 1:
-        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+        count = None
+    if count is None or count < least:
+        wanted = "a positive int" if least == 1 else f"an int >= {least}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    return count
+
+
+def check_dilation(dilation) -> None:
+    check_count("dilation", dilation)
 
 
 def check_conv(x, weight, bias, dilation, cu_seqlens, *, weight_name: str = "weight", bias_name: str = "bias"):

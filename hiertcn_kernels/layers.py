@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
 from torch import nn
 
-from ._checks import check_dilation
+from ._checks import check_count
 from .conv import _use_triton, autocast_state, causal_conv1d, tcn_block
 from .segment import segment_reduce
-
-
-def _check_size(name: str, value) -> int:
-    """A layer size: an integer-like >= 1 (bools and floats rejected), as a plain int."""
-    try:
-        size = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        size = None
-    if size is None or size < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return size
 
 
 def _conv_init(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -38,10 +26,9 @@ class CausalConv1d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, bias: bool = True):
         super().__init__()
-        in_channels, out_channels, kernel_size = (_check_size(name, value) for name, value in (
+        in_channels, out_channels, kernel_size = (check_count(name, value) for name, value in (
             ("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size)))  # fmt: skip
-        check_dilation(dilation)
-        self.dilation = operator.index(dilation)
+        self.dilation = check_count("dilation", dilation)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -121,10 +108,9 @@ class TCNBlock(nn.Module):
             raise ValueError(f"activation must be 'relu' or 'gated', got {activation!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        channels, kernel_size = _check_size("channels", channels), _check_size("kernel_size", kernel_size)
-        hidden = channels if hidden is None else _check_size("hidden", hidden)
-        check_dilation(dilation)
-        self.dilation = operator.index(dilation)
+        channels, kernel_size = check_count("channels", channels), check_count("kernel_size", kernel_size)
+        hidden = channels if hidden is None else check_count("hidden", hidden)
+        self.dilation = check_count("dilation", dilation)
         self.dropout = float(dropout)
         self.recompute = recompute
         self.activation = activation
@@ -221,7 +207,7 @@ class TemporalConvNet(nn.Module):
         super().__init__()
         if not 0 <= output_dropout < 1:
             raise ValueError(f"output_dropout must be in [0, 1), got {output_dropout!r}")
-        levels = _check_size("levels", levels)
+        levels = check_count("levels", levels)
         self.blocks = nn.ModuleList(
             TCNBlock(channels, kernel_size, 2**level, activation, hidden, recompute=recompute, dropout=dropout)
             for level in range(levels)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hiertcn.batching import SessionBatch
+from hiertcn_kernels._checks import check_count
 from hiertcn_kernels.conv import autocast_state
 
 
@@ -33,13 +33,7 @@ class Recommender(nn.Module, abc.ABC):
 
     def __init__(self, n_items: int):
         super().__init__()
-        try:  # any integer-like (numpy's too, as csr.n_items may be); bools and floats are not
-            count = None if isinstance(n_items, bool) else operator.index(n_items)
-        except TypeError:
-            count = None
-        if count is None or count < 1:
-            raise ValueError(f"n_items must be a positive int, got {n_items!r}")
-        self.n_items = count
+        self.n_items = check_count("n_items", n_items)  # numpy integers too, as csr.n_items may be
 
     def _init_head(self, dim: int, tied_to: nn.Embedding | None = None) -> None:
         """Output table ``(n_items, dim)`` plus bias; ``tied_to`` shares the input item embeddings."""

@@ -240,8 +240,8 @@ def test_build_loss_rejects_bad_names_and_keys():
         ("sampled_softmax", {"num_negatives": -1}, "num_negatives must be an int >= 0"),
         ("sampled_softmax", {"num_negatives": 0, "in_batch": False}, "needs negatives"),
         ("sampled_softmax", {"in_batch": True}, "in_batch=True needs item_counts"),
-        ("bpr", {"num_negatives": 0}, "num_negatives must be an int >= 1"),
-        ("hinge", {"num_negatives": 0}, "num_negatives must be an int >= 1"),
+        ("bpr", {"num_negatives": 0}, "num_negatives must be a positive int"),
+        ("hinge", {"num_negatives": 0}, "num_negatives must be a positive int"),
     ],
 )
 def test_losses_reject_bad_options(name, config, match):
@@ -288,7 +288,7 @@ def test_impressions_must_be_integer_ids():
 
 @pytest.mark.parametrize("value", [2.5, True, "3"])
 def test_negative_counts_must_be_ints(value):
-    with pytest.raises(ValueError, match="num_negatives must be an int"):
+    with pytest.raises(ValueError, match="num_negatives must be a positive int"):
         build_loss("bpr", num_negatives=value)
 
 
