@@ -474,10 +474,12 @@ def cmd_compare(args) -> int:
 def run_comparison(dataset, config: Config, *, progress=True, echo=print):
     """Train and test every model of ``config.models``; ``{name: TrainResult}`` in that order.
 
-    Every model is built once first, so a bad option of the last one fails before the first trains."""
+    Every model is built once first, so a bad option of the last one fails before the first trains
+    (on the meta device: no memory, no random draws)."""
     names = _model_names(config)
-    for name in names:
-        build_for(name, dataset, config)
+    with torch.device("meta"):
+        for name in names:
+            build_for(name, dataset, config)
     results = {}
     for name in names:
         seed_everything(config.seed)
