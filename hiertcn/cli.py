@@ -9,6 +9,7 @@ the same object as the last line of stdout.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shlex
@@ -197,9 +198,23 @@ def config_from_args(args, **defaults) -> Config:
         config = config.updated(read_config_file(args.config), source=args.config)
     config = _absolute_paths(config.updated(given, source="command-line flags"))
     resolve_device(config.device)  # a device this machine lacks fails now, not after preparing the data
+    if args.command in ("train", "compare", "bench"):  # (evaluate and recommend build from the checkpoint)
+        _check_names(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     return config
+
+
+def _check_names(config: Config) -> None:
+    """A misspelt model or loss fails now, before a log is prepared, not when it is built. (Here, not in
+    Config: a library user's ``fit`` with a model and loss of their own may label them anything.)"""
+    from .losses import LOSS_NAMES
+    from .models import MODEL_NAMES
+
+    if config.model not in MODEL_NAMES:
+        raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}, got {config.model!r}")
+    if config.loss not in LOSS_NAMES:
+        raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {config.loss!r}")
 
 
 def _absolute_paths(config: Config) -> Config:
@@ -250,8 +265,9 @@ def load_dataset(config: Config, *, echo=print):
     )
     skipped = dataset.info.get("skipped_rows", 0)
     if skipped:
-        lines = ", ".join(map(str, dataset.info.get("skipped_lines_head", [])))
-        echo(f"skipped {skipped} bad row(s) of the log (--skip-bad-rows){f'; lines {lines}' if lines else ''}")
+        head = dataset.info.get("skipped_lines_head", [])[:10]
+        lines = ", ".join(map(str, head)) + (" ..." if skipped > len(head) else "")
+        echo(f"skipped {skipped} bad row(s) of the log (--skip-bad-rows){f'; lines {lines}' if head else ''}")
     return dataset, cache_path
 
 
@@ -427,7 +443,7 @@ def _tested_weights(result) -> str:
     """Which weights the test metrics are of: the best validation epoch's (best.pt), or the last ones."""
     scored = [row for row in result.history if "val_mrr" in row]
     if not scored:
-        return "test metrics of the last weights (no validation sessions to pick the best epoch by)"
+        return "test metrics of the last weights (no validation to pick the best epoch by)"
     best = max(scored, key=lambda row: row["val_mrr"])  # the first of equals, as training keeps it
     return f"test metrics of epoch {best['epoch']:g}'s weights (best validation mrr {best['val_mrr']:.4f}; best.pt)"
 
@@ -525,11 +541,12 @@ def cmd_recommend(args) -> int:
         wanted = [u.strip() if user_names is not None else _int_id(u) for u in args.users.split(",")]
         unknown = [str(u) for u in wanted if u not in row_of]
         if unknown:
-            preset = dataset.info.get("preset") or "none"
+            preset = dataset.info.get("preset")
+            removed = f", or removed by --preset {preset} (`hiertcn prepare` reports what it keeps)" \
+                if preset not in (None, "none") else ""  # fmt: skip
             raise ValueError(
-                f"--users: unknown user id(s) {', '.join(unknown)}: not in the prepared log (not in --data, or "
-                f"removed by --preset {preset}, which `hiertcn prepare` reports on); only its users have a history "
-                "to recommend after"
+                f"--users: unknown user id(s) {', '.join(unknown)}: not in the prepared log (not in --data{removed}); "
+                "only its users have a history to recommend after"
             )
         rows = np.array([row_of[u] for u in wanted], dtype=np.int64)
     else:
@@ -542,6 +559,14 @@ def cmd_recommend(args) -> int:
     if not listed:
         every = args.users == "all" or args.output
         rows = rows[has_history] if every else rows[has_history][:5]
+    if args.at is not None:  # named here by raw id and date (recommend knows rows and seconds)
+        last = np.asarray(csr.timestamp)[session_ptr[user_ptr[rows + 1]] - 1]
+        if (last > args.at).any():
+            first = int(np.flatnonzero(last > args.at)[0])
+            raise ValueError(
+                f"--at {_utc(args.at)} is before the last interaction of {int((last > args.at).sum())} user(s) "
+                f"(user {user_keys[rows[first]]}: {_utc(last[first])}); recommend after a user's history"
+            )
     if args.at is not None and not model.carries_state:
         _say(args)(f"note: {saved['model_name']} reads each history as one sequence, without sessions, so --at "
                    "does not change its recommendations")  # fmt: skip
@@ -558,6 +583,11 @@ def cmd_recommend(args) -> int:
     for user, recs in result.items():
         _say(args)(f"user {user}: {' '.join(map(str, recs))}")
     return _finish(args, result)
+
+
+def _utc(seconds) -> str:
+    """Unix seconds (the readers' time unit) as an ISO 8601 UTC time."""
+    return datetime.datetime.fromtimestamp(int(seconds), datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _raw_ids(codes, names) -> list:

@@ -102,14 +102,6 @@ class Config:
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time!r}")
         if isinstance(self.models, str):
             self.models = [m.strip() for m in self.models.split(",") if m.strip()]
-        from .losses import LOSS_NAMES  # (import torch: only here)
-        from .models import MODEL_NAMES
-
-        # Found here, before a log is prepared, not when the model or the loss is built.
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.model!r}")
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -105,10 +105,9 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     timestamp = np.asarray(csr.timestamp)
     if at is not None and (timestamp[end - 1] > at).any():
         late = np.flatnonzero(timestamp[end - 1] > at)
-        row = int(user_rows[late[0]])
         raise ValueError(
-            f"at={at} is before the last interaction of {len(late)} user(s) (user id {csr.user_ids[row]}'s is at "
-            f"{int(timestamp[end[late[0]] - 1])}, in the log's time unit); recommend after a user's history"
+            f"at={at} is before the last interaction of {len(late)} user(s) (user row {int(user_rows[late[0]])}: "
+            f"{int(timestamp[end[late[0]] - 1])}); recommend after a user's history"
         )
     device = next(model.parameters()).device
     top_items, top_scores = [], []

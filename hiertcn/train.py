@@ -261,15 +261,15 @@ def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
     optimizer.load_state_dict(state)
 
 
-# Why a split can leave TRAIN or TEST empty, and what to try instead, by split.
+# Why a split can leave TRAIN or TEST empty, and what to try instead, by split (``--split`` names).
 _EMPTY_SPLIT_HINTS = {
-    "last_session": "the last-session split holds out the last sessions of users with 3+ sessions, if 2+ of "
+    "last-session": "the last-session split holds out the last sessions of users with 3+ sessions, if 2+ of "
                     "their items were trained on (check --session-gap and the timestamps), or use --split user "
                     "or --split time",
     "user": "the user split deals whole users out to train, valid and test, so it needs several users (and "
-            "users with 2+ interactions); use more data or --split last_session",
+            "users with 2+ interactions); use more data or --split last-session",
     "time": "the time split cuts at a timestamp, so a log whose events all fall on one side of it (or share one "
-            "time) leaves a part empty; check the timestamps, or use --split last_session or --split user",
+            "time) leaves a part empty; check the timestamps, or use --split last-session or --split user",
 }
 
 
@@ -304,7 +304,7 @@ def fit(
             raise ValueError(
                 f"the dataset has no {name} sessions (split {split!r}: {int((roles == TRAIN).sum())} train, "
                 f"{int((roles == VALID).sum())} valid, {int((roles == TEST).sum())} test); "
-                + _EMPTY_SPLIT_HINTS.get(split, "check the split options")
+                + _EMPTY_SPLIT_HINTS.get(str(split).replace("_", "-"), "check the split options")  # info: last_session
             )
     if loss_fn is None:
         loss_fn = training_loss(config.loss, dataset)
@@ -315,6 +315,11 @@ def fit(
     run_dir = Path(run_dir)
     rank, world = distributed()
     writes = rank == 0
+    if writes and not resume:
+        # A fresh run replaces the one in run_dir: none of its files may outlive it (a kill before the first
+        # checkpoint would leave the old best.pt to evaluate, and the old last.pt to --resume).
+        for name in ("last.pt", "best.pt", "history.json", "metrics.json"):
+            (run_dir / name).unlink(missing_ok=True)
     device = resolve_device(config.device)
     seed_everything(config.seed)
     model.to(device)

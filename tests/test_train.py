@@ -129,6 +129,19 @@ def test_fit_learns_and_writes_run_files(tmp_path):
     assert "val_mrr" in result.history[0]
 
 
+def test_a_fresh_run_leaves_nothing_of_the_run_it_replaces(tmp_path):
+    """Killed before its first checkpoint, a new run in the same folder must not leave the old best.pt to
+    evaluate, nor the old last.pt to --resume."""
+    run_fit(tmp_path)
+
+    def killed(step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(tmp_path, on_step=killed)
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.suffix in (".pt", ".json")] == []
+
+
 def test_lr_decays_once_per_epoch(tmp_path):
     run_fit(tmp_path, config=small_config(lr_decay=0.5))
     optimizer = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]

@@ -178,7 +178,7 @@ def _file_columns(path: Path, fmt: str, layout: _Layout) -> list[str]:
             raise ValueError(f"{path} is not a readable Parquet file ({exc}){hint}") from None
     if _content_format(path) == "parquet":  # binary: its "first line" is noise, or a csv.Error
         raise ValueError(f"{path} is a Parquet file, not CSV/TSV text; pass format='parquet' "
-                         "(--format parquet) or leave the format out to detect it")  # fmt: skip
+                         "(--format parquet), or name it .parquet")  # fmt: skip
     if layout.column_names is not None:
         return layout.column_names
     first = _first_line(path)

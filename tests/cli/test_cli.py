@@ -175,13 +175,15 @@ def test_train_refuses_a_split_without_test_sessions_before_training(tmp_path, m
     assert cli.main(["train", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "the dataset has no TEST sessions" in capsys.readouterr().err
     assert not (tmp_path / "r" / "last.pt").exists()
-    # The hint is about the split in use, not always the last-session one.
-    for split, hint in (("user", "the user split deals whole users out"), ("time", "the time split cuts at")):
+    # The hint is about the split in use, by its --split name (prepare_dataset's info) or split_*'s.
+    for split, hint in (("user", "the user split deals whole users out"), ("time", "the time split cuts at"),
+                        ("last-session", "the last-session split holds out"),
+                        ("last_session", "the last-session split holds out")):  # fmt: skip
         other = dataclasses.replace(no_test, info={**no_test.info, "split": split})
         monkeypatch.setattr(cli, "load_dataset", lambda config, echo=print, d=other: (d, tmp_path / "cache"))
         assert cli.main(["train", "--out", str(tmp_path / "r"), "--quiet"]) == 2
         err = capsys.readouterr().err
-        assert hint in err and "last-session split holds out" not in err
+        assert hint in err and "check the split options" not in err and "last_session" not in err.split(";")[-1]
     assert cli.main(["prepare", "--quiet"]) == 0
     assert "warning: no test sessions" in capsys.readouterr().err
 
@@ -391,7 +393,9 @@ def test_recommend_at_a_request_time(tiny, tmp_path, monkeypatch, capsys):
         cli.main(["recommend", *weights, "--at", "yesterday"])
     assert "expected unix seconds or ISO 8601, got 'yesterday', or 'now'" in capsys.readouterr().err
     assert cli.main(["recommend", *weights, "--at", "1"]) == 2  # the planted log's user 0 has later events
-    assert "before the last interaction" in capsys.readouterr().err
+    # Named by raw user id and UTC time, not the internal row and raw seconds.
+    assert "--at 1970-01-01T00:00:01Z is before the last interaction of 1 user(s) (user 0: 1970-01-01T02:13:34Z)" \
+        in capsys.readouterr().err  # fmt: skip
 
 
 def test_recommend_names_users_with_nothing_to_recommend_after(tiny, tmp_path, monkeypatch, capsys):
@@ -451,7 +455,6 @@ def test_loss_curve_smoothing_skips_non_finite_values():
 def test_compare_builds_every_model_before_training_any(tiny, tmp_path, capsys):
     """A bad option of the last model fails at once, not after the first ones have trained."""
     config = tmp_path / "tied.toml"
-    config.write_text(tiny.read_text() + "tied = true\n")  # lands in [model_config.moving_average]: fine
     config.write_text(tiny.read_text().replace("[model_config.gru4rec]\n", "[model_config.gru4rec]\ntied = true\n")
                       .replace("embedding_dim = 8\nhidden_dim = 8\n[model_config.moving_average]",
                                "embedding_dim = 8\nhidden_dim = 16\n[model_config.moving_average]"))  # fmt: skip
