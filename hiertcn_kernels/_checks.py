@@ -107,16 +107,12 @@ def check_count(name: str, value, least: int = 1) -> int:
     return count
 
 
-def check_dilation(dilation) -> None:
-    check_count("dilation", dilation)
-
-
 def check_conv(x, weight, bias, dilation, cu_seqlens, *, weight_name: str = "weight", bias_name: str = "bias"):
     """Validate ``causal_conv1d`` arguments; returns ``(C_out, C_in, K)``."""
     check_tensor(x, "x", ndim=(2, 3))
     check_tensor(weight, weight_name, ndim=3)
     check_same(x, weight, weight_name, "x")
-    check_dilation(dilation)
+    check_count("dilation", dilation)
     c_out, c_in, k = weight.shape
     if k < 1 or c_out < 1:
         raise ValueError(f"{weight_name} must have shape (C_out, C_in, K) with K, C_out >= 1, got {tuple(weight.shape)}")
