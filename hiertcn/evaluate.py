@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 
 from hiertcn.batching import MAX_SESSION_LEN, user_batches
 from hiertcn.data.splits import TEST
-from hiertcn.metrics import MetricAccumulator, check_target_scores, count_at_or_above, target_ranks
+from hiertcn.metrics import (
+    MetricAccumulator,
+    check_target_ids,
+    check_target_scores,
+    count_at_or_above,
+    target_ranks,
+)
 from hiertcn.models.base import check_catalogue
 
 
@@ -56,8 +62,7 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
     chunk = min(n_items, max_scores) if chunk_items is None else min(int(chunk_items), n_items)
     if chunk < 1:
         raise ValueError(f"chunk_items must be positive, got {chunk_items}")
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_items):
-        raise ValueError(f"target ids must lie in [0, {n_items})")
+    check_target_ids(targets, n_items)
     rows = max(1, max_scores // chunk)
     out = []
     for r0 in range(0, user_emb.shape[0], rows):

@@ -26,18 +26,24 @@ def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"scores must be (E, I), got shape {tuple(scores.shape)}")
     if scores.dtype == torch.bool or scores.is_complex():
         raise TypeError(f"scores must be real numbers, got {scores.dtype}")
-    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-        raise TypeError(f"target must hold integer item ids, got {target.dtype}")
     if target.dim() != 1 or target.shape[0] != scores.shape[0]:
         raise ValueError(f"target must be (E,) with E={scores.shape[0]}, got shape {tuple(target.shape)}")
-    if target.numel():
-        low, high = torch.stack([target.min(), target.max()]).tolist()  # one host read
-        if low < 0 or high >= scores.shape[1]:
-            raise ValueError(f"target ids must lie in [0, {scores.shape[1]}), got min {low} max {high}")
+    check_target_ids(target, scores.shape[1])
     target_score = scores.gather(1, target.long()[:, None])
     check_target_scores(target_score)
     # The target itself is counted by >=, which supplies the "1 +".
     return count_at_or_above(scores, target_score)
+
+
+def check_target_ids(target: torch.Tensor, n_items: int) -> None:
+    """``target`` must hold integer item ids in ``[0, n_items)``: one host read (a float or bool target
+    would otherwise be truncated to an id)."""
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"target must hold integer item ids, got {target.dtype}")
+    if target.numel():
+        low, high = torch.stack([target.min(), target.max()]).tolist()
+        if low < 0 or high >= n_items:
+            raise ValueError(f"target ids must lie in [0, {n_items}), got min {low} max {high}")
 
 
 def count_at_or_above(scores: torch.Tensor, target_score: torch.Tensor) -> torch.Tensor:
