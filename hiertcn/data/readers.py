@@ -155,11 +155,15 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
+def _is_parquet(path: Path) -> bool:
+    with pa.input_stream(path, compression="detect") as f:
+        return f.read(4) == b"PAR1"  # every Parquet file starts (and ends) with these magic bytes
+
+
 def _content_format(path: Path) -> str:
     """The format the file's content looks like, for an error that suggests the right one."""
-    with pa.input_stream(path, compression="detect") as f:
-        if f.read(4) == b"PAR1":  # every Parquet file starts (and ends) with these magic bytes
-            return "parquet"
+    if _is_parquet(path):
+        return "parquet"
     first = _first_line(path)
     if first.split("\t") == XING_HEADER:
         return "xing"
@@ -176,7 +180,7 @@ def _file_columns(path: Path, fmt: str, layout: _Layout) -> list[str]:
             if looks != "parquet":
                 hint = f"; if it is {looks} text, pass format={looks!r} (--format {looks})"
             raise ValueError(f"{path} is not a readable Parquet file ({exc}){hint}") from None
-    if _content_format(path) == "parquet":  # binary: its "first line" is noise, or a csv.Error
+    if _is_parquet(path):  # binary: its "first line" is noise, or a csv.Error
         raise ValueError(f"{path} is a Parquet file, not CSV/TSV text; pass format='parquet' "
                          "(--format parquet), or name it .parquet")  # fmt: skip
     if layout.column_names is not None:
