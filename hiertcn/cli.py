@@ -29,7 +29,15 @@ from .checkpoint import (
     saved_model_config,
 )
 from .config import SPLITS, TIME_UNITS, Config
-from .train import NonFiniteLossError, fit, json_safe, resolve_device, seed_everything, write_metrics
+from .train import (
+    NonFiniteLossError,
+    epoch_label,
+    fit,
+    json_safe,
+    resolve_device,
+    seed_everything,
+    write_metrics,
+)
 
 TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp", "first/mrr", "later/mrr")
 DATA_KEYS = ("format", "preset", "preset_until_stable", "split", "user_col", "item_col", "time_col", "session_col",
@@ -445,7 +453,7 @@ def _tested_weights(result) -> str:
     if not scored:
         return "test metrics of the last weights (no validation to pick the best epoch by)"
     best = max(scored, key=lambda row: row["val_mrr"])  # the first of equals, as training keeps it
-    return f"test metrics of epoch {best['epoch']:g}'s weights (best validation mrr {best['val_mrr']:.4f}; best.pt)"
+    return f"test metrics of epoch {epoch_label(best['epoch'])}'s weights (best validation mrr {best['val_mrr']:.4f}; best.pt)"
 
 
 def _scoring_defaults(saved) -> dict:

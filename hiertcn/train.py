@@ -273,6 +273,11 @@ _EMPTY_SPLIT_HINTS = {
 }
 
 
+def epoch_label(epoch: float) -> str:
+    """An epoch count as said to a user: ``3``, or ``0.37`` when a run stopped within an epoch."""
+    return f"{round(epoch, 2):g}"
+
+
 def fit(
     model: torch.nn.Module,
     dataset,
@@ -511,7 +516,7 @@ def fit(
         if progress and writes:
             shown = f", valid mrr {row['val_mrr']:.4f}" if "val_mrr" in row else ""
             best = " (best so far: best.pt)" if improved else ""
-            tqdm.write(f"{model_name or type(model).__name__} epoch {row['epoch']:g}: train loss "
+            tqdm.write(f"{model_name or type(model).__name__} epoch {epoch_label(row['epoch'])}: train loss "
                        f"{row['train_loss']:.4f}{shown}{best}{', stopped within the epoch' if partial else ''}",
                        file=sys.stderr)  # beside the progress bars  # fmt: skip
         if not partial:

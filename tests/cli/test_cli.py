@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hiertcn import cli
+from hiertcn.train import epoch_label
 from tests.test_train import planted_dataset
 
 SMALL_MODELS = """
@@ -474,11 +475,15 @@ def test_train_says_each_epoch_and_which_weights_it_tested(tiny, tmp_path, capsy
     history = json.loads((out / "history.json").read_text())["epochs"]
     best = max(history, key=lambda row: row["val_mrr"])
     for row in history:
-        assert f"hiertcn epoch {row['epoch']:g}: train loss {row['train_loss']:.4f}, valid mrr {row['val_mrr']:.4f}" \
+        assert f"hiertcn epoch {epoch_label(row['epoch'])}: train loss {row['train_loss']:.4f}, valid mrr {row['val_mrr']:.4f}" \
             in captured.err  # fmt: skip
     assert captured.err.count("(best so far: best.pt)") == 1 + (history[1]["val_mrr"] > history[0]["val_mrr"])
-    assert f"test metrics of epoch {best['epoch']:g}'s weights (best validation mrr {best['val_mrr']:.4f}" \
+    assert f"test metrics of epoch {epoch_label(best['epoch'])}'s weights (best validation mrr {best['val_mrr']:.4f}" \
         in captured.out  # fmt: skip
+
+
+def test_epoch_label_rounds_a_stop_within_an_epoch():
+    assert [epoch_label(e) for e in (3, 3.0, 0.367537, 12.5)] == ["3", "3", "0.37", "12.5"]
 
 
 def test_json_output_has_no_nan(capsys, tmp_path):
