@@ -41,7 +41,7 @@ from .train import (
 
 TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrr@20", "mrp", "first/mrr", "later/mrr")
 DATA_KEYS = ("format", "preset", "preset_until_stable", "split", "user_col", "item_col", "time_col", "session_col",
-             "sep", "time_unit", "session_gap", "cache_dir", "impressions", "skip_bad_rows")  # fmt: skip
+             "column_names", "sep", "time_unit", "session_gap", "cache_dir", "impressions", "skip_bad_rows")  # fmt: skip
 DEMO = {  # sized to finish in about 3 minutes on 2 CPU cores
     "full": {"n_users": 1000, "n_items": 500, "epochs": 4, "max_time": 40.0, "lr": 3e-3},
     "tiny": {"n_users": 150, "n_items": 120, "epochs": 1, "max_time": 5.0, "lr": 3e-3},
@@ -79,6 +79,8 @@ def _data_args(parser):
           "shuffled by --seed, so another seed tests other users")
     for col in ("user", "item", "time", "session"):
         _flag(g, f"--{col}-col", dest=f"{col}_col", help=f"{col} column of a generic CSV/Parquet log")
+    _flag(g, "--column-names", help="a CSV/TSV log without a header line: its columns' names in order, "
+          "comma-separated (e.g. user_id,item_id,rating,timestamp)")
     _flag(g, "--sep", help="field separator of a CSV log (one character; 'tab' or '\\t' for a tab)")
     _flag(g, "--time-unit", choices=TIME_UNITS, help="unit of numeric times; default auto: each number by its size "
           "(seconds below 1e11, ms from 1e11, us from 1e14, ns from 1e17), text as ISO 8601")

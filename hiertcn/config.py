@@ -39,6 +39,7 @@ class Config:
     item_col: str | None = None
     time_col: str | None = None
     session_col: str | None = None
+    column_names: list[str] | None = None  # a CSV/TSV without a header line: its columns' names in order
     sep: str | None = None
     time_unit: str = "auto"  # auto (each number by its size, text ISO 8601) | s | ms | us | ns | iso
     skip_bad_rows: bool = False  # drop (and count) unparsable rows instead of raising
@@ -102,6 +103,8 @@ class Config:
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time!r}")
         if isinstance(self.models, str):
             self.models = [m.strip() for m in self.models.split(",") if m.strip()]
+        if isinstance(self.column_names, str):  # every name kept, so an empty one is read_log's error
+            self.column_names = [n.strip() for n in self.column_names.split(",")]
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -72,6 +72,7 @@ def prepare_dataset(
     item_col: str | None = None,
     time_col: str | None = None,
     session_col: str | None = None,
+    column_names: list[str] | None = None,
     sep: str | None = None,
     time_unit: str = "auto",
     skip_bad_rows: bool = False,
@@ -90,7 +91,7 @@ def prepare_dataset(
     ``split``: ``last-session`` (per user the last session is TEST, the one before VALID), ``user``
     (users 80/10/10, shuffled by ``seed``) or ``time`` (sessions starting after the 80% / 90% quantiles
     of session start times are VALID / TEST). Reader options (``user_col`` ... ``skip_bad_rows``) are
-    those of :func:`hiertcn.data.read_log`; ``session_gap`` (seconds) is the session rule of
+    those of :func:`hiertcn.data.read_log` (``column_names``: a CSV/TSV without a header line); ``session_gap`` (seconds) is the session rule of
     ``pack_sessions`` and the presets. ``cache_dir`` defaults to ``$HIERTCN_CACHE_DIR`` or
     ``~/.cache/hiertcn``.
 
@@ -130,6 +131,7 @@ def prepare_dataset(
         "item_col": item_col,
         "time_col": time_col,
         "session_col": session_col,
+        "column_names": column_names,
         "sep": sep,
         "time_unit": time_unit,
         "skip_bad_rows": skip_bad_rows,

@@ -155,6 +155,25 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
+def _headerless(path: Path, fmt: str, layout: _Layout, column_names) -> _Layout:
+    """The layout of a CSV/TSV file whose first line is data, its columns named by ``column_names``."""
+    if fmt != "csv":
+        raise ValueError(f"column_names is for CSV/TSV files without a header line; {path} is read as {fmt}")
+    if isinstance(column_names, str) or not all(isinstance(n, str) and n.strip() for n in column_names):
+        raise TypeError(f"column_names must be a list of non-empty strings, got {column_names!r}")
+    names = [n.strip() for n in column_names]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"column_names names {', '.join(map(repr, twice))} more than once")
+    if _is_parquet(path):
+        return layout  # _file_columns says it is Parquet
+    fields = next(csv.reader([_first_line(path)], delimiter=layout.sep), [])
+    if len(fields) != len(names):
+        raise ValueError(f"{path}: column_names has {len(names)} names but the first line has {len(fields)} "
+                         f"fields separated by {layout.sep!r}: {fields}")  # fmt: skip
+    return replace(layout, column_names=names)
+
+
 def _is_parquet(path: Path) -> bool:
     with pa.input_stream(path, compression="detect") as f:
         return f.read(4) == b"PAR1"  # every Parquet file starts (and ends) with these magic bytes
@@ -528,6 +547,7 @@ def read_log(
     time_unit: str = "auto",
     skip_bad_rows: bool = False,
     impressions: str | Path | None = None,
+    column_names: list[str] | tuple[str, ...] | None = None,
 ) -> InteractionLog:
     """Read an interaction file into an :class:`InteractionLog`.
 
@@ -551,7 +571,9 @@ def read_log(
     ids are at most 1% of its ids (``_STRAY_SHARE``) is read as strings with a
     warning naming the first; with ``skip_bad_rows`` those rows are bad instead
     (likely typos) and the ids stay integers. ``impressions``: a XING impressions
-    file to attach. Files ending in ``.gz``, ``.bz2``, ``.zst`` or ``.lz4`` are
+    file to attach. ``column_names``: a CSV/TSV file without a header line, its columns' names in order
+    (e.g. ``["user_id", "item_id", "rating", "timestamp"]``; the roles are then found by those names as for a
+    header). Files ending in ``.gz``, ``.bz2``, ``.zst`` or ``.lz4`` are
     decompressed as they are read, and named as without that suffix.
     """
     path = Path(path)
@@ -568,6 +590,8 @@ def read_log(
     layout = _layout(path, fmt, sep)
     if sep is not None:
         layout = replace(layout, sep=sep)
+    if column_names is not None:
+        layout = _headerless(path, fmt, layout, column_names)
     present = _file_columns(path, fmt, layout)
     # A header "user_id, item_id" names " item_id": match names trimmed, read the column by the file's name.
     found = {name: name for name in present}
@@ -582,7 +606,11 @@ def read_log(
     columns = {role: found.get(name, found.get(name.strip())) for role, name in roles.items()}
     missing = [f"{role}_col={roles[role]!r}" for role, name in columns.items() if name is None]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the file has columns {present}")
+        hint = ""
+        if column_names is None and layout.column_names is None and any(re.match(_NUM_RE, n) for n in present):
+            hint = ("; its first line looks like data, not a header: name the columns with column_names "
+                    "(--column-names user_id,item_id,...)")  # fmt: skip
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the file has columns {present}{hint}")
     roles = columns
     unit = layout.time_unit if time_unit == "auto" else time_unit
     names = list(dict.fromkeys(roles.values()))

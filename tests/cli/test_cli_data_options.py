@@ -51,3 +51,19 @@ def test_prepare_reads_a_gzipped_csv_and_a_tab_separator_by_name(tmp_path, capsy
     (tmp_path / "log.txt").write_text("\n".join(row.replace(",", "\t") for row in _log_rows(1)) + "\n")
     for sep in ("\\t", "tab"):  # '\t' typed in a shell is two characters
         assert _prepare(tmp_path, capsys, tmp_path / "log.txt", "--sep", sep)["interactions"] == 36
+
+
+def test_column_names_name_a_headerless_log_from_a_flag_and_a_config_file(tmp_path, capsys):
+    rows = _log_rows(1)[1:]  # no header line
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    argv = ["prepare", "--data", str(tmp_path / "log.csv"), "--cache-dir", str(tmp_path / "cache"), "--json", "--quiet"]
+    assert cli.main(argv) == 2
+    assert "looks like data, not a header" in capsys.readouterr().err
+    assert cli.main([*argv, "--column-names", "user_id, item_id,timestamp"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["interactions"] == 36 and summary["sessions"] == 12  # the first row is data
+    (tmp_path / "names.toml").write_text('column_names = ["u", "i", "t"]\nuser_col = "u"\nitem_col = "i"\n'
+                                         'time_col = "t"\n')  # fmt: skip
+    assert cli.main([*argv, "--config", str(tmp_path / "names.toml")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["interactions"] == 36
+    assert load_config(overrides={"column_names": "a, b,c"}).column_names == ["a", "b", "c"]

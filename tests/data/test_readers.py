@@ -186,6 +186,39 @@ def test_missing_column_names_argument(tmp_path):
         read_log(write(tmp_path / "interactions.csv", XING.replace("user_id", "uid", 1)), format="xing")
 
 
+def test_headerless_csv_is_read_with_column_names(tmp_path):
+    rows = "u7,100,5,1446336000\nu3,200,4,1446336060\nu7,300,1,bad\n"
+    path = write(tmp_path / "ratings.csv", rows)
+    with pytest.raises(ValueError, match="first line looks like data.*--column-names"):
+        read_log(path)
+    log = read_log(path, column_names=["user_id", "item_id", "rating", "timestamp"], skip_bad_rows=True)
+    np.testing.assert_array_equal(log.user_names[log.user], ["u7", "u3"])  # the first line is a row, not a header
+    np.testing.assert_array_equal(log.timestamp, [1446336000, 1446336060])
+    np.testing.assert_array_equal(log.skipped_lines, [3])  # line 3 of the file: no header line counted
+    log = read_log(path, column_names=[" who", "what", "r", "when"], user_col="who", item_col="what", time_col="when",
+                   skip_bad_rows=True)  # fmt: skip
+    assert len(log.user) == 2
+    tsv = write(tmp_path / "plays.tsv", rows.replace(",", "\t"))
+    assert len(read_log(tsv, column_names=["user_id", "item_id", "rating", "timestamp"], skip_bad_rows=True).user) == 2
+
+
+def test_column_names_errors(tmp_path):
+    path = write(tmp_path / "ratings.csv", "1,100,5,1446336000\n")
+    with pytest.raises(ValueError, match="3 names but the first line has 4 fields"):
+        read_log(path, column_names=["user_id", "item_id", "timestamp"])
+    with pytest.raises(ValueError, match="'a' more than once"):
+        read_log(path, column_names=["a", "a", "b", "c"])
+    with pytest.raises(TypeError, match="list of non-empty strings"):
+        read_log(path, column_names="user_id,item_id,rating,timestamp")
+    with pytest.raises(TypeError, match="list of non-empty strings"):
+        read_log(path, column_names=["user_id", "", "rating", "timestamp"])
+    with pytest.raises(ValueError, match="without a header line; .* is read as xing"):
+        read_log(write(tmp_path / "interactions.csv", XING), column_names=["a", "b", "c", "d"])
+    # A header that merely lacks a role is not called data.
+    with pytest.raises(ValueError, match=r"columns \['person', 'item_id', 'timestamp'\]$"):
+        read_log(write(tmp_path / "log.csv", "person,item_id,timestamp\n1,2,10\n"))
+
+
 def test_empty_file_and_header_only(tmp_path):
     with pytest.raises(ValueError, match="is empty"):
         read_log(write(tmp_path / "empty.csv", ""))
