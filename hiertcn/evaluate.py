@@ -19,7 +19,7 @@ from hiertcn.batching import MAX_SESSION_LEN, user_batches
 from hiertcn.data.splits import TEST
 from hiertcn.metrics import (
     MetricAccumulator,
-    check_target_ids,
+    check_item_ids,
     check_target_scores,
     count_at_or_above,
     target_ranks,
@@ -62,7 +62,7 @@ def rank_targets(model, user_emb, targets, *, chunk_items=None, max_scores=1 << 
     chunk = min(n_items, max_scores) if chunk_items is None else min(int(chunk_items), n_items)
     if chunk < 1:
         raise ValueError(f"chunk_items must be positive, got {chunk_items}")
-    check_target_ids(targets, n_items)
+    check_item_ids(n_items, target=targets)
     rows = max(1, max_scores // chunk)
     out = []
     for r0 in range(0, user_emb.shape[0], rows):

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from hiertcn_kernels._checks import check_count
 from hiertcn_kernels.conv import autocast_state
 
+from .metrics import check_item_ids
+
 LOSS_NAMES = ("softmax", "sampled_softmax", "bpr", "hinge")
 
 
@@ -47,27 +49,6 @@ def sample_items(popularity: torch.Tensor | None, n: int, n_items: int, device) 
     return torch.searchsorted(cdf, draws, right=True).clamp_(max=n_items - 1)
 
 
-def _check_id_dtype(name: str, ids) -> None:
-    if not isinstance(ids, torch.Tensor) or ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
-        got = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise TypeError(f"{name} must be an integer tensor of item ids, got {got}")
-
-
-def _check_item_ids(n_items: int, **ids) -> None:
-    """Each of ``ids`` (``targets``, ``impressions``) an integer tensor of item ids in ``[0, n_items)``
-    (impressions: ``-1`` pads too), all read to the host at once: one sync on a GPU."""
-    low = {"impressions": -1}
-    for name, values in ids.items():
-        _check_id_dtype(name, values)
-    present = {name: values for name, values in ids.items() if values.numel()}
-    if not present:
-        return
-    bounds = torch.stack([x for v in present.values() for x in (v.min(), v.max())]).tolist()
-    for (name, _), least, most in zip(present.items(), bounds[::2], bounds[1::2]):
-        if least < low.get(name, 0) or most >= n_items:
-            raise ValueError(f"{name} must be item ids in [{low.get(name, 0)}, {n_items}), got min {least} max {most}")
-
-
 class _Loss:
     takes_impressions = False  # True: negatives come from impressions when the batch has them
     samples_items = False  # True: draws negatives by ``item_counts`` (popularity), given at construction
@@ -75,15 +56,14 @@ class _Loss:
     def __call__(self, model, user_emb, targets, batch=None, impressions=None):
         if not isinstance(user_emb, torch.Tensor) or not user_emb.is_floating_point():
             raise TypeError(f"user_emb must be a floating tensor, got {getattr(user_emb, 'dtype', type(user_emb))}")
-        _check_id_dtype("targets", targets)
+        weight, _ = model.output_embeddings()
+        check_item_ids(weight.shape[0], targets=targets, **({} if impressions is None else {"impressions": impressions}))
         if user_emb.dim() != 2 or targets.shape != (user_emb.shape[0],):
             raise ValueError(f"user_emb must be (n, D) and targets (n,), got {tuple(user_emb.shape)} and "
                              f"{tuple(targets.shape)}")  # fmt: skip
-        weight, _ = model.output_embeddings()
         if user_emb.shape[1] != weight.shape[1]:
             raise ValueError(f"user_emb has {user_emb.shape[1]} columns but the model's output embeddings "
                              f"{weight.shape[1]}")  # fmt: skip
-        _check_item_ids(weight.shape[0], targets=targets, **({} if impressions is None else {"impressions": impressions}))
         return self.compute(model, user_emb, targets.long(), impressions)
 
 
@@ -144,7 +124,7 @@ def linear_cross_entropy(user_emb, weight, bias, targets, chunk_rows: int | None
     """
     n_items = weight.shape[0]
     if check_targets:  # one host read; a loss checks them once for all its parts (``_Loss``)
-        _check_item_ids(n_items, targets=targets)
+        check_item_ids(n_items, targets=targets)
     if chunk_rows is None:
         chunk_rows = max(1, _CHUNK_ELEMENTS // n_items)
     if chunk_rows < 1:

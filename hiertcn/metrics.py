@@ -28,22 +28,31 @@ def target_ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"scores must be real numbers, got {scores.dtype}")
     if target.dim() != 1 or target.shape[0] != scores.shape[0]:
         raise ValueError(f"target must be (E,) with E={scores.shape[0]}, got shape {tuple(target.shape)}")
-    check_target_ids(target, scores.shape[1])
+    check_item_ids(scores.shape[1], target=target)
     target_score = scores.gather(1, target.long()[:, None])
     check_target_scores(target_score)
     # The target itself is counted by >=, which supplies the "1 +".
     return count_at_or_above(scores, target_score)
 
 
-def check_target_ids(target: torch.Tensor, n_items: int) -> None:
-    """``target`` must hold integer item ids in ``[0, n_items)``: one host read (a float or bool target
-    would otherwise be truncated to an id)."""
-    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-        raise TypeError(f"target must hold integer item ids, got {target.dtype}")
-    if target.numel():
-        low, high = torch.stack([target.min(), target.max()]).tolist()
-        if low < 0 or high >= n_items:
-            raise ValueError(f"target ids must lie in [0, {n_items}), got min {low} max {high}")
+def check_item_ids(n_items: int, **ids: torch.Tensor) -> None:
+    """Each named tensor (``target``, ``targets``, ``impressions``) holds integer item ids in ``[0, n_items)``;
+    ``impressions`` may also hold the pad ``-1``. All are read to the host at once: one sync on a GPU. (A float
+    or bool tensor would otherwise be truncated to ids, and an id out of range index another row or fault.)"""
+    for name, values in ids.items():
+        if not isinstance(values, torch.Tensor) or values.dtype == torch.bool or values.is_floating_point() or (
+            values.is_complex()
+        ):
+            got = values.dtype if isinstance(values, torch.Tensor) else type(values).__name__
+            raise TypeError(f"{name} must be an integer tensor of item ids, got {got}")
+    present = {name: values for name, values in ids.items() if values.numel()}
+    if not present:
+        return
+    bounds = torch.stack([x for v in present.values() for x in (v.min(), v.max())]).tolist()
+    for name, least, most in zip(present, bounds[::2], bounds[1::2]):
+        low = -1 if name == "impressions" else 0
+        if least < low or most >= n_items:
+            raise ValueError(f"{name} must be item ids in [{low}, {n_items}), got min {least} max {most}")
 
 
 def count_at_or_above(scores: torch.Tensor, target_score: torch.Tensor) -> torch.Tensor:

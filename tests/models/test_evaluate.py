@@ -141,7 +141,7 @@ def test_nan_item_scores_count_against_the_target():
 def test_chunked_ranking_rejects_targets_outside_the_catalogue():
     model = build_model("moving_average", n_items=10, embedding_dim=4)
     for bad in (10, -1):
-        with pytest.raises(ValueError, match="target ids must lie in"):
+        with pytest.raises(ValueError, match="target must be item ids in"):
             rank_targets(model, torch.randn(2, 4), torch.tensor([3, bad]), chunk_items=3)
 
 

@@ -63,7 +63,7 @@ def test_bad_input_is_rejected():
         MetricAccumulator(3).result()
     # A float or bool target is not an item id: it must not be truncated to one.
     for target in (torch.tensor([1.9]), torch.tensor([True])):
-        with pytest.raises(TypeError, match="target must hold integer item ids"):
+        with pytest.raises(TypeError, match="target must be an integer tensor of item ids"):
             ranking_metrics(torch.tensor([[0.0, 1.0, 2.0]]), target)
     with pytest.raises(TypeError, match="scores must be real numbers"):
         ranking_metrics(torch.tensor([[True, False]]), torch.tensor([0]))
