@@ -531,7 +531,7 @@ def write_plots(results, out) -> list[Path]:
 
 
 def cmd_recommend(args) -> int:
-    from .recommend import recommend, recommendations_path, write_recommendations
+    from .recommend import RequestTimeError, recommend, recommendations_path, write_recommendations
 
     if args.output:
         recommendations_path(args.output)  # a bad name fails before anything is loaded
@@ -569,21 +569,18 @@ def cmd_recommend(args) -> int:
     if not listed:
         every = args.users == "all" or args.output
         rows = rows[has_history] if every else rows[has_history][:5]
-    if args.at is not None:  # named here by raw id and date (recommend knows rows and seconds)
-        last = np.asarray(csr.timestamp)[session_ptr[user_ptr[rows + 1]] - 1]
-        if (last > args.at).any():
-            first = int(np.flatnonzero(last > args.at)[0])
-            raise ValueError(
-                f"--at {_utc(args.at)} is before the last interaction of {int((last > args.at).sum())} user(s) "
-                f"(user {user_keys[rows[first]]}: {_utc(last[first])}); recommend after a user's history"
-            )
     if args.at is not None and not model.carries_state:
         _say(args)(f"note: {saved['model_name']} reads each history as one sequence, without sessions, so --at "
                    "does not change its recommendations")  # fmt: skip
-    items, scores = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
-                              impressions=getattr(dataset, "impressions", None), at=args.at,
-                              session_gap=config.session_gap, exclude_seen=args.exclude_seen,
-                              progress=bool(args.output) and not args.quiet)
+    try:
+        items, scores = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
+                                  impressions=getattr(dataset, "impressions", None), at=args.at,
+                                  session_gap=config.session_gap, exclude_seen=args.exclude_seen,
+                                  progress=bool(args.output) and not args.quiet)
+    except RequestTimeError as late:  # named here by raw id and UTC time (recommend knows rows and seconds)
+        raise ValueError(f"--at {_utc(late.at)} is before the last interaction of {len(late.user_rows)} user(s) "
+                         f"(user {user_keys[late.user_rows[0]]}: {_utc(late.last[0])}); recommend after a user's "
+                         "history") from None  # fmt: skip
     if args.output:
         raw_items = items if item_names is None else np.asarray(item_names, dtype=object)[items]
         path = write_recommendations(args.output, [user_keys[r] for r in rows], raw_items, scores)

@@ -74,6 +74,16 @@ def with_next_slot(
     )
 
 
+class RequestTimeError(ValueError):
+    """``at`` is before the last interaction of some users: ``user_rows`` (their rows) and ``last`` (those
+    interactions' times), for a caller that names users and times its own way."""
+
+    def __init__(self, at: int, user_rows: np.ndarray, last: np.ndarray):
+        self.at, self.user_rows, self.last = at, user_rows, last
+        super().__init__(f"at={at} is before the last interaction of {len(user_rows)} user(s) (user row "
+                         f"{int(user_rows[0])}: {int(last[0])}); recommend after a user's history")  # fmt: skip
+
+
 @torch.no_grad()
 def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, batch_users: int = 256,
               impressions=None, at: int | None = None, session_gap: float = 1800, exclude_seen: bool = False,
@@ -105,10 +115,7 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     timestamp = np.asarray(csr.timestamp)
     if at is not None and (timestamp[end - 1] > at).any():
         late = np.flatnonzero(timestamp[end - 1] > at)
-        raise ValueError(
-            f"at={at} is before the last interaction of {len(late)} user(s) (user row {int(user_rows[late[0]])}: "
-            f"{int(timestamp[end[late[0]] - 1])}); recommend after a user's history"
-        )
+        raise RequestTimeError(at, user_rows[late], timestamp[end[late] - 1])
     device = next(model.parameters()).device
     top_items, top_scores = [], []
     batches = user_batches(

@@ -6,7 +6,7 @@ import torch
 
 from hiertcn.batching import user_batches
 from hiertcn.models import MODEL_NAMES, build_model
-from hiertcn.recommend import recommend, with_next_slot, write_recommendations
+from hiertcn.recommend import RequestTimeError, recommend, with_next_slot, write_recommendations
 from tests.models.tinylogs import TINY
 from tests.test_train import N_ITEMS, planted_dataset
 
@@ -74,8 +74,12 @@ def test_a_late_request_scores_as_the_first_item_of_a_new_session(name):
     if name in ("hiertcn", "hrnn"):
         _, continued = recommend(model, short, [0], k=N_ITEMS)
         assert not np.allclose(continued[0], expected[0].topk(N_ITEMS).values.numpy())
-    with pytest.raises(ValueError, match="before the last interaction"):
+    with pytest.raises(RequestTimeError, match="before the last interaction") as late:  # a ValueError
         recommend(model, short, [0, 1], k=3, at=int(short.timestamp[0]))
+    last = short.timestamp[short.session_ptr[short.user_ptr[1:3]] - 1]  # users 0 and 1
+    assert late.value.at == short.timestamp[0] and (last > late.value.at).any()
+    np.testing.assert_array_equal(late.value.user_rows, np.flatnonzero(last > late.value.at))
+    np.testing.assert_array_equal(late.value.last, last[last > late.value.at])
 
 
 def test_with_next_slot_layout():
