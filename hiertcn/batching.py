@@ -237,6 +237,14 @@ class QueueBatcher:
     longer than ``max_session_len`` is split into consecutive windows (nothing is
     dropped) unless ``truncate=True``, which keeps its first ``max_session_len`` items.
 
+    ``carry_over=True`` is the release's endless stream of users: an epoch ends once its
+    users are all queued and some queue can no longer fill its lane, and the windows
+    still queued open the next epoch, in the same lanes, before its users. Every batch
+    then has full lanes; without it each epoch drains its queues, and its last batches
+    hold the few longest users' remaining sessions, one or two lanes each, which count
+    as much in a training step as a full batch. An epoch that never fills every lane
+    (fewer users than queues) drains either way.
+
     ``include`` (bool per CSR session, default all) picks the sessions that enter
     the lanes; ``targets`` (bool per session, default ``include``) picks those whose
     items count in ``SessionBatch.target_mask``. ``users`` restricts the epoch to
@@ -244,7 +252,8 @@ class QueueBatcher:
     (``Dataset.impressions``) makes the batches carry each token's impressions.
 
     Epochs are pure functions of ``(seed, epoch)``, so ``batches(epoch, start=k)``
-    resumes exactly at batch ``k`` without building the ones before it.
+    resumes exactly at batch ``k`` without building the ones before it (with
+    ``carry_over``, the plans of the epochs before it, which are cheap, no tensors).
     """
 
     def __init__(
@@ -261,6 +270,7 @@ class QueueBatcher:
         shuffle: bool = True,
         seed: int = 0,
         impressions=None,
+        carry_over: bool = False,
     ):
         for name, value in (
             ("n_queues", n_queues),
@@ -277,6 +287,7 @@ class QueueBatcher:
         self.sessions_per_lane = int(sessions_per_lane)
         self.shuffle = shuffle
         self.seed = seed
+        self.carry_over = bool(carry_over)
         check_impressions(impressions, csr)
         self.impressions = impressions
 
@@ -315,6 +326,7 @@ class QueueBatcher:
         self._gap = np.where(self._first_of_user, 0, timestamp[self._start] - previous)
         self._cum_len = offsets(self._end - self._start)
         self._plan_cache: tuple[int, list] | None = None
+        self._carried: dict[int, list[list[int]]] = {0: [[] for _ in range(self.n_queues)]}  # epoch -> queued at start
 
     @property
     def n_interactions(self) -> int:
@@ -326,19 +338,27 @@ class QueueBatcher:
             return self.users
         return np.random.default_rng((self.seed, epoch)).permutation(self.users)
 
+    def carried_in(self, epoch: int) -> list[list[int]]:
+        """Per lane, the window indices still queued when ``epoch`` begins (none without ``carry_over``)."""
+        known = max(e for e in self._carried if e <= epoch)
+        for e in range(known, epoch):  # each epoch opens with what the one before left queued
+            self._carried[e + 1] = self._plan(e)[1]
+        return self._carried[epoch]
+
     def plan(self, epoch: int) -> list[list[np.ndarray]]:
         """Window indices of every lane of every batch of ``epoch`` (cheap: no tensors)."""
         if self._plan_cache is None or self._plan_cache[0] != epoch:
-            self._plan_cache = (epoch, self._plan(epoch))
+            self._plan_cache = (epoch, self._plan(epoch)[0])
         return self._plan_cache[1]
 
-    def _plan(self, epoch: int) -> list[list[np.ndarray]]:
+    def _plan(self, epoch: int) -> tuple[list[list[np.ndarray]], list[list[int]]]:
+        """``epoch``'s batches and the windows it leaves queued (empty unless ``carry_over``)."""
         order = self.user_order(epoch)
         wptr, spl = self._wptr, self.sessions_per_lane
-        queues: list[list[int]] = [[] for _ in range(self.n_queues)]  # pending window indices
+        queues = [list(q) for q in self.carried_in(epoch)]  # pending window indices
         heads = [0] * self.n_queues
-        pending = np.zeros(self.n_queues, dtype=np.int64)
-        next_user, plan = 0, []
+        pending = np.array([len(q) for q in queues], dtype=np.int64)
+        next_user, plan, filled = 0, [], False
         while True:
             while next_user < len(order) and pending.min() < spl:
                 q = int(pending.argmin())  # the shortest queue takes the next user
@@ -346,8 +366,11 @@ class QueueBatcher:
                 queues[q].extend(range(wptr[u], wptr[u + 1]))
                 pending[q] += wptr[u + 1] - wptr[u]
                 next_user += 1
+            if self.carry_over and filled and next_user == len(order) and pending.min() < spl:
+                return plan, [q[h:] for q, h in zip(queues, heads)]  # the next epoch's users fill the lanes
             if pending.max() == 0:
-                return plan
+                return plan, [[] for _ in range(self.n_queues)]
+            filled = filled or pending.min() >= spl
             lanes = []
             for q in range(self.n_queues):
                 take = min(spl, int(pending[q]))

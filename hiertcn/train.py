@@ -192,6 +192,7 @@ def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = N
             users=users,
             seed=config.seed,
             impressions=impressions,
+            carry_over=True,
         )
     return WholeUserBatches(
         dataset.csr,
@@ -408,7 +409,7 @@ def fit(
             rank_batches = [int(c) for c in counts]
             n_batches = max(rank_batches)
         model.train()
-        if getattr(model, "carries_state", False) and (lane_state is None or run["batch"] == 0):
+        if getattr(model, "carries_state", False) and lane_state is None:  # lanes carry on across epochs
             lane_state = model.init_state(config.n_queues, device)
         own = source.batches(epoch, start=run["batch"]) if run["batch"] < n_mine else iter(())
         loader = Prefetcher(_take(own, n_mine - run["batch"]), config.prefetch)

@@ -130,6 +130,49 @@ def test_epochs_are_shuffled_and_repeatable():
     assert first != [x.lane_user.tolist() for x in a.batches(1)]
 
 
+def _windows_by_lane(batcher, epoch):
+    """Per lane, the window indices it runs in ``epoch``, in order."""
+    lanes = [[] for _ in range(batcher.n_queues)]
+    for batch in batcher.plan(epoch):
+        for q, windows in enumerate(batch):
+            lanes[q].extend(windows.tolist())
+    return lanes
+
+
+def test_carry_over_fills_every_lane_and_continues_the_stream_across_epochs():
+    rng = np.random.default_rng(4)
+    csr = make_csr([list(rng.integers(1, 9, rng.integers(1, 12))) for _ in range(60)])
+    drained = QueueBatcher(csr, n_queues=4, sessions_per_lane=3, max_session_len=5, seed=1)
+    batcher = QueueBatcher(csr, n_queues=4, sessions_per_lane=3, max_session_len=5, seed=1, carry_over=True)
+    assert any(sum(len(lane) for lane in b) < 12 for b in drained.plan(0))  # draining leaves a tail
+    n_windows = len(batcher._start)
+    seen = Counter()
+    for epoch in range(4):
+        plan = batcher.plan(epoch)
+        assert plan and all(len(lane) == 3 for b in plan for lane in b)  # every lane full
+        seen.update(w for b in plan for lane in b for w in lane.tolist())
+    left = [w for lane in batcher.carried_in(4) for w in lane]
+    assert left and set(Counter(left).values()) == {1}
+    assert seen + Counter(left) == Counter({w: 4 for w in range(n_windows)})  # each window once per epoch
+    # A lane's stream runs on across the boundary: the windows left queued open the next epoch in that lane,
+    # in order (so the lane's carried state is theirs), and a fresh batcher plans any epoch the same way.
+    for epoch in range(3):
+        for carried, nxt in zip(batcher.carried_in(epoch + 1), _windows_by_lane(batcher, epoch + 1), strict=True):
+            assert nxt[: len(carried)] == carried
+    fresh = QueueBatcher(csr, n_queues=4, sessions_per_lane=3, max_session_len=5, seed=1, carry_over=True)
+    assert [[lane.tolist() for lane in b] for b in fresh.plan(3)] == [[lane.tolist() for lane in b]
+                                                                        for b in batcher.plan(3)]  # fmt: skip
+
+
+def test_carry_over_drains_an_epoch_that_never_fills_every_lane():
+    csr = make_csr([[2, 3, 2]] * 3)  # 3 users, 4 lanes: no batch is ever full
+    drained = QueueBatcher(csr, n_queues=4, sessions_per_lane=2, seed=2)
+    carried = QueueBatcher(csr, n_queues=4, sessions_per_lane=2, seed=2, carry_over=True)
+    for epoch in range(3):
+        assert [[lane.tolist() for lane in b] for b in carried.plan(epoch)] == [[lane.tolist() for lane in b]
+                                                                                 for b in drained.plan(epoch)]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
