@@ -243,7 +243,7 @@ class QueueBatcher:
     then has full lanes; without it each epoch drains its queues, and its last batches
     hold the few longest users' remaining sessions, one or two lanes each, which count
     as much in a training step as a full batch. An epoch that never fills every lane
-    (fewer users than queues) drains either way.
+    (fewer users than queues: a tiny log, or a small DDP shard) drains either way.
 
     ``include`` (bool per CSR session, default all) picks the sessions that enter
     the lanes; ``targets`` (bool per session, default ``include``) picks those whose
@@ -251,9 +251,10 @@ class QueueBatcher:
     those user rows (how distributed ranks shard the data). ``impressions``
     (``Dataset.impressions``) makes the batches carry each token's impressions.
 
-    Epochs are pure functions of ``(seed, epoch)``, so ``batches(epoch, start=k)``
-    resumes exactly at batch ``k`` without building the ones before it (with
-    ``carry_over``, the plans of the epochs before it, which are cheap, no tensors).
+    Epochs are pure functions of ``(seed, epoch)`` (with ``carry_over``, of the seed
+    and the epochs before, whose plans are replayed: no tensors), so
+    ``batches(epoch, start=k)`` resumes exactly at batch ``k`` without building
+    the batches before it.
     """
 
     def __init__(
@@ -330,7 +331,8 @@ class QueueBatcher:
 
     @property
     def n_interactions(self) -> int:
-        """Interactions one epoch feeds through the lanes."""
+        """Interactions of the users one epoch queues (with ``carry_over``, what it feeds through the lanes
+        differs by the windows it takes over from the epoch before and leaves to the next)."""
         return int((self._cum_len[self._wptr[self.users + 1]] - self._cum_len[self._wptr[self.users]]).sum())
 
     def user_order(self, epoch: int) -> np.ndarray:
@@ -340,15 +342,20 @@ class QueueBatcher:
 
     def carried_in(self, epoch: int) -> list[list[int]]:
         """Per lane, the window indices still queued when ``epoch`` begins (none without ``carry_over``)."""
+        if not self.carry_over:
+            return self._carried[0]
         known = max(e for e in self._carried if e <= epoch)
-        for e in range(known, epoch):  # each epoch opens with what the one before left queued
-            self._carried[e + 1] = self._plan(e)[1]
+        for e in range(known, epoch):  # each epoch opens with what the one before left queued (a resume replays)
+            self.plan(e)
         return self._carried[epoch]
 
     def plan(self, epoch: int) -> list[list[np.ndarray]]:
         """Window indices of every lane of every batch of ``epoch`` (cheap: no tensors)."""
         if self._plan_cache is None or self._plan_cache[0] != epoch:
-            self._plan_cache = (epoch, self._plan(epoch)[0])
+            plan, left = self._plan(epoch)
+            if self.carry_over:
+                self._carried[epoch + 1] = left
+            self._plan_cache = (epoch, plan)
         return self._plan_cache[1]
 
     def _plan(self, epoch: int) -> tuple[list[list[np.ndarray]], list[list[int]]]:

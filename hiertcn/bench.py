@@ -726,7 +726,9 @@ def train_within_budget(dataset_dir: str, model_name: str, *, budget_s: float, d
     model = build_model(model_name, n_items=dataset.csr.n_items).to(dev)
     loss_fn, optimizer = build_loss("softmax"), build_adam(model.parameters(), lr=config.lr)
     step_loss = LossStep(model, loss_fn)
-    source = batch_source(model, dataset, config, loss_fn=loss_fn)
+    # One pass over every training window, its tail of emptying lanes included (training runs on into the next
+    # epoch instead, a little faster): the same interactions for every model, and the numbers recorded before.
+    source = batch_source(model, dataset, config, loss_fn=loss_fn, carry_over=False)
     n_batches = source.n_batches(0)  # builds the epoch's plan
     setup_s = time.perf_counter() - setup
     lengths = np.diff(np.asarray(dataset.csr.session_ptr))

@@ -569,9 +569,6 @@ def cmd_recommend(args) -> int:
     if not listed:
         every = args.users == "all" or args.output
         rows = rows[has_history] if every else rows[has_history][:5]
-    if args.at is not None and not model.carries_state:
-        _say(args)(f"note: {saved['model_name']} reads each history as one sequence, without sessions, so --at "
-                   "does not change its recommendations")  # fmt: skip
     try:
         items, scores = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
                                   impressions=getattr(dataset, "impressions", None), at=args.at,
@@ -581,6 +578,9 @@ def cmd_recommend(args) -> int:
         raise ValueError(f"--at {_utc(late.at)} is before the last interaction of {len(late.user_rows)} user(s) "
                          f"(user {user_keys[late.user_rows[0]]}: {_utc(late.last[0])}); recommend after a user's "
                          "history") from None  # fmt: skip
+    if args.at is not None and not model.carries_state:
+        _say(args)(f"note: {saved['model_name']} reads each history as one sequence, without sessions, so --at "
+                   "does not change its recommendations")  # fmt: skip
     if args.output:
         raw_items = items if item_names is None else np.asarray(item_names, dtype=object)[items]
         path = write_recommendations(args.output, [user_keys[r] for r in rows], raw_items, scores)

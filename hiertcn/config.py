@@ -103,8 +103,8 @@ class Config:
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time!r}")
         if isinstance(self.models, str):
             self.models = [m.strip() for m in self.models.split(",") if m.strip()]
-        if isinstance(self.column_names, str):  # every name kept, so an empty one is read_log's error
-            self.column_names = [n.strip() for n in self.column_names.split(",")]
+        if isinstance(self.column_names, str):  # "" clears it; every name kept, so an empty one is read_log's error
+            self.column_names = [n.strip() for n in self.column_names.split(",")] if self.column_names.strip() else None
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -172,10 +172,12 @@ class WholeUserBatches:
         )
 
 
-def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = None, loss_fn=None):
+def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = None, loss_fn=None,
+                 carry_over: bool = True):  # fmt: skip
     """The training batches for ``model``: carried-state lanes, or whole users for stateless models.
 
-    They carry the dataset's impressions when the model or ``loss_fn`` reads them.
+    They carry the dataset's impressions when the model or ``loss_fn`` reads them. ``carry_over``: the
+    lanes' stream runs on across epochs (:class:`QueueBatcher`); False drains each epoch (every window once).
     """
     train_sessions = np.asarray(dataset.role) == TRAIN
     impressions = None
@@ -192,7 +194,7 @@ def batch_source(model, dataset, config: Config, *, users: np.ndarray | None = N
             users=users,
             seed=config.seed,
             impressions=impressions,
-            carry_over=True,
+            carry_over=carry_over,
         )
     return WholeUserBatches(
         dataset.csr,
@@ -275,8 +277,9 @@ _EMPTY_SPLIT_HINTS = {
 
 
 def epoch_label(epoch: float) -> str:
-    """An epoch count as said to a user: ``3``, or ``0.37`` when a run stopped within an epoch."""
-    return f"{round(epoch, 2):g}"
+    """An epoch count as said to a user: ``3``, or ``0.37`` when a run stopped within an epoch (rounded
+    down, so that a stop just before an epoch's end never reads as the whole epoch)."""
+    return f"{epoch:g}" if float(epoch).is_integer() else f"{math.floor(epoch * 100 + 1e-9) / 100:.2f}"  # (0.29 * 100 is 28.999...)
 
 
 def fit(
@@ -347,6 +350,7 @@ def fit(
     run = {
         "epoch": 0, "batch": 0, "step": 0, "train_time": 0.0, "wait_time": 0.0, "tokens": 0,
         "epoch_loss": 0.0, "epoch_targets": 0, "best_mrr": -math.inf, "bad_epochs": 0, "history": [], "curve": [],
+        "carry_over": True,  # the queue lanes' stream runs on across epochs (QueueBatcher carry_over)
     }  # fmt: skip
     lane_state = None
     catalogue, data = catalogue_fingerprint(dataset), data_fingerprint(dataset)
@@ -357,6 +361,10 @@ def fit(
         load_adam_state(optimizer, ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         run = ckpt["run"]
+        if getattr(model, "carries_state", False) and not run.get("carry_over"):
+            raise ValueError(f"{last_path} was written before the queue lanes ran on across epochs (2026-12-01); "
+                             "its batches and lane state cannot be resumed exactly by this version: start afresh "
+                             "(--overwrite), or resume with the hiertcn that started it")  # fmt: skip
         mine = ckpt  # written before checkpoints kept every rank's state: lane_state and rng at the top
         if "ranks" in ckpt:  # each rank carries its own users' lanes and RNG
             if len(ckpt["ranks"]) != world:

@@ -164,6 +164,39 @@ def test_carry_over_fills_every_lane_and_continues_the_stream_across_epochs():
                                                                         for b in batcher.plan(3)]  # fmt: skip
 
 
+@pytest.mark.parametrize("n_users", [3, 5, 6, 8, 13, 40])
+def test_carry_over_keeps_each_window_once_per_epoch_and_the_queues_bounded(n_users):
+    """From fewer users than lanes through the border (carried windows fill the first batch, then the epoch runs
+    dry) to many: over 12 epochs every window runs once per epoch, counting those left queued at the end, and
+    what an epoch leaves queued stays below a lane's fill plus one user's windows per lane."""
+    rng = np.random.default_rng(n_users)
+    csr = make_csr([list(rng.integers(1, 9, rng.integers(1, 9))) for _ in range(n_users)])
+    batcher = QueueBatcher(csr, n_queues=4, sessions_per_lane=3, max_session_len=5, seed=0, carry_over=True)
+    most = 3 - 1 + max(np.diff(batcher._wptr))
+    seen = Counter()
+    for epoch in range(12):
+        seen.update(w for b in batcher.plan(epoch) for lane in b for w in lane.tolist())
+        assert all(len(lane) <= most for lane in batcher.carried_in(epoch + 1))
+    left = Counter(w for lane in batcher.carried_in(12) for w in lane)
+    assert seen + left == Counter({w: 12 for w in range(len(batcher._start))})
+
+
+def test_each_epoch_is_planned_once(monkeypatch):
+    csr = make_csr([[2, 3]] * 30)
+    calls = []
+    real = QueueBatcher._plan
+    monkeypatch.setattr(QueueBatcher, "_plan", lambda self, epoch: calls.append(epoch) or real(self, epoch))
+    for carry_over in (True, False):
+        batcher, calls[:] = QueueBatcher(csr, n_queues=4, sessions_per_lane=2, carry_over=carry_over), []
+        for epoch in range(3):
+            batcher.n_batches(epoch)
+            list(batcher.batches(epoch, start=1))
+        assert calls == [0, 1, 2]
+        calls[:] = []
+        QueueBatcher(csr, n_queues=4, sessions_per_lane=2, carry_over=carry_over).plan(2)  # a resume at epoch 2
+        assert sorted(calls) == ([0, 1, 2] if carry_over else [2])
+
+
 def test_carry_over_drains_an_epoch_that_never_fills_every_lane():
     csr = make_csr([[2, 3, 2]] * 3)  # 3 users, 4 lanes: no batch is ever full
     drained = QueueBatcher(csr, n_queues=4, sessions_per_lane=2, seed=2)

@@ -163,6 +163,16 @@ def test_lanes_carry_their_state_and_queues_across_epochs(tmp_path, monkeypatch)
     assert lanes.count(config.n_queues) == 1  # (lane_evaluate sets up 4 lanes of its own)
 
 
+def test_resume_refuses_a_queue_run_started_before_lanes_ran_on_across_epochs(tmp_path):
+    config = small_config(epochs=1)
+    run_fit(tmp_path, config=config)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    del ckpt["run"]["carry_over"]  # as written before 2026-12-01: each epoch drained its queues
+    torch.save(ckpt, tmp_path / "run" / "last.pt")
+    with pytest.raises(ValueError, match="cannot be resumed exactly"):
+        run_fit(tmp_path, config=small_config(epochs=2), resume=True)
+
+
 def test_lr_decays_once_per_epoch(tmp_path):
     run_fit(tmp_path, config=small_config(lr_decay=0.5))
     optimizer = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]

@@ -131,11 +131,12 @@ def prepare_dataset(
         "item_col": item_col,
         "time_col": time_col,
         "session_col": session_col,
-        "column_names": column_names,
         "sep": sep,
         "time_unit": time_unit,
         "skip_bad_rows": skip_bad_rows,
     }
+    if column_names is not None:  # (only then: the prepared datasets cached before the option keep their keys)
+        reader_options["column_names"] = column_names
     params = {
         "format": fmt,
         "preset": preset,

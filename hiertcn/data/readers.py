@@ -53,6 +53,7 @@ _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # Arrow decompresses these by the
 _SEP_NAMES = {"tab": "\t", "\\t": "\t"}  # "\t" typed in a shell arrives as two characters
 _INT_RE = r"^\s*-?\d+(\.0*)?\s*$"  # "7.0" too: pandas writes int columns with gaps so
 _NUM_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+_ISO_DATE_RE = r"^\s*\d{4}-\d{2}-\d{2}"  # a header line holds names, not dates: a sign of a header-less file
 _BLOCK_SIZE = 4 << 20
 _SHOWN_LINES = 10
 # A string id column whose non-integer values are at most this share is integer ids with a few typos:
@@ -159,8 +160,10 @@ def _headerless(path: Path, fmt: str, layout: _Layout, column_names) -> _Layout:
     """The layout of a CSV/TSV file whose first line is data, its columns named by ``column_names``."""
     if fmt != "csv":
         raise ValueError(f"column_names is for CSV/TSV files without a header line; {path} is read as {fmt}")
-    if isinstance(column_names, str) or not all(isinstance(n, str) and n.strip() for n in column_names):
-        raise TypeError(f"column_names must be a list of non-empty strings, got {column_names!r}")
+    if isinstance(column_names, str) or not all(isinstance(n, str) for n in column_names):
+        raise TypeError(f"column_names must be a list of strings, got {column_names!r}")
+    if not all(n.strip() for n in column_names):
+        raise ValueError(f"column_names must name every column (no empty name), got {list(column_names)!r}")
     names = [n.strip() for n in column_names]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -607,7 +610,9 @@ def read_log(
     missing = [f"{role}_col={roles[role]!r}" for role, name in columns.items() if name is None]
     if missing:
         hint = ""
-        if column_names is None and layout.column_names is None and any(re.match(_NUM_RE, n) for n in present):
+        if column_names is None and layout.column_names is None and any(
+            re.match(_NUM_RE, n) or re.match(_ISO_DATE_RE, n) for n in present
+        ):
             hint = ("; its first line looks like data, not a header: name the columns with column_names "
                     "(--column-names user_id,item_id,...)")  # fmt: skip
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the file has columns {present}{hint}")

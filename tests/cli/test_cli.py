@@ -191,7 +191,9 @@ def test_train_refuses_a_split_without_test_sessions_before_training(tmp_path, m
 
 def test_nan_loss_exits_2_and_keeps_the_checkpoint(tiny, tmp_path, capsys):
     out = tmp_path / "nan"
-    code = cli.main(["train", "--config", str(tiny), "--out", str(out), "--lr", "1e30", "--epochs", "3",
+    config = tmp_path / "nan.toml"  # short lanes: several steps before the first validation
+    config.write_text("sessions_per_lane = 2\n" + tiny.read_text())
+    code = cli.main(["train", "--config", str(config), "--out", str(out), "--lr", "1e30", "--epochs", "3",
                      "--checkpoint-every", "1", "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
@@ -483,7 +485,9 @@ def test_train_says_each_epoch_and_which_weights_it_tested(tiny, tmp_path, capsy
 
 
 def test_epoch_label_rounds_a_stop_within_an_epoch():
-    assert [epoch_label(e) for e in (3, 3.0, 0.367537, 12.5)] == ["3", "3", "0.37", "12.5"]
+    # Rounded down: a stop just before an epoch's end must not read as the whole epoch.
+    assert [epoch_label(e) for e in (3, 3.0, 0.367537, 12.5, 0.996, 29 / 100)] == ["3", "3", "0.36", "12.50", "0.99",
+                                                                                   "0.29"]  # fmt: skip
 
 
 def test_json_output_has_no_nan(capsys, tmp_path):

@@ -67,3 +67,6 @@ def test_column_names_name_a_headerless_log_from_a_flag_and_a_config_file(tmp_pa
     assert cli.main([*argv, "--config", str(tmp_path / "names.toml")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["interactions"] == 36
     assert load_config(overrides={"column_names": "a, b,c"}).column_names == ["a", "b", "c"]
+    assert load_config(overrides={"column_names": " "}).column_names is None  # clears one from a config file
+    assert cli.main([*argv, "--column-names", "user_id,item_id,timestamp,"]) == 2  # an error line, no traceback
+    assert "no empty name" in capsys.readouterr().err

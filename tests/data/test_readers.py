@@ -208,12 +208,16 @@ def test_column_names_errors(tmp_path):
         read_log(path, column_names=["user_id", "item_id", "timestamp"])
     with pytest.raises(ValueError, match="'a' more than once"):
         read_log(path, column_names=["a", "a", "b", "c"])
-    with pytest.raises(TypeError, match="list of non-empty strings"):
+    with pytest.raises(TypeError, match="list of strings"):
         read_log(path, column_names="user_id,item_id,rating,timestamp")
-    with pytest.raises(TypeError, match="list of non-empty strings"):
+    with pytest.raises(ValueError, match="no empty name"):  # the CLI reports ValueErrors, not TypeErrors
         read_log(path, column_names=["user_id", "", "rating", "timestamp"])
     with pytest.raises(ValueError, match="without a header line; .* is read as xing"):
         read_log(write(tmp_path / "interactions.csv", XING), column_names=["a", "b", "c", "d"])
+    # Last.fm-1K's plays have no number in their first line, but an ISO time.
+    lastfm = write(tmp_path / "plays.tsv", "user_000001\t2009-05-04T23:08:57Z\tf1b1cf71\tDeep Dish\t\tFlashdance\n")
+    with pytest.raises(ValueError, match="looks like data"):
+        read_log(lastfm, user_col="user", item_col="artist", time_col="time")
     # A header that merely lacks a role is not called data.
     with pytest.raises(ValueError, match=r"columns \['person', 'item_id', 'timestamp'\]$"):
         read_log(write(tmp_path / "log.csv", "person,item_id,timestamp\n1,2,10\n"))
