@@ -279,7 +279,8 @@ _EMPTY_SPLIT_HINTS = {
 def epoch_label(epoch: float) -> str:
     """An epoch count as said to a user: ``3``, or ``0.37`` when a run stopped within an epoch (rounded
     down, so that a stop just before an epoch's end never reads as the whole epoch)."""
-    return f"{epoch:g}" if float(epoch).is_integer() else f"{math.floor(epoch * 100 + 1e-9) / 100:.2f}"  # (0.29 * 100 is 28.999...)
+    # (+1e-9: 0.29 * 100 is 28.999...)
+    return f"{epoch:g}" if float(epoch).is_integer() else f"{math.floor(epoch * 100 + 1e-9) / 100:.2f}"
 
 
 def fit(
