@@ -513,6 +513,9 @@ def test_recommend_says_at_changes_nothing_for_a_model_without_sessions(tiny, tm
     assert "gru4rec reads each history as one sequence, without sessions, so --at" in captured.err
     assert cli.main(argv) == 0
     assert json.loads(captured.out.strip().splitlines()[-1]) == last_json(capsys)
+    assert cli.main([*argv, "--at", "1"]) == 2  # before the history: the error alone, no note
+    err = capsys.readouterr().err
+    assert "is before the last interaction" in err and "without sessions" not in err
 
 
 def test_a_new_run_does_not_silently_replace_one_in_out(tiny, tmp_path, capsys):

@@ -70,3 +70,17 @@ def test_column_names_name_a_headerless_log_from_a_flag_and_a_config_file(tmp_pa
     assert load_config(overrides={"column_names": " "}).column_names is None  # clears one from a config file
     assert cli.main([*argv, "--column-names", "user_id,item_id,timestamp,"]) == 2  # an error line, no traceback
     assert "no empty name" in capsys.readouterr().err
+
+
+def test_a_prepared_log_keeps_its_cache_key_when_column_names_is_unset(tmp_path, monkeypatch):
+    """The option is in the key only when given: datasets prepared before it existed are not rebuilt."""
+    from hiertcn.data import prepare
+
+    keys = []
+    monkeypatch.setattr(prepare, "cache_key", lambda path, **params: keys.append(params) or "k")
+    monkeypatch.setattr(prepare, "build_cached", lambda root, key, build: tmp_path)
+    monkeypatch.setattr(prepare.Dataset, "load", staticmethod(lambda path: None))
+    (tmp_path / "log.csv").write_text("\n".join(_log_rows(1)) + "\n")
+    prepare.prepare_dataset(tmp_path / "log.csv", cache_dir=tmp_path)
+    prepare.prepare_dataset(tmp_path / "log.csv", cache_dir=tmp_path, column_names=["user", "item", "ts"])
+    assert "column_names" not in keys[0] and keys[1]["column_names"] == ["user", "item", "ts"]
