@@ -262,6 +262,7 @@ def writable_out(out) -> Path:
 
 def load_dataset(config: Config, *, echo=print):
     from .data.prepare import prepare_dataset
+    from .data.readers import shown_lines
 
     options = {k: getattr(config, k) for k in DATA_KEYS if getattr(config, k) is not None}
     start = time.perf_counter()
@@ -275,9 +276,9 @@ def load_dataset(config: Config, *, echo=print):
     )
     skipped = dataset.info.get("skipped_rows", 0)
     if skipped:
-        head = dataset.info.get("skipped_lines_head", [])[:10]
-        lines = ", ".join(map(str, head)) + (" ..." if skipped > len(head) else "")
-        echo(f"skipped {skipped} bad row(s) of the log (--skip-bad-rows){f'; lines {lines}' if head else ''}")
+        head = dataset.info.get("skipped_lines_head", [])
+        lines = f"; lines {shown_lines(head, skipped)}" if head else ""
+        echo(f"skipped {skipped} bad row(s) of the log (--skip-bad-rows){lines}")
     return dataset, cache_path
 
 

@@ -28,8 +28,8 @@ from .synthetic import generate_xing
 SPLITS = ("last-session", "user", "time")
 DEFAULT_CACHE_DIR = Path(os.environ.get("HIERTCN_CACHE_DIR", Path.home() / ".cache" / "hiertcn"))
 SYNTHETIC_DIR = "synthetic-xing"  # the embedded default log, inside the cache dir
-TIME_SPLIT_QUANTILES = (0.8, 0.9)
-SHOWN_SKIPPED_LINES = 100  # info keeps the count of skipped bad rows and the first line numbers  # split="time": sessions starting after these quantiles of start times
+TIME_SPLIT_QUANTILES = (0.8, 0.9)  # split="time": sessions starting after these quantiles of start times
+SHOWN_SKIPPED_LINES = 100  # info keeps the count of skipped bad rows and the first line numbers
 
 
 def default_preset(format: str) -> str:

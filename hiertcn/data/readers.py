@@ -462,6 +462,11 @@ def _line_numbers(rows: np.ndarray, first_data_line: int, skipped: list[int]) ->
         lines = moved
 
 
+def shown_lines(lines, total: int) -> str:
+    """The first ``_SHOWN_LINES`` of ``lines`` (line numbers), then ``...`` when ``total`` holds more."""
+    return ", ".join(map(str, lines[:_SHOWN_LINES])) + (" ..." if total > _SHOWN_LINES else "")
+
+
 def _shown(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:56] + "...'"
@@ -668,7 +673,7 @@ def read_log(
     n_rows = len(bad) + int((~invalid).sum())
     mostly_bad = len(bad) >= _MOSTLY_BAD * n_rows
     if len(bad) and (not skip_bad_rows or log is None or invalid.all()):
-        shown = ", ".join(map(str, bad[:_SHOWN_LINES])) + (" ..." if len(bad) > _SHOWN_LINES else "")
+        shown = shown_lines(bad, len(bad))
         if first_bad and (not len(rows) or first_bad[0].number < line_of(rows[:1])[0]):
             kind, why = "fields", _fields_problem(first_bad[0], fmt, layout)
         else:
