@@ -156,8 +156,8 @@ def _layout(path: Path, fmt: str, sep: str | None) -> _Layout:
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
-def _headerless(path: Path, fmt: str, layout: _Layout, column_names) -> _Layout:
-    """The layout of a CSV/TSV file whose first line is data, its columns named by ``column_names``."""
+def _headerless(path: Path, fmt: str, layout: _Layout, column_names, fields: list[str]) -> _Layout:
+    """The layout of a CSV/TSV file whose first line (``fields``) is data, its columns named by ``column_names``."""
     if fmt != "csv":
         raise ValueError(f"column_names is for CSV/TSV files without a header line; {path} is read as {fmt}")
     if isinstance(column_names, str) or not all(isinstance(n, str) for n in column_names):
@@ -168,9 +168,6 @@ def _headerless(path: Path, fmt: str, layout: _Layout, column_names) -> _Layout:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"column_names names {', '.join(map(repr, twice))} more than once")
-    if _is_parquet(path):
-        return layout  # _file_columns says it is Parquet
-    fields = next(csv.reader([_first_line(path)], delimiter=layout.sep), [])
     if len(fields) != len(names):
         raise ValueError(f"{path}: column_names has {len(names)} names but the first line has {len(fields)} "
                          f"fields separated by {layout.sep!r}: {fields}")  # fmt: skip
@@ -598,9 +595,10 @@ def read_log(
     layout = _layout(path, fmt, sep)
     if sep is not None:
         layout = replace(layout, sep=sep)
-    if column_names is not None:
-        layout = _headerless(path, fmt, layout, column_names)
     present = _file_columns(path, fmt, layout)
+    if column_names is not None:  # the "header" just read is the first row of data
+        layout = _headerless(path, fmt, layout, column_names, present)
+        present = layout.column_names
     # A header "user_id, item_id" names " item_id": match names trimmed, read the column by the file's name.
     found = {name: name for name in present}
     for name in present:
