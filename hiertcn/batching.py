@@ -11,17 +11,100 @@ included, predicts its own item.
 With a log that has impressions (``Dataset.impressions``), a batch also holds
 each token's impressed items, ragged and aligned with ``items`` (``imp_ptr``,
 ``imp_item``); models and losses that use impressions read them from there.
+
+A batch built on the host also carries the index layouts a training step would
+otherwise read back from the device (:class:`LaneRuns`, ``target_index``): they
+are computed here, on the loader thread, and travel with the batch in one copy
+per dtype (:meth:`SessionBatch.to`), so a step on a GPU waits for no host read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from ._ragged import offsets, ranges
+
+
+@dataclass(frozen=True)
+class LaneRuns:
+    """Each lane's windows cut into runs of one user (a run starts at a lane start or a ``new_user``
+    window), as index tensors (indexing with them needs no host read):
+
+    - ``window (R, L)``: run ``r``'s ``j``-th window, or ``S`` (one past the last window: a zero
+      row the caller appends) past the run's end;
+    - ``lane (R,)`` and ``fresh (R,)``: the run's lane, and whether it starts from a zero state
+      (a new user) rather than the lane's carried state;
+    - ``flat_valid (S,)``: the positions of the real windows in ``(R, L)`` flattened, in window order;
+    - ``last_run``, ``last_step``, ``last_lane``: the run that ends each lane holding windows, its
+      last position and that lane.
+    """
+
+    window: torch.Tensor
+    lane: torch.Tensor
+    fresh: torch.Tensor
+    flat_valid: torch.Tensor
+    last_run: torch.Tensor
+    last_step: torch.Tensor
+    last_lane: torch.Tensor
+
+
+def lane_runs_of(lane_ptr: np.ndarray, new_user: np.ndarray, window_len: np.ndarray) -> LaneRuns | None:
+    """:class:`LaneRuns` (CPU tensors) of a batch layout given as numpy arrays; None if there is no
+    window, or an empty one (hand-built batches only), whose state a recurrence over runs cannot pass
+    through unchanged."""
+    n_windows, n_lanes = len(new_user), len(lane_ptr) - 1
+    if n_windows == 0 or (window_len == 0).any():
+        return None
+    counts = np.diff(lane_ptr)
+    window_lane = np.repeat(np.arange(n_lanes, dtype=np.int64), counts)
+    starts_run = np.asarray(new_user, dtype=bool).copy()
+    starts_run[lane_ptr[:-1][counts > 0]] = True
+    run_start = np.flatnonzero(starts_run).astype(np.int64)
+    run_len = np.diff(np.append(run_start, n_windows))
+    run_lane = window_lane[run_start]
+    col = np.arange(int(run_len.max()), dtype=np.int64)
+    valid = col[None, :] < run_len[:, None]
+    window = np.where(valid, run_start[:, None] + col[None, :], n_windows)
+    last_run = np.flatnonzero(np.append(run_lane[1:] != run_lane[:-1], True)).astype(np.int64)
+    return LaneRuns(
+        window=torch.from_numpy(window.astype(np.int64)),
+        lane=torch.from_numpy(run_lane.astype(np.int64)),
+        fresh=torch.from_numpy(np.asarray(new_user, dtype=bool)[run_start]),
+        flat_valid=torch.from_numpy(np.flatnonzero(valid.ravel()).astype(np.int64)),
+        last_run=torch.from_numpy(last_run),
+        last_step=torch.from_numpy((run_len[last_run] - 1).astype(np.int64)),
+        last_lane=torch.from_numpy(run_lane[last_run].astype(np.int64)),
+    )
+
+
+def to_device(tensors: list[torch.Tensor], device, non_blocking: bool = False) -> list[torch.Tensor]:
+    """``[t.to(device) for t in tensors]``, from the host to a GPU in one copy per dtype (through pinned
+    memory when ``non_blocking``): a batch's dozen small index tensors would otherwise cost a dozen
+    copies, each some microseconds of a training step's host time."""
+    device = torch.device(device)
+    if device.type == "cpu" or not all(t.device.type == "cpu" for t in tensors):
+        return [t.to(device, non_blocking=non_blocking) for t in tensors]
+
+    def move(flat):
+        return (flat.pin_memory() if non_blocking else flat).to(device, non_blocking=non_blocking)
+
+    return moved_by_dtype(tensors, move)
+
+
+def moved_by_dtype(tensors: list[torch.Tensor], move) -> list[torch.Tensor]:
+    """``tensors`` moved by ``move(flat)`` once per dtype: each group flattened into one tensor, moved,
+    and split back into views of the original shapes."""
+    moved: list[torch.Tensor | None] = [None] * len(tensors)
+    for dtype in dict.fromkeys(t.dtype for t in tensors):  # first-seen order: the same copies every batch
+        group = [i for i, t in enumerate(tensors) if t.dtype == dtype]
+        flat = move(torch.cat([tensors[i].reshape(-1) for i in group]))
+        for i, part in zip(group, flat.split([tensors[i].numel() for i in group])):
+            moved[i] = part.view(tensors[i].shape)
+    return moved
 
 
 @dataclass
@@ -36,6 +119,15 @@ class SessionBatch:
     # Impressions (None when the log has none): token t was shown imp_item[imp_ptr[t]:imp_ptr[t+1]].
     imp_ptr: torch.Tensor | None = None  # (T+1,) int64 offsets into imp_item
     imp_item: torch.Tensor | None = None  # (M,) int64 dense item indices
+    # Layouts derived from the fields above, computed at construction when those are on the host (None
+    # otherwise: a model then reads the layout back itself); ``to`` moves them along, ``replace`` redoes them.
+    runs: LaneRuns | None = field(init=False, default=None, repr=False)  # lanes' runs of one user (HierTCN's GRU)
+    target_index: torch.Tensor | None = field(init=False, default=None, repr=False)  # (n,) where target_mask
+
+    def __post_init__(self):
+        if all(t.device.type == "cpu" for t in (self.lane_ptr, self.cu_seqlens, self.new_user, self.target_mask)):
+            self.runs = lane_runs_of(self.lane_ptr.numpy(), self.new_user.numpy(), self.cu_seqlens.diff().numpy())
+            self.target_index = torch.from_numpy(np.flatnonzero(self.target_mask.numpy()))
 
     @property
     def n_lanes(self) -> int:
@@ -80,11 +172,21 @@ class SessionBatch:
         return torch.where(valid, self.imp_item[index], -1)
 
     def to(self, device, non_blocking: bool = False) -> SessionBatch:
-        moved = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            moved[f.name] = None if value is None else value.to(device, non_blocking=non_blocking)
-        return SessionBatch(**moved)
+        """The batch on ``device`` (itself if it is there); from the host to a GPU in one copy per dtype
+        (:func:`to_device`), its derived layouts included."""
+        names = [f.name for f in fields(self) if f.name != "runs" and getattr(self, f.name) is not None]
+        run_names = [] if self.runs is None else [f.name for f in fields(LaneRuns)]
+        tensors = [getattr(self, n) for n in names] + [getattr(self.runs, n) for n in run_names]
+        if torch.device(device).type == "cpu" and all(t.device.type == "cpu" for t in tensors):
+            return self
+        moved = dict(zip(names + run_names, to_device(tensors, device, non_blocking)))
+        derived = {"target_index": moved.pop("target_index", None)}
+        derived["runs"] = LaneRuns(**{n: moved.pop(n) for n in run_names}) if run_names else None
+        batch = SessionBatch(**moved)
+        for name, value in derived.items():
+            if value is not None:  # not None where the target device is the host (then built afresh)
+                setattr(batch, name, value)
+        return batch
 
 
 def check_impressions(impressions, csr) -> None:

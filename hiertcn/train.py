@@ -242,7 +242,8 @@ class LossStep(torch.nn.Module):
         extra = {}
         if batch.has_impressions and getattr(self.loss_fn, "takes_impressions", False):
             extra["impressions"] = batch.impression_matrix(self.loss_fn.num_negatives, mask, sample=True)
-        targets = mask.nonzero().squeeze(1)  # one host sync for both, where boolean indexing takes one each
+        # Built with the batch on the host; else one host read for both, where boolean indexing takes one each.
+        targets = batch.target_index if batch.target_index is not None else mask.nonzero().squeeze(1)
         loss = self.loss_fn(self.model, user_emb.index_select(0, targets), batch.items.index_select(0, targets),
                             batch=batch, **extra)  # fmt: skip
         return loss, self.model.detach_state(state) if state is not None else None

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hiertcn.batching import QueueBatcher
+from hiertcn.batching import QueueBatcher, SessionBatch
 from hiertcn_kernels.packing import SessionCSR
 
 
@@ -285,3 +285,60 @@ def test_bad_impressions_are_named():
         batch.impression_matrix(3)
     with pytest.raises(ValueError, match="k must"):
         next(QueueBatcher(csr, impressions=(imp_ptr, imp_item)).batches(0)).impression_matrix(0)
+
+
+def _device_read_runs(batch):
+    """The batch's lane runs as a model reads them back from a batch built on a device (no runs kept)."""
+    from dataclasses import fields
+
+    from hiertcn.models.base import lane_runs
+
+    bare = SessionBatch(**{f.name: getattr(batch, f.name) for f in fields(batch) if f.init})
+    bare.runs = bare.target_index = None  # as a batch built from device tensors has them
+    return lane_runs(bare)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batches_carry_their_lane_runs_and_target_index(seed):
+    """Each batch is built with the layouts a training step would read back from the device: the lane
+    runs (as the model's own host read gives them) and the positions of its targets."""
+    from hiertcn.batching import user_batches
+
+    csr = make_csr([[3, 2, 4], [1], [2, 2, 2, 2, 2], [5, 1], [1, 1, 1]], seed=seed)
+    score = np.random.default_rng(seed).random(csr.n_sessions) < 0.5
+    batches = [*QueueBatcher(csr, n_queues=2, sessions_per_lane=2, seed=seed).batches(0),
+               *user_batches(csr, batch_users=2, score_sessions=score)]  # fmt: skip
+    for batch in batches:
+        assert torch.equal(batch.target_index, batch.target_mask.nonzero().squeeze(1))
+        expected = _device_read_runs(batch)
+        for name in ("window", "lane", "fresh", "flat_valid", "last_run", "last_step", "last_lane"):
+            assert torch.equal(getattr(batch.runs, name), getattr(expected, name)), name
+
+
+def test_replaced_batch_layouts_are_derived_afresh():
+    """``dataclasses.replace`` builds the derived layouts of the new fields, not the old batch's."""
+    import dataclasses
+
+    batch = next(QueueBatcher(make_csr([[2, 2], [3]]), n_queues=2, shuffle=False).batches(0))
+    one_lane = dataclasses.replace(batch, lane_ptr=torch.tensor([0, batch.n_sessions]), lane_user=torch.tensor([1]))
+    assert one_lane.runs.lane.tolist() == [0] * len(one_lane.runs.lane) != batch.runs.lane.tolist()
+    no_targets = dataclasses.replace(batch, target_mask=torch.zeros_like(batch.target_mask))
+    assert no_targets.target_index.numel() == 0 < batch.target_index.numel()
+
+
+def test_batch_moves_in_one_copy_per_dtype():
+    """Off the host a batch moves as one flat tensor per dtype, split into views of the fields' shapes, the
+    derived layouts included; on the host ``to`` is the batch itself."""
+    from hiertcn.batching import moved_by_dtype
+
+    batch = next(QueueBatcher(make_csr([[2, 2], [3], [1, 4]]), n_queues=2, sessions_per_lane=3).batches(0))
+    assert batch.to("cpu") is batch
+    tensors = [batch.items, batch.new_user, batch.runs.window, batch.gap, batch.cu_seqlens, batch.runs.fresh]
+    copies = []
+    moved = moved_by_dtype(tensors, lambda flat: copies.append(flat.dtype) or flat.clone())
+    assert copies == [torch.int64, torch.bool, torch.float32]
+    for a, b in zip(tensors, moved):
+        assert torch.equal(a, b) and b.dtype == a.dtype and a.data_ptr() != b.data_ptr()
+    meta = batch.to("meta")
+    assert meta.runs.window.device.type == meta.target_index.device.type == meta.gap.device.type == "meta"
+    assert meta.runs.window.shape == batch.runs.window.shape and meta.target_index.shape == batch.target_index.shape

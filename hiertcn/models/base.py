@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import fields
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hiertcn.batching import SessionBatch
+from hiertcn.batching import LaneRuns, SessionBatch, lane_runs_of, to_device
 from hiertcn_kernels._checks import check_count
 from hiertcn_kernels.conv import autocast_state
 
@@ -100,61 +99,20 @@ def lane_slots(batch: SessionBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return slots
 
 
-@dataclass(frozen=True)
-class LaneRuns:
-    """Each lane's windows cut into runs of one user (a run starts at a lane start or a ``new_user``
-    window), as index tensors built on the host (indexing with them needs no sync):
-
-    - ``window (R, L)``: run ``r``'s ``j``-th window, or ``S`` (one past the last window: a zero
-      row the caller appends) past the run's end;
-    - ``lane (R,)`` and ``fresh (R,)``: the run's lane, and whether it starts from a zero state
-      (a new user) rather than the lane's carried state;
-    - ``flat_valid (S,)``: the positions of the real windows in ``(R, L)`` flattened, in window order;
-    - ``last_run``, ``last_step``, ``last_lane``: the run that ends each lane holding windows, its
-      last position and that lane.
-    """
-
-    window: torch.Tensor
-    lane: torch.Tensor
-    fresh: torch.Tensor
-    flat_valid: torch.Tensor
-    last_run: torch.Tensor
-    last_step: torch.Tensor
-    last_lane: torch.Tensor
-
-
 def lane_runs(batch: SessionBatch) -> LaneRuns | None:
-    """:class:`LaneRuns` of ``batch``, from one host read; None if there is no window, or an empty
-    one (hand-built batches only), whose state a recurrence over runs cannot pass through unchanged."""
+    """The batch's :class:`~hiertcn.batching.LaneRuns`: those it was built with (on the host), else from
+    one host read of its layout; None if there is no window, or an empty one (hand-built batches only)."""
+    if batch.runs is not None:
+        return batch.runs
     n_windows, n_lanes = batch.n_sessions, batch.n_lanes
     if n_windows == 0:
         return None
-    host = torch.cat([batch.lane_ptr.long(), batch.new_user.long(), (window_lengths(batch) == 0).long()]).cpu().numpy()
-    lane_ptr, new_user, empty = host[: n_lanes + 1], host[n_lanes + 1 : n_lanes + 1 + n_windows], host[-n_windows:]
-    if empty.any():
+    host = torch.cat([batch.lane_ptr.long(), batch.new_user.long(), window_lengths(batch)]).cpu().numpy()
+    runs = lane_runs_of(host[: n_lanes + 1], host[n_lanes + 1 : n_lanes + 1 + n_windows] > 0, host[-n_windows:])
+    if runs is None:
         return None
-    counts = np.diff(lane_ptr)
-    window_lane = np.repeat(np.arange(n_lanes, dtype=np.int64), counts)
-    starts_run = new_user.astype(bool)
-    starts_run[lane_ptr[:-1][counts > 0]] = True
-    run_start = np.flatnonzero(starts_run).astype(np.int64)
-    run_len = np.diff(np.append(run_start, n_windows))
-    run_lane = window_lane[run_start]
-    col = np.arange(int(run_len.max()), dtype=np.int64)
-    valid = col[None, :] < run_len[:, None]
-    window = np.where(valid, run_start[:, None] + col[None, :], n_windows)
-    last_run = np.flatnonzero(np.append(run_lane[1:] != run_lane[:-1], True)).astype(np.int64)
-    arrays = (window, run_lane, new_user[run_start] > 0, np.flatnonzero(valid.ravel()), last_run,
-              run_len[last_run] - 1, run_lane[last_run])  # fmt: skip
-    # One copy to the device for all seven, from pinned memory on CUDA: no wait for the GPU's queue.
-    host = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.int64).ravel() for a in arrays]))
-    device = batch.cu_seqlens.device
-    if device.type == "cuda":
-        host = host.pin_memory()
-    flat = host.to(device, non_blocking=True)
-    parts = list(flat.split([a.size for a in arrays]))
-    parts[0], parts[2] = parts[0].view(window.shape), parts[2].bool()
-    return LaneRuns(*parts)
+    fields_ = [getattr(runs, f.name) for f in fields(LaneRuns)]
+    return LaneRuns(*to_device(fields_, batch.cu_seqlens.device, non_blocking=True))
 
 
 def window_lengths(batch: SessionBatch) -> torch.Tensor:

@@ -42,11 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hiertcn.batching import SessionBatch
+from hiertcn.batching import LaneRuns, SessionBatch
 from hiertcn_kernels import TemporalConvNet, segment_expand, segment_reduce
 
 from .base import (
-    LaneRuns,
     Recommender,
     check_state,
     embed_project_shifted,

@@ -430,6 +430,33 @@ def test_lane_runs_are_int64_host_built_indices(small_csr):
     assert int(runs.window.max()) == batch.n_sessions  # past a run's end: the appended zero row
 
 
+def test_a_training_step_reads_no_layout_back_from_its_batch(small_csr, monkeypatch):
+    """A batch built on the host carries its lane runs and target positions: the model's forward and the
+    loss step use those, computing no runs and calling no ``nonzero`` (each a host sync on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hiertcn.models import base
+    from hiertcn.train import LossStep, training_loss
+
+    class NoNonzero(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            assert func.overloadpacket.__name__ != "nonzero", "a training step called nonzero"
+            return func(*args, **(kwargs or {}))
+
+    def refuse(*args):
+        raise AssertionError("the model rebuilt the batch's lane runs")
+
+    model = _model("hiertcn")
+    step = LossStep(model, training_loss("softmax", None))
+    (batch,) = list(user_batches(small_csr))
+    expected, _ = step(batch, None)
+    monkeypatch.setattr(base, "lane_runs_of", refuse)
+    with NoNonzero():
+        loss, _ = step(batch, None)
+        loss.backward()
+    assert torch.equal(loss, expected)
+
+
 def test_hiertcn_runs_path_keeps_a_non_finite_window_to_its_own_run():
     """Steps past a run's end read a zero row, not another window: a NaN summary in the batch's last
     window (what padding used to repeat) leaves the other runs' gradients finite, as the cells do."""
@@ -478,16 +505,22 @@ def test_cuda_hiertcn_gradients_in_eval_mode_and_under_autocast(small_csr):
 
 @pytest.mark.cuda
 def test_cuda_lane_runs_match_the_host_built_ones(small_csr):
-    """On CUDA the seven index tensors arrive in one non-blocking copy from pinned memory and are split
-    on the device: the same values, dtypes and shapes as the CPU batch's."""
+    """On CUDA a batch's runs arrive with it (one copy per dtype, non-blocking from pinned memory), and a
+    batch built from CUDA tensors reads them back in one copy: the same values, dtypes and shapes as the
+    CPU batch's, and the same target positions."""
     from hiertcn.models.base import lane_runs
 
     (batch,) = list(user_batches(small_csr))
-    on_cpu, on_gpu = lane_runs(batch), lane_runs(batch.to("cuda"))
-    for field in dataclasses.fields(on_cpu):
-        a, b = getattr(on_cpu, field.name), getattr(on_gpu, field.name)
-        assert b.is_cuda and b.dtype == a.dtype and b.shape == a.shape, field.name
-        assert torch.equal(a, b.cpu()), field.name
+    moved = batch.to("cuda", non_blocking=True)
+    built = SessionBatch(**{f.name: getattr(batch, f.name).cuda() for f in dataclasses.fields(batch)
+                            if f.init and getattr(batch, f.name) is not None})  # fmt: skip
+    assert built.runs is None and built.target_index is None
+    assert torch.equal(moved.target_index.cpu(), batch.target_index)
+    for on_gpu in (lane_runs(moved), lane_runs(built)):
+        for field in dataclasses.fields(batch.runs):
+            a, b = getattr(batch.runs, field.name), getattr(on_gpu, field.name)
+            assert b.is_cuda and b.dtype == a.dtype and b.shape == a.shape, field.name
+            assert torch.equal(a, b.cpu()), field.name
 
 
 def test_hiertcn_session_gru_keeps_gru_cell_init_and_loads_gru_cell_checkpoints():
