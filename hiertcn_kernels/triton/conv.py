@@ -21,8 +21,9 @@ Launches: one forward, one backward.
      write the pre-activation gradient ``da`` to the program's private window, for its own
      rows *and* the halo ``[r1, halo_end)``: ``dx[t]`` reads ``da`` up to ``(K-1)*dilation``
      rows ahead, which belong to the next chunk. The halo stops at the end of the sequence
-     straddling ``r1`` (``torch.searchsorted`` on ``seq_start``), so with short sessions it is
-     a few rows whatever the dilation. Own rows also get the residual part of ``dx`` (relu)
+     straddling ``r1`` (the program counts the rows past ``r1`` whose ``seq_start`` is before
+     it: a prefix, as ``seq_start`` is sorted), so with short sessions it is a few rows
+     whatever the dilation. Own rows also get the residual part of ``dx`` (relu)
      and the gate output ``h`` (gated). A ``tl.debug_barrier()`` (CTA barrier: the program's
      global writes are visible to all its threads after it) closes the phase. For the plain
      conv there is no phase 1: ``da`` is ``dy``.
@@ -276,14 +277,14 @@ def _tn_chunk(a_ptr, b_ptr, start_ptr, part_ptr, bsum_ptr, chunk, r0, r1, C_a, C
 
 
 @triton.jit
-def _bwd_kernel(x_ptr, start_ptr, halo_end_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, win_ptr, h_ptr, dx_ptr,
+def _bwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, win_ptr, h_ptr, dx_ptr,
                 dw_part_ptr, db_part_ptr, dwo_part_ptr, dbo_part_ptr,
                 T, C_in, C_out, dilation, chunk_rows, win_rows,
                 K: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
                 WANT_W: tl.constexpr, WANT_OUT: tl.constexpr,
                 ACT_BLOCK_T: tl.constexpr, ACT_BLOCK_I: tl.constexpr, ACT_BLOCK_O: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr,
-                DOT_PREC: tl.constexpr):
+                HALO_BLOCK: tl.constexpr, DOT_PREC: tl.constexpr):
     """The whole backward of one row chunk ``[r0, r1)``: program ``chunk`` runs three phases
     (see the module docstring). ``ACT`` is False for the plain conv: then ``da`` is ``dy``."""
     chunk = tl.program_id(0)
@@ -292,7 +293,10 @@ def _bwd_kernel(x_ptr, start_ptr, halo_end_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr,
     if ACT:
         # The program's private window of da: rows [r0, halo_end), addressed by global row.
         da_ptr = win_ptr + (chunk.to(tl.int64) * win_rows - r0) * C_out
-        halo_end = tl.load(halo_end_ptr + chunk)
+        # The halo: the rows of [r1, r1 + (K-1)*dilation) still in the sequence straddling r1.
+        ahead = r1 + tl.arange(0, HALO_BLOCK)
+        ahead_start = tl.load(start_ptr + ahead, mask=(ahead < T) & (ahead < r1 + (K - 1) * dilation), other=r1)
+        halo_end = r1 + tl.sum((ahead_start < r1).to(tl.int32), axis=0)
         for t0 in range(r0, halo_end, ACT_BLOCK_T):
             rows = t0 + tl.arange(0, ACT_BLOCK_T)
             _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr, h_ptr,
@@ -482,11 +486,6 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
     rows = _chunk_rows(t, halo, x.device, per_sm=_bwd_programs_per_sm(gated, x))
     n_chunks = triton.cdiv(t, rows)
     win_rows = min(rows + halo, t)
-    if act:
-        # Each program recomputes da up to the end of the sequence straddling its last row, at
-        # most `halo` rows past it: the rows with seq_start < r1 are a prefix (seq_start sorted).
-        ends = (torch.arange(1, n_chunks + 1, device=x.device, dtype=torch.int32) * rows).clamp_max_(t)
-        halo_end = torch.minimum(torch.searchsorted(start, ends, out_int32=True), ends + halo)
     f32 = torch.float32
     win = _empty(n_chunks, win_rows, c_out, like=x) if act else None
     h = _empty(t, c_out // 2, like=x) if want_out else None
@@ -501,10 +500,10 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
     dot_prec = _dot_precision(x)
     with launch_device(x):
         _bwd_kernel[(n_chunks,)](
-            x, start, halo_end if act else start, wt, buf(bias), buf(out_weight), dy, buf(win), buf(h), dx,
+            x, start, wt, buf(bias), buf(out_weight), dy, buf(win), buf(h), dx,
             buf(dw_part), buf(db_part), buf(dwo_part), buf(dbo_part), t, c_in, c_out, dilation, rows, win_rows,
             K=k, ACT=act, GATED=gated, HAS_BIAS=bias is not None, WANT_W=want_w, WANT_OUT=want_out,
-            DOT_PREC=dot_prec, **_bwd_opts(gated, c_in, c_out, dot_prec),
+            HALO_BLOCK=triton.next_power_of_2(max(halo, 1)), DOT_PREC=dot_prec, **_bwd_opts(gated, c_in, c_out, dot_prec),
         )
     # Deterministic reductions over the chunk axis (no atomics anywhere).
     dw = dw_part.sum(0).permute(2, 1, 0).to(wt.dtype) if want_w else None  # (K, C_in, C_out) -> (C_out, C_in, K)
@@ -528,7 +527,7 @@ class _TCNFunction(torch.autograd.Function):
         ob = None if out_bias is None else out_bias.contiguous()
         b = None if bias is None else bias.contiguous()
         y = _forward(rows, start, wt, b, ow, ob, dilation, mode)
-        ctx.save_for_backward(rows, start, weight, b, ow)
+        ctx.save_for_backward(rows, start, wt, b, ow)  # wt, not weight: no second permute copy in backward
         ctx.dilation, ctx.mode, ctx.x_shape = dilation, mode, x.shape
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
@@ -539,8 +538,7 @@ class _TCNFunction(torch.autograd.Function):
                 "double backward (create_graph=True) is not supported by the fused Triton causal_conv1d/tcn_block; "
                 "run them on the PyTorch reference (HIERTCN_BACKEND=reference), which supports it"
             )
-        rows, start, weight, bias, out_weight = ctx.saved_tensors
-        wt = weight.permute(2, 1, 0).contiguous()
+        rows, start, wt, bias, out_weight = ctx.saved_tensors
         needs = dict(zip(("x", "weight", "bias", "out_weight", "out_bias"), ctx.needs_input_grad[:5]))
         dx, dw, db, dwo, dbo = _backward(dy.reshape(-1, dy.shape[-1]), rows, start, wt, bias, out_weight,
                                          ctx.dilation, ctx.mode, needs)

@@ -750,7 +750,7 @@ def compile_for(fn, dtype, arch, consts, spill_free=True, **options):
         if name in consts:
             sig[name], constexprs[(i,)] = "constexpr", consts[name]
         elif name.endswith("_ptr"):
-            sig[name] = "*i32" if name in ("start_ptr", "halo_end_ptr") else "*fp32" if "part" in name else f"*{dtype}"
+            sig[name] = "*i32" if name == "start_ptr" else "*fp32" if "part" in name else f"*{dtype}"
         else:
             sig[name] = "i32"
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
@@ -775,7 +775,7 @@ for dtype, arch, prec in [("fp32", 90, "tf32"), ("fp32", 90, "tf32x3"), ("bf16",
             for act, want in [(True, True), (True, False)] + [(False, True)] * (not gated):
                 compile_for(C._bwd_kernel, dtype, arch,
                             dict(K=5, ACT=act, GATED=gated, HAS_BIAS=True, WANT_W=want, WANT_OUT=gated and want,
-                                 DOT_PREC=prec, **{k: v for k, v in bwd.items() if k.isupper()}),
+                                 HALO_BLOCK=8, DOT_PREC=prec, **{k: v for k, v in bwd.items() if k.isupper()}),
                             spill_free=prec == "tf32x3", **{k: v for k, v in bwd.items() if not k.isupper()})
 print("compiled")
 """
