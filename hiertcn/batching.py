@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
+from hiertcn_kernels._checks import remember_offsets
+
 from ._ragged import offsets, ranges
 
 
@@ -186,6 +188,9 @@ class SessionBatch:
         for name, value in derived.items():
             if value is not None:  # not None where the target device is the host (then built afresh)
                 setattr(batch, name, value)
+        for name in ("cu_seqlens", "imp_ptr"):  # the offsets every kernel op checks: known here, not read back
+            if getattr(self, name) is not None:
+                remember_offsets(getattr(batch, name), getattr(self, name))
         return batch
 
 

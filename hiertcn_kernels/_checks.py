@@ -67,10 +67,21 @@ def offsets_facts(offsets: torch.Tensor) -> OffsetFacts:
         decreasing, longest = False, 0
     facts = OffsetFacts(first, last, bool(decreasing), longest)
     if remember:
-        if len(_FACTS) >= _FACTS_KEPT:
-            _FACTS.clear()
-        _FACTS[key] = (weakref.ref(offsets), offsets._version, offsets.data_ptr(), facts)
+        _remember(offsets, facts)
     return facts
+
+
+def _remember(offsets: torch.Tensor, facts: OffsetFacts) -> None:
+    if len(_FACTS) >= _FACTS_KEPT:
+        _FACTS.clear()
+    _FACTS[id(offsets)] = (weakref.ref(offsets), offsets._version, offsets.data_ptr(), facts)
+
+
+def remember_offsets(offsets: torch.Tensor, host_copy: torch.Tensor) -> None:
+    """Tell :func:`offsets_facts` the facts of CUDA ``offsets`` from a CPU tensor of the same values (the
+    one they were copied from), so that no op reads them back: a batch built on the host knows its offsets."""
+    if offsets.is_cuda and not offsets.is_inference() and host_copy.device.type == "cpu":
+        _remember(offsets, offsets_facts(host_copy))
 
 
 def check_offsets(offsets, total: int | None, device: torch.device, name: str = "cu_seqlens") -> torch.Tensor:

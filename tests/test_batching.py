@@ -342,3 +342,22 @@ def test_batch_moves_in_one_copy_per_dtype():
     meta = batch.to("meta")
     assert meta.runs.window.device.type == meta.target_index.device.type == meta.gap.device.type == "meta"
     assert meta.runs.window.shape == batch.runs.window.shape and meta.target_index.shape == batch.target_index.shape
+
+
+@pytest.mark.cuda
+def test_cuda_batch_moves_without_a_host_read():
+    """A host batch moved to the GPU carries its layouts and the facts of its offsets: the lane runs, the
+    target positions and the offset checks of every kernel op need no read back (no sync)."""
+    from hiertcn.models.base import lane_runs
+    from hiertcn_kernels._checks import offsets_facts
+
+    batch = next(QueueBatcher(make_csr([[2, 2], [3], [1, 4]]), n_queues=2, sessions_per_lane=3).batches(0))
+    moved = batch.to("cuda", non_blocking=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        facts, runs = offsets_facts(moved.cu_seqlens), lane_runs(moved)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert facts == offsets_facts(batch.cu_seqlens) and runs is moved.runs
+    assert torch.equal(moved.target_index.cpu(), batch.target_index)
