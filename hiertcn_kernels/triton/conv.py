@@ -503,7 +503,8 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
             x, start, wt, buf(bias), buf(out_weight), dy, buf(win), buf(h), dx,
             buf(dw_part), buf(db_part), buf(dwo_part), buf(dbo_part), t, c_in, c_out, dilation, rows, win_rows,
             K=k, ACT=act, GATED=gated, HAS_BIAS=bias is not None, WANT_W=want_w, WANT_OUT=want_out,
-            HALO_BLOCK=triton.next_power_of_2(max(halo, 1)), DOT_PREC=dot_prec, **_bwd_opts(gated, c_in, c_out, dot_prec),
+            HALO_BLOCK=triton.next_power_of_2(max(halo, 1)), DOT_PREC=dot_prec,
+            **_bwd_opts(gated, c_in, c_out, dot_prec),
         )
     # Deterministic reductions over the chunk axis (no atomics anywhere).
     dw = dw_part.sum(0).permute(2, 1, 0).to(wt.dtype) if want_w else None  # (K, C_in, C_out) -> (C_out, C_in, K)
