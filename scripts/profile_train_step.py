@@ -6,7 +6,8 @@ Prints, for HierTCN against the baselines on the default synthetic log (first tr
 each, as :func:`hiertcn.bench.bench_models` takes them):
 - median step time of every model, interleaved (HierTCN also on the PyTorch reference kernels, and
   HierTCN and GRU4Rec on one whole-user batch of 32 users x 100 events);
-- HierTCN's host syncs in one step, by source line (``torch.cuda.set_sync_debug_mode``);
+- HierTCN's host syncs in one step, by source line (``torch.cuda.set_sync_debug_mode``), on the timed
+  batch and on a new host batch moved as in training;
 - kernel launches and GPU-busy time per step of HierTCN and GRU4Rec, and torch.profiler's top ops;
 - HierTCN's host (Python) time by function (cProfile).
 A step whose launches' CPU cost exceeds its GPU-busy time is launch-bound: fewer, larger ops help;
@@ -29,10 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hiertcn.batching import user_batches
-from hiertcn.bench import fixed_history_csr, interleaved_medians, model_step
+from hiertcn.bench import _train_step, fixed_history_csr, interleaved_medians, model_step
 from hiertcn.cli import load_dataset
 from hiertcn.config import Config
-from hiertcn.train import training_loss
+from hiertcn.train import LossStep, build_adam, training_loss
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
 
@@ -67,17 +68,29 @@ def main() -> None:
                                repeats=args.repeats, warmup=2, device=device))  # fmt: skip
 
     if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("warn")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            steps["hiertcn"]()
-        torch.cuda.set_sync_debug_mode(0)
-        where = collections.Counter(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
-                                    if "synchroniz" in str(w.message))  # fmt: skip
-        print(f"host syncs in one hiertcn step: {sum(where.values())}")
-        for line, count in where.most_common(20):
-            print(f"  {count:4d}  {line}")
+        # As timed (one batch reused), and as in training: a new host batch moved to the GPU each step.
+        _, model, batch = model_step("hiertcn", dataset, config, loss_fn, torch.device("cpu"))
+        model.to(device)
+        optimizer = build_adam(model.parameters(), lr=config.lr)
+        step_loss = LossStep(model, loss_fn)
+        state = model.init_state(batch.n_lanes, device)
+
+        def new_batch_step():
+            _train_step(step_loss, optimizer, batch.to(device, non_blocking=True), state)
+
+        new_batch_step()
+        for label, step in (("one hiertcn step", steps["hiertcn"]), ("one hiertcn step on a new batch", new_batch_step)):
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                step()
+            torch.cuda.set_sync_debug_mode(0)
+            where = collections.Counter(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
+                                        if "synchroniz" in str(w.message))  # fmt: skip
+            print(f"host syncs in {label}: {sum(where.values())}")
+            for line, count in where.most_common(20):
+                print(f"  {count:4d}  {line}")
 
     from torch.profiler import ProfilerActivity, profile
 
