@@ -20,10 +20,13 @@
 #   bench-256    hiertcn bench with 256 lanes / users per batch.
 #   train-32     hiertcn compare, HierTCN and GRU4Rec, 2 epochs each at the defaults (32 lanes / users):
 #                the training pipeline's interactions/s (loader thread, a new batch moved every step).
+#   graph-probe  scripts/graph_step_probe.py: HierTCN's 32-lane step captured in a CUDA graph and replayed,
+#                against the same step eager and GRU4Rec's (what removing the host overhead would buy).
 #   tune         scripts/tune_gpu_kernels.py: the kernels' launch-choice sweep, split conv backward
 #                (GPU_SUITE_TUNE_ARGS: its arguments, e.g. "--only conv --channels 256").
-#                These five print into suite.log only and are skipped in a dry run or when GPU_SUITE_PROFILE /
-#                GPU_SUITE_BENCH_32 / GPU_SUITE_BENCH_256 / GPU_SUITE_TRAIN_32 / GPU_SUITE_TUNE is 0; in a
+#                These six print into suite.log only and are skipped in a dry run or when GPU_SUITE_PROFILE /
+#                GPU_SUITE_BENCH_32 / GPU_SUITE_BENCH_256 / GPU_SUITE_TRAIN_32 / GPU_SUITE_GRAPH_PROBE /
+#                GPU_SUITE_TUNE is 0; in a
 #                rerun of a part (GPU_SUITE_TEST_FILES or GPU_SUITE_BENCH_FILES set) only those set to 1 run.
 #   summary      exit statuses, test counts, the skip reasons of the cuda tests (from the JUnit XML),
 #                and a warning for each expected bench-<file>.json that is missing or empty.
@@ -35,7 +38,7 @@
 # Budgets (seconds), each can be set: SUITE_BUDGET (the whole suite, default 540: no step starts or
 # runs past it), BUDGET_INFO (30), BUDGET_GATE (60), BUDGET_TESTS (170), BUDGET_BENCH_SEGMENT (90),
 # BUDGET_BENCH_CONV (60), BUDGET_BENCH_CSRC (40), BUDGET_BENCH_MODELS (60), BUDGET_PROFILE (60),
-# BUDGET_BENCH_32 (60), BUDGET_BENCH_256 (90), BUDGET_TRAIN_32 (60), BUDGET_TUNE (240); more than the suite's 540 in all: the
+# BUDGET_BENCH_32 (60), BUDGET_BENCH_256 (90), BUDGET_TRAIN_32 (60), BUDGET_GRAPH_PROBE (45), BUDGET_TUNE (240); more than the suite's 540 in all: the
 # second H200 run took 290 s in all, and the tune step, last, takes what is left (it prints as it goes).
 # Reruns of a part: GPU_SUITE_TEST_FILES="tests/kernels/test_conv.py" (space-separated paths),
 # GPU_SUITE_BENCH_FILES="conv models" (names; "" runs no benchmark), BUDGET_TESTS=0 (no tests),
@@ -354,6 +357,8 @@ optional_step bench-256 GPU_SUITE_BENCH_256 "${BUDGET_BENCH_256:-90}" python3 -m
 optional_step train-32 GPU_SUITE_TRAIN_32 "${BUDGET_TRAIN_32:-60}" bash -c 'python3 -m hiertcn compare \
   --models hiertcn,gru4rec --epochs 2 --device cuda --quiet --overwrite --out /tmp/hiertcn-train-32 \
   && grep -H interactions_per_s /tmp/hiertcn-train-32/*/metrics.json'
+# What a CUDA graph of the whole step would buy at 32 lanes (a diagnostic: the training path stays eager).
+optional_step graph-probe GPU_SUITE_GRAPH_PROBE "${BUDGET_GRAPH_PROBE:-45}" python3 scripts/graph_step_probe.py
 # The kernels' launch-choice sweep and the split conv backward candidate (last: it takes what is left).
 read -ra TUNE_ARGS <<< "${GPU_SUITE_TUNE_ARGS:-}"
 optional_step tune GPU_SUITE_TUNE "${BUDGET_TUNE:-240}" python3 scripts/tune_gpu_kernels.py "${TUNE_ARGS[@]}"

@@ -57,7 +57,8 @@ def test_dry_run_runs_every_step_and_reports_skips(tmp_path):
                             GPU_SUITE_BENCH_FILES="models")
     assert done.returncode == 0, done.stdout + done.stderr
     assert steps == {"device-info": "0", "gate": "0", "cuda-tests": "0", "bench-models": "0", "profile": "skipped",
-                     "bench-32": "skipped", "bench-256": "skipped", "train-32": "skipped", "tune": "skipped"}
+                     "bench-32": "skipped", "bench-256": "skipped", "train-32": "skipped",
+                     "graph-probe": "skipped", "tune": "skipped"}
     log = (out / "suite.log").read_text()
     assert "gate: triton tcn_block relu fwd+bwd: ok" in log and "gate: triton segment_reduce mean fwd+bwd: ok" in log
     assert "cuda tests skipped, by reason:" in log
