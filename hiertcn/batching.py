@@ -125,11 +125,15 @@ class SessionBatch:
     # otherwise: a model then reads the layout back itself); ``to`` moves them along, ``replace`` redoes them.
     runs: LaneRuns | None = field(init=False, default=None, repr=False)  # lanes' runs of one user (HierTCN's GRU)
     target_index: torch.Tensor | None = field(init=False, default=None, repr=False)  # (n,) where target_mask
+    item_bounds: tuple[int, int] | None = field(init=False, default=None, repr=False)  # least, largest item id
 
     def __post_init__(self):
         if all(t.device.type == "cpu" for t in (self.lane_ptr, self.cu_seqlens, self.new_user, self.target_mask)):
             self.runs = lane_runs_of(self.lane_ptr.numpy(), self.new_user.numpy(), self.cu_seqlens.diff().numpy())
             self.target_index = torch.from_numpy(np.flatnonzero(self.target_mask.numpy()))
+        ids = [t for t in (self.items, self.imp_item) if t is not None and t.numel()]
+        if ids and all(t.device.type == "cpu" for t in ids):  # of items and impressions alike
+            self.item_bounds = (min(int(t.min()) for t in ids), max(int(t.max()) for t in ids))
 
     @property
     def n_lanes(self) -> int:
@@ -176,13 +180,14 @@ class SessionBatch:
     def to(self, device, non_blocking: bool = False) -> SessionBatch:
         """The batch on ``device`` (itself if it is there); from the host to a GPU in one copy per dtype
         (:func:`to_device`), its derived layouts included."""
-        names = [f.name for f in fields(self) if f.name != "runs" and getattr(self, f.name) is not None]
+        names = [f.name for f in fields(self)
+                 if f.name not in ("runs", "item_bounds") and getattr(self, f.name) is not None]  # fmt: skip
         run_names = [] if self.runs is None else [f.name for f in fields(LaneRuns)]
         tensors = [getattr(self, n) for n in names] + [getattr(self.runs, n) for n in run_names]
         if torch.device(device).type == "cpu" and all(t.device.type == "cpu" for t in tensors):
             return self
         moved = dict(zip(names + run_names, to_device(tensors, device, non_blocking)))
-        derived = {"target_index": moved.pop("target_index", None)}
+        derived = {"target_index": moved.pop("target_index", None), "item_bounds": self.item_bounds}
         derived["runs"] = LaneRuns(**{n: moved.pop(n) for n in run_names}) if run_names else None
         batch = SessionBatch(**moved)
         for name, value in derived.items():

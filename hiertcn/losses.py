@@ -10,7 +10,9 @@ fill the pads with sampled negatives, and sample all of them when none are given
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import threading
 
 import numpy as np
 import torch
@@ -49,6 +51,22 @@ def sample_items(popularity: torch.Tensor | None, n: int, n_items: int, device) 
     return torch.searchsorted(cdf, draws, right=True).clamp_(max=n_items - 1)
 
 
+_HOST_CHECKED = threading.local()
+
+
+@contextlib.contextmanager
+def ids_checked_on_host():
+    """Inside, the built-in losses skip their check of the item ids, which reads them back from the device
+    (a sync per step on a GPU): for a caller that has checked them on the host, as the trainer does with
+    the bounds a batch knows from its construction (``SessionBatch.item_bounds``)."""
+    before = getattr(_HOST_CHECKED, "on", False)
+    _HOST_CHECKED.on = True
+    try:
+        yield
+    finally:
+        _HOST_CHECKED.on = before
+
+
 class _Loss:
     takes_impressions = False  # True: negatives come from impressions when the batch has them
     samples_items = False  # True: draws negatives by ``item_counts`` (popularity), given at construction
@@ -57,7 +75,9 @@ class _Loss:
         if not isinstance(user_emb, torch.Tensor) or not user_emb.is_floating_point():
             raise TypeError(f"user_emb must be a floating tensor, got {getattr(user_emb, 'dtype', type(user_emb))}")
         weight, _ = model.output_embeddings()
-        check_item_ids(weight.shape[0], targets=targets, **({} if impressions is None else {"impressions": impressions}))
+        if not getattr(_HOST_CHECKED, "on", False):
+            check_item_ids(weight.shape[0], targets=targets,
+                           **({} if impressions is None else {"impressions": impressions}))  # fmt: skip
         if user_emb.dim() != 2 or targets.shape != (user_emb.shape[0],):
             raise ValueError(f"user_emb must be (n, D) and targets (n,), got {tuple(user_emb.shape)} and "
                              f"{tuple(targets.shape)}")  # fmt: skip

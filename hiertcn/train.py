@@ -15,6 +15,7 @@ shard of users inside ``DistributedDataParallel`` and only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -44,6 +45,7 @@ from .checkpoint import (
 )
 from .config import Config
 from .data.splits import TEST, TRAIN, VALID
+from .losses import ids_checked_on_host
 from .metrics import combine_results
 from .models.base import check_catalogue
 
@@ -244,8 +246,12 @@ class LossStep(torch.nn.Module):
             extra["impressions"] = batch.impression_matrix(self.loss_fn.num_negatives, mask, sample=True)
         # Built with the batch on the host; else one host read for both, where boolean indexing takes one each.
         targets = batch.target_index if batch.target_index is not None else mask.nonzero().squeeze(1)
-        loss = self.loss_fn(self.model, user_emb.index_select(0, targets), batch.items.index_select(0, targets),
-                            batch=batch, **extra)  # fmt: skip
+        # Item ids the batch's host bounds put in the catalogue need no device read in the loss.
+        bounds, table = batch.item_bounds, getattr(self.model, "output_embeddings", None)
+        checked = bounds is not None and table is not None and 0 <= bounds[0] and bounds[1] < table()[0].shape[0]
+        with ids_checked_on_host() if checked else contextlib.nullcontext():
+            loss = self.loss_fn(self.model, user_emb.index_select(0, targets), batch.items.index_select(0, targets),
+                                batch=batch, **extra)  # fmt: skip
         return loss, self.model.detach_state(state) if state is not None else None
 
 

@@ -361,3 +361,15 @@ def test_cuda_batch_moves_without_a_host_read():
         torch.cuda.set_sync_debug_mode(0)
     assert facts == offsets_facts(batch.cu_seqlens) and runs is moved.runs
     assert torch.equal(moved.target_index.cpu(), batch.target_index)
+
+
+def test_batches_know_their_item_bounds_on_the_host():
+    """The least and largest item id of a batch's items and impressions, from its construction (the trainer
+    checks them against the catalogue without reading the ids back); moved along by ``to``."""
+    csr = make_csr([[3, 2], [4], [1, 1, 2]], seed=3)
+    imp_ptr, imp_item = random_impressions(csr, n_items=80)  # impressions reach past the interactions' items
+    for impressions in (None, (imp_ptr, imp_item)):
+        for batch in QueueBatcher(csr, n_queues=2, impressions=impressions).batches(0):
+            ids = torch.cat([batch.items] + ([batch.imp_item] if impressions else []))
+            assert batch.item_bounds == (int(ids.min()), int(ids.max()))
+            assert batch.to("meta").item_bounds == batch.item_bounds

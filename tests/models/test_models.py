@@ -457,6 +457,32 @@ def test_a_training_step_reads_no_layout_back_from_its_batch(small_csr, monkeypa
     assert torch.equal(loss, expected)
 
 
+def test_a_training_step_checks_item_ids_on_the_host(small_csr, monkeypatch):
+    """The loss's item-id check reads the ids back from the device (a sync per step on a GPU): the trainer
+    skips it when the batch's host bounds lie in the catalogue, and keeps it, with its error, otherwise."""
+    from hiertcn import losses
+    from hiertcn.train import LossStep, training_loss
+
+    model = _model("hiertcn")
+    (batch,) = list(user_batches(small_csr))
+    assert batch.item_bounds[1] < model.n_items
+    expected, _ = LossStep(model, training_loss("softmax", None))(batch, None)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the loss read the item ids back")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(losses, "check_item_ids", refuse)
+        loss, _ = LossStep(model, training_loss("softmax", None))(batch, None)
+    assert torch.equal(loss, expected)
+    # Impressions past the catalogue (the model's 9 items): the loss still checks, and names them.
+    imp = {"imp_ptr": torch.arange(batch.n_tokens + 1), "imp_item": torch.full((batch.n_tokens,), 9)}
+    shown = dataclasses.replace(batch, **imp)
+    assert shown.item_bounds[1] == 9
+    with pytest.raises(ValueError, match="impressions must be item ids"):
+        LossStep(model, losses.build_loss("bpr"))(shown, None)
+
+
 def test_hiertcn_runs_path_keeps_a_non_finite_window_to_its_own_run():
     """Steps past a run's end read a zero row, not another window: a NaN summary in the batch's last
     window (what padding used to repeat) leaves the other runs' gradients finite, as the cells do."""
