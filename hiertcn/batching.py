@@ -12,10 +12,11 @@ With a log that has impressions (``Dataset.impressions``), a batch also holds
 each token's impressed items, ragged and aligned with ``items`` (``imp_ptr``,
 ``imp_item``); models and losses that use impressions read them from there.
 
-A batch built on the host also carries the index layouts a training step would
-otherwise read back from the device (:class:`LaneRuns`, ``target_index``): they
-are computed here, on the loader thread, and travel with the batch in one copy
-per dtype (:meth:`SessionBatch.to`), so a step on a GPU waits for no host read.
+A batch built on the host also carries what a training step would otherwise
+read back from the device: its index layouts (:class:`LaneRuns`,
+``target_index``) and the bounds of its item ids (``item_bounds``). They are
+computed here, on the loader thread, and travel with the batch (one copy per
+dtype, :meth:`SessionBatch.to`), so a step on a GPU waits for no host read.
 """
 
 from __future__ import annotations
