@@ -409,6 +409,18 @@ def fit(
             "run": run,
         }
 
+    def account(values: list[float], info: dict) -> None:
+        """A step's reported numbers, once read, into the run's totals and the progress bar."""
+        here, _, n_targets = values
+        shown["loss"] = here
+        if info["active"]:  # an idle step trains nothing
+            run["epoch_loss"] += here * int(n_targets)
+            run["epoch_targets"] += int(n_targets)
+            run["curve"].append((info["step"] + 1, here))
+            run["tokens"] += info["tokens"]
+            shown["tokens"] += info["tokens"]
+
+    reports = _StepReports(optimizer, device, world, account, _defers_step_reports(optimizer, device, world))
     has_valid = config.validate and bool((np.asarray(dataset.role) == VALID).any())
     stop = _patience_spent(run, config)
     # A resumed run whose time is spent trains nothing more (raise max_time to go on).
@@ -434,7 +446,7 @@ def fit(
             unit="batch", disable=not (progress and writes), leave=False,
         )  # fmt: skip
         epoch_start, epoch_wait0, last_batch = time.perf_counter(), 0.0, None
-        shown_start, shown_tokens = epoch_start, 0
+        shown_start, shown = epoch_start, {"loss": math.nan, "tokens": 0}
         out_of_time = False
         try:
             batches = iter(loader)
@@ -457,39 +469,22 @@ def fit(
                 # The gradient norm (clipping with an infinite bound changes nothing): a finite loss can still
                 # give inf/NaN gradients, and one step on them would turn the weights, and the next checkpoint, NaN.
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm or math.inf)
-                # One host read for the three numbers the step reports (each read waits for the GPU).
-                here, norm, n_targets = torch.stack(
-                    [loss.detach().double(), grad_norm.double(), batch.target_mask.sum().double()]
-                ).tolist()
-                if _any_rank(not (math.isfinite(here) and math.isfinite(norm)), world, device):  # all stop together
-                    kept = f"; the last good checkpoint is {last_path}" if last_path.exists() else ""
-                    what = (f"loss is {here}" if not math.isfinite(here) else f"gradient norm is {norm}"
-                            if not math.isfinite(norm) else "loss or gradients are not finite on another rank")  # fmt: skip
-                    raise NonFiniteLossError(
-                        f"{what} at epoch {epoch + 1}, batch {run['batch'] + 1} (step {run['step'] + 1})"
-                        f"{kept}. Try a lower --lr or a smaller clip_norm."
-                    )
-                optimizer.step()
-
+                stats = torch.stack([loss.detach().double(), grad_norm.double(), batch.target_mask.sum().double()])
+                reports.step(stats, {"epoch": epoch, "batch": run["batch"], "step": run["step"], "active": active,
+                                     "tokens": batch.n_tokens, "last_path": last_path})  # fmt: skip
                 run["batch"] += 1
                 run["step"] += 1
-                if active:  # an idle step trains nothing
-                    n_targets = int(n_targets)
-                    run["epoch_loss"] += here * n_targets
-                    run["epoch_targets"] += n_targets
-                    run["curve"].append((run["step"], here))
-                    run["tokens"] += batch.n_tokens
-                    shown_tokens += batch.n_tokens
                 now = time.perf_counter()
                 bar.update()
                 bar.set_postfix(
-                    loss=f"{here:.3f}",
-                    inter_s=f"{shown_tokens / max(now - shown_start, 1e-9):.0f}",
+                    loss=f"{shown['loss']:.3f}",
+                    inter_s=f"{shown['tokens'] / max(now - shown_start, 1e-9):.0f}",
                     wait=f"{loader.wait_s / max(now - shown_start, 1e-9):.0%}",
                 )
                 if config.max_time is not None:
                     out_of_time = _any_rank(run["train_time"] + now - epoch_start >= config.max_time, world, device)
                 if config.checkpoint_every and run["step"] % config.checkpoint_every == 0:
+                    reports.flush()  # the checkpoint's run totals count this step, and it is known to be finite
                     _account(run, epoch_start, loader, epoch_wait0)
                     save_last()
                     epoch_start, epoch_wait0 = time.perf_counter(), loader.wait_s  # writing it is not training
@@ -497,6 +492,7 @@ def fit(
                     on_step(run["step"])
                 if out_of_time:
                     break
+            reports.flush()
         finally:
             loader.close()
             bar.close()
@@ -621,6 +617,72 @@ def _any_rank(flag: bool, world: int, device) -> bool:
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def _defers_step_reports(optimizer: torch.optim.Optimizer, device: torch.device, world: int) -> bool:
+    """Whether the step reports may be read a step late: one CUDA process whose Adam is fused, so that the
+    optimizer itself can skip a non-finite step on the device (``found_inf``)."""
+    return device.type == "cuda" and world == 1 and bool(optimizer.defaults.get("fused"))
+
+
+class _StepReports:
+    """Each step's loss, gradient norm and target count, read on the host, and the guard that stops training
+    on a non-finite loss or gradient before its update lands.
+
+    Read at once, the three numbers make the host wait for the GPU every step, and the GPU then idles while
+    the host prepares the next one. Deferred (:func:`_defers_step_reports`), a step's numbers are copied to
+    the host behind its work and read after the next step is queued: Adam gets the step's non-finite flag
+    as ``found_inf`` and skips it on the device, and reading it raises, one step later, naming the step.
+    ``account(values, info)`` gets every step's numbers, in order, as they are read.
+    """
+
+    def __init__(self, optimizer, device: torch.device, world: int, account: Callable, deferred: bool):
+        self.optimizer, self.device, self.world, self.account = optimizer, device, world, account
+        self.deferred = deferred
+        self.pending = None
+
+    def step(self, stats: torch.Tensor, info: dict) -> None:
+        """The optimizer step for ``stats`` = (loss, gradient norm, targets) as float64 on the device."""
+        if not self.deferred:
+            values = stats.tolist()
+            self._check(values, info)
+            self.optimizer.step()
+            self.account(values, info)
+            return
+        self.optimizer.found_inf = (~torch.isfinite(stats[:2]).all()).float()
+        self.optimizer.step()
+        host = stats
+        event = None
+        if stats.is_cuda:
+            host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+            host.copy_(stats, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        self.flush()
+        self.pending = (host, event, info)
+
+    def flush(self) -> None:
+        """Read the step still in flight, if any (before a checkpoint, and at the end of an epoch)."""
+        if self.pending is None:
+            return
+        host, event, info = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        values = host.tolist()
+        self._check(values, info)
+        self.account(values, info)
+
+    def _check(self, values: list[float], info: dict) -> None:
+        here, norm, _ = values
+        if _any_rank(not (math.isfinite(here) and math.isfinite(norm)), self.world, self.device):  # all stop together
+            what = (f"loss is {here}" if not math.isfinite(here) else f"gradient norm is {norm}"
+                    if not math.isfinite(norm) else "loss or gradients are not finite on another rank")  # fmt: skip
+            kept = f"; the last good checkpoint is {info['last_path']}" if info["last_path"].exists() else ""
+            raise NonFiniteLossError(
+                f"{what} at epoch {info['epoch'] + 1}, batch {info['batch'] + 1} (step {info['step'] + 1})"
+                f"{kept}. Try a lower --lr or a smaller clip_norm."
+            )
 
 
 def _patience_spent(run: dict, config: Config) -> bool:

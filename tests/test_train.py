@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import hiertcn.train as train_module
 from hiertcn.batching import QueueBatcher
 from hiertcn.checkpoint import load_checkpoint
 from hiertcn.config import Config
@@ -48,7 +49,7 @@ class TinyLaneGRU(nn.Module):
 
     def forward(self, batch, state):
         cu, lp = batch.cu_seqlens.tolist(), batch.lane_ptr.tolist()
-        start = torch.full((1,), self.emb.num_embeddings - 1)
+        start = torch.full((1,), self.emb.num_embeddings - 1, device=batch.items.device)
         out, new_state = [], []
         for q in range(batch.n_lanes):
             h = state[q]
@@ -206,29 +207,81 @@ def test_interrupted_run_resumes_to_identical_result(tmp_path, where):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(
-    "poison, match",
-    [
-        (lambda loss, user_emb: loss * float("nan"), "loss is nan"),
-        # A finite loss whose gradient is NaN: d/dx sqrt(x) at 0 is inf, times the 0 it is multiplied by.
-        (lambda loss, user_emb: loss + 0 * torch.sqrt(user_emb.sum() * 0), "gradient norm is nan"),
-    ],
-    ids=["loss", "gradient"],
-)
-def test_non_finite_loss_or_gradients_stop_before_the_step_with_the_last_good_checkpoint(tmp_path, poison, match):
-    calls = []
+def _fused_adam_read_a_step_late(monkeypatch):
+    """The reports of one CUDA process with fused Adam, on the CPU: fused Adam (its ``found_inf`` skip) and
+    each step's numbers read after the next step ran."""
+    monkeypatch.setattr(train_module, "build_adam", lambda params, lr, weight_decay=0.0: torch.optim.Adam(
+        params, lr=lr, weight_decay=weight_decay, fused=True))  # fmt: skip
+    monkeypatch.setattr(train_module, "_defers_step_reports", lambda optimizer, device, world: True)
 
-    def poisoned_at_fifth(model, user_emb, targets, batch=None):
+
+POISONS = [
+    (lambda loss, user_emb: loss * float("nan"), "loss is nan"),
+    # A finite loss whose gradient is NaN: d/dx sqrt(x) at 0 is inf, times the 0 it is multiplied by.
+    (lambda loss, user_emb: loss + 0 * torch.sqrt(user_emb.sum() * 0), "gradient norm is nan"),
+]
+
+
+def _poisoned_at_fifth(poison, calls):
+    def loss_fn(model, user_emb, targets, batch=None):
         calls.append(1)
         loss = ce_loss(model, user_emb, targets)
         return poison(loss, user_emb) if len(calls) == 5 else loss
 
+    return loss_fn
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["read-at-once", "read-a-step-late"])
+@pytest.mark.parametrize("poison, match", POISONS, ids=["loss", "gradient"])
+def test_non_finite_loss_or_gradients_stop_before_the_step_with_the_last_good_checkpoint(
+    tmp_path, monkeypatch, poison, match, deferred
+):
+    if deferred:
+        _fused_adam_read_a_step_late(monkeypatch)
     with pytest.raises(NonFiniteLossError, match=f"{match} at epoch 1, batch 5.*last good checkpoint"):
         fit(TinyLaneGRU(), planted_dataset(), small_config(checkpoint_every=1), run_dir=tmp_path, progress=False,
-            loss_fn=poisoned_at_fifth, evaluate_fn=lane_evaluate)  # fmt: skip
+            loss_fn=_poisoned_at_fifth(poison, []), evaluate_fn=lane_evaluate)  # fmt: skip
     kept = load_checkpoint(tmp_path / "last.pt")
     assert kept["run"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("poison, match", POISONS, ids=["loss", "gradient"])
+def test_a_non_finite_step_read_a_step_late_never_lands_in_the_weights(tmp_path, monkeypatch, poison, match, device):
+    if device == "cpu":
+        _fused_adam_read_a_step_late(monkeypatch)  # on CUDA, the default: a pinned copy read after an event
+    calls, model = [], TinyLaneGRU()
+    seen = []  # every parameter after each step
+    with pytest.raises(NonFiniteLossError, match=f"{match} at epoch 1, batch 5 "):
+        fit(model, planted_dataset(), small_config(device=device), run_dir=tmp_path, progress=False,
+            loss_fn=_poisoned_at_fifth(poison, calls), evaluate_fn=lane_evaluate,
+            on_step=lambda step: seen.append([p.detach().clone() for p in model.parameters()]))  # fmt: skip
+    assert len(calls) == 6  # raised after the sixth step ran: its numbers were read a step late
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # Adam skipped the fifth step: its weights are the fourth's, and the sixth step trained on.
+    assert all(torch.equal(a, b) for a, b in zip(seen[3], seen[4], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(seen[4], model.parameters(), strict=True))
+
+
+def test_reading_the_step_reports_a_step_late_changes_no_result(tmp_path, monkeypatch):
+    config = small_config(checkpoint_every=4)  # checkpoints mid-epoch read the step in flight first
+    monkeypatch.setattr(train_module, "build_adam", lambda params, lr, weight_decay=0.0: torch.optim.Adam(
+        params, lr=lr, weight_decay=weight_decay, fused=True))  # fmt: skip
+    at_once_model, at_once = run_fit(tmp_path, "at-once", config)
+    _fused_adam_read_a_step_late(monkeypatch)
+    late_model, late = run_fit(tmp_path, "late", config)
+    def untimed(row):
+        return {k: v for k, v in row.items() if not ("time" in k or k.endswith("_s") or k.startswith("wait"))}
+
+    assert [untimed(r) for r in late.history] == [untimed(r) for r in at_once.history]
+    assert late.curve == at_once.curve and untimed(late.metrics) == untimed(at_once.metrics)
+    for a, b in zip(at_once_model.state_dict().values(), late_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    runs = [load_checkpoint(tmp_path / name / "last.pt")["run"] for name in ("at-once", "late")]
+    assert [[r[k] for k in ("step", "tokens", "curve", "epoch_loss", "epoch_targets")] for r in runs] == 2 * [
+        [runs[0][k] for k in ("step", "tokens", "curve", "epoch_loss", "epoch_targets")]
+    ]
 
 
 def test_resume_refuses_a_log_that_changed_since_the_run_started(tmp_path):
