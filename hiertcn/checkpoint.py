@@ -6,18 +6,23 @@ to rebuild it with ``build_model``), the ``catalogue`` fingerprint (which item e
 output row is), the ``data`` fingerprint (the prepared log it trains on), its ``model`` state dict, and, for resuming,
 ``optimizer``, ``scheduler``, the batcher position, the carried lane state and
 the RNG states. It is written to a temporary file in the same folder and renamed
-into place, so a run killed while saving leaves the previous checkpoint intact.
+into place, so a run killed while saving leaves the previous checkpoint intact; the run's
+JSON files (``metrics.json``, ``history.json``, the benchmarks') are written the same way
+(:func:`write_json`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pickle
-import tempfile
+import uuid
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -31,21 +36,38 @@ class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be used (corrupt, foreign, other format version)."""
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """A file object for ``path`` whose content replaces ``path`` only once written whole: it is written
+    to a hidden temporary beside it and renamed into place, so a run killed while writing leaves the
+    previous file (or none), never a truncated one. The file's mode follows the umask, as ``open``'s does."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": FORMAT_VERSION, "hiertcn_version": __version__, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with open(tmp, mode.replace("w", "x")) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_json(path: str | Path, obj: Any, **dumps_options) -> Path:
+    """``obj`` as JSON into ``path``, atomically (:func:`atomic_file`)."""
+    text = json.dumps(obj, **dumps_options)  # before the file: an object JSON refuses leaves the old file
+    with atomic_file(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    payload = {"format_version": FORMAT_VERSION, "hiertcn_version": __version__, **payload}
+    with atomic_file(path) as f:
+        torch.save(payload, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

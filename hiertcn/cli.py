@@ -27,6 +27,7 @@ from .checkpoint import (
     load_checkpoint,
     load_model,
     saved_model_config,
+    write_json,
 )
 from .config import SPLITS, TIME_UNITS, Config
 from .train import (
@@ -667,7 +668,7 @@ def cmd_bench(args) -> int:
         result = {**run, "device": bench.device_info(resolve_device(config.device)), "scaling": rows,
                   "speedup_vs_gru4rec": {str(k): v for k, v in bench.speedups(rows).items()}}  # fmt: skip
         plot_scaling(rows, out / "scaling.png")
-        (out / "scaling.json").write_text(json.dumps(result, indent=2))
+        write_json(out / "scaling.json", result, indent=2)
         say(f"scaling.json and scaling.png in {out}")
         return _finish(args, result)
     dataset, _ = load_dataset(config, echo=say)
@@ -676,7 +677,7 @@ def cmd_bench(args) -> int:
         history_lengths=args.history_lengths, repeats=args.steps, dtype=args.dtype, progress=not args.quiet,
     )}  # fmt: skip
     say(bench.format_table(result))
-    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "bench.json", result, indent=2)
     plot_time_vs_tokens(result["kernels"], out / "time_vs_tokens.png")
     plot_memory_vs_history(result["memory_vs_history"], out / "memory_vs_history.png")
     say(f"bench.json, time_vs_tokens.png and memory_vs_history.png in {out}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import queue
 import sys
@@ -42,6 +41,7 @@ from .checkpoint import (
     data_fingerprint,
     load_checkpoint,
     save_checkpoint,
+    write_json,
 )
 from .config import Config
 from .data.splits import TEST, TRAIN, VALID
@@ -565,7 +565,7 @@ def fit(
         }
     )
     if writes:
-        (run_dir / "history.json").write_text(json.dumps(json_safe({"epochs": run["history"], "steps": run["curve"]})))
+        write_json(run_dir / "history.json", json_safe({"epochs": run["history"], "steps": run["curve"]}))
         write_metrics(run_dir, metrics)
     stopped = "max_time" if out_of_time else "patience" if stop else "epochs"
     return TrainResult(metrics=metrics, history=run["history"], curve=run["curve"], run_dir=run_dir, stopped=stopped)
@@ -606,10 +606,7 @@ def json_safe(obj):
 
 
 def write_metrics(out_dir: str | Path, metrics: dict) -> Path:
-    path = Path(out_dir) / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False))
-    return path
+    return write_json(Path(out_dir) / "metrics.json", json_safe(metrics), indent=2, allow_nan=False)
 
 
 def _any_rank(flag: bool, world: int, device) -> bool:

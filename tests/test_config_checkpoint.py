@@ -1,7 +1,12 @@
+import json
+import math
+import os
+import stat
+
 import pytest
 import torch
 
-from hiertcn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from hiertcn.checkpoint import CheckpointError, atomic_file, load_checkpoint, save_checkpoint, write_json
 from hiertcn.config import Config, load_config
 
 
@@ -80,6 +85,27 @@ def test_checkpoint_round_trip_is_atomic(tmp_path):
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.arange(3.0))
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
 
+
+
+def test_an_interrupted_write_leaves_the_previous_file_whole(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"mrr": 0.25})
+    with pytest.raises(KeyboardInterrupt), atomic_file(path, "w") as f:
+        f.write('{"mrr": 0.')
+        raise KeyboardInterrupt  # killed mid-write
+    with pytest.raises(ValueError, match="Out of range float"):
+        write_json(path, {"mrr": math.nan}, allow_nan=False)
+    assert json.loads(path.read_text()) == {"mrr": 0.25}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left behind
+
+
+def test_run_files_get_the_mode_open_gives(tmp_path):
+    old = os.umask(0o022)
+    try:
+        for path in (save_checkpoint(tmp_path / "last.pt", {"model": {}}), write_json(tmp_path / "m.json", {})):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0o600: others may read a run
+    finally:
+        os.umask(old)
 
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
