@@ -7,7 +7,7 @@ each, as :func:`hiertcn.bench.bench_models` takes them):
 - median step time of every model, interleaved (HierTCN also on the PyTorch reference kernels, and
   HierTCN and GRU4Rec on one whole-user batch of 32 users x 100 events);
 - HierTCN's host syncs in one step, by source line (``torch.cuda.set_sync_debug_mode``), on the timed
-  batch and on a new host batch moved as in training;
+  batch, on a new host batch moved as in training, and in steps 3-7 of ``fit`` (the training loop);
 - kernel launches and GPU-busy time per step of HierTCN and GRU4Rec, and torch.profiler's top ops;
 - HierTCN's host (Python) time by function (cProfile).
 A step whose launches' CPU cost exceeds its GPU-busy time is launch-bound: fewer, larger ops help;
@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import dataclasses
 import os
 import pstats
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from hiertcn.batching import user_batches
 from hiertcn.bench import _train_step, fixed_history_csr, interleaved_medians, model_step
 from hiertcn.cli import load_dataset
 from hiertcn.config import Config
-from hiertcn.train import LossStep, build_adam, training_loss
+from hiertcn.train import LossStep, build_adam, fit, training_loss
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
 
@@ -91,6 +93,10 @@ def main() -> None:
             print(f"host syncs in {label}: {sum(where.values())}")
             for line, count in where.most_common(20):
                 print(f"  {count:4d}  {line}")
+        where = fit_step_syncs(dataset, config)
+        print(f"host syncs in fit's steps 3-7 (HierTCN, defaults; the loop as users run it): {sum(where.values())}")
+        for line, count in where.most_common(20):
+            print(f"  {count:4d}  {line}")
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -117,6 +123,40 @@ def main() -> None:
     print("\n== hiertcn: host time of 10 steps by function (cProfile; cumulative, then own time)")
     for key in ("cumulative", "tottime"):
         pstats.Stats(profiler).sort_stats(key).print_stats(25)
+
+
+class _Enough(Exception):
+    pass
+
+
+def fit_step_syncs(dataset, config: Config, first: int = 3, last: int = 7) -> collections.Counter:
+    """Host syncs by source line in ``fit``'s steps ``first``..``last`` of HierTCN at the defaults: the
+    training loop itself (new batches, the step reports, the progress bar), not only the model's step.
+    ``fit`` waits for one step's reports a step late (an event, not a stream sync) where the mode sees it."""
+    from hiertcn.models import build_model
+
+    torch.manual_seed(config.seed)
+    model = build_model("hiertcn", n_items=dataset.csr.n_items)
+
+    def on_step(step):
+        if step == first - 1:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+        elif step == last:
+            torch.cuda.set_sync_debug_mode(0)
+            raise _Enough
+
+    with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryDirectory() as run_dir:
+        warnings.simplefilter("always")
+        try:
+            fit(model, dataset, dataclasses.replace(config, epochs=1, checkpoint_every=0), run_dir=run_dir,
+                progress=False, model_name="hiertcn", on_step=on_step)  # fmt: skip
+        except _Enough:
+            pass
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return collections.Counter(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
+                               if "synchroniz" in str(w.message))  # fmt: skip
 
 
 if __name__ == "__main__":
