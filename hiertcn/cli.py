@@ -29,7 +29,7 @@ from .checkpoint import (
     saved_model_config,
     write_json,
 )
-from .config import SPLITS, TIME_UNITS, Config
+from .config import PRECISIONS, SPLITS, TIME_UNITS, Config
 from .train import (
     NonFiniteLossError,
     epoch_label,
@@ -102,6 +102,9 @@ def _train_args(parser):
     _flag(g, "--lr-decay", type=float, help="multiply the learning rate by this after every epoch (default 1: "
           "constant; 0.7 helped HierTCN and HRNN on the synthetic log, see benchmarks/README.md)")
     _flag(g, "--weight-decay", type=float, help="Adam L2 penalty (default 0)")
+    _flag(g, "--precision", choices=PRECISIONS, help="fp32 (default) or bf16: the training forward and loss under "
+          "bf16 autocast (kernels and products in bf16, weights, optimizer and loss in fp32; for GPUs with bf16, "
+          "sm_80+; a CPU without AMX runs it slower than fp32); evaluation always runs in fp32")
     _flag(g, "--loss", help="loss name (default: full softmax cross-entropy)")
     _flag(g, "--patience", type=int, help="early stopping on validation mrr (0 = off)")
     _flag(g, "--n-queues", type=int, help="queues (lanes) of the carried-state batcher (default 32)")

@@ -25,6 +25,7 @@ from typing import Any
 
 SPLITS = ("last-session", "user", "time")
 TIME_UNITS = ("auto", "s", "ms", "us", "ns", "iso")  # hiertcn.data.readers.TIME_UNITS, without importing Arrow
+PRECISIONS = ("fp32", "bf16")  # hiertcn.train.fit's autocast choice
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Config:
     lr_decay: float = 1.0  # multiply the learning rate by this after every epoch
     weight_decay: float = 0.0
     clip_norm: float = 5.0
+    precision: str = "fp32"  # fp32 | bf16: the training forward and loss under bf16 autocast (evaluation: fp32)
     validate: bool = True  # score VALID sessions after each epoch (early stopping, best weights, curves)
     patience: int = 3  # stop after this many epochs without a better validation mrr (0 = never)
     # batching
@@ -79,6 +81,8 @@ class Config:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.time_unit not in TIME_UNITS:
             raise ValueError(f"time_unit must be one of {TIME_UNITS}, got {self.time_unit!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "batch_users", "prefetch",
                      "session_gap"):
             if getattr(self, name) < 1:

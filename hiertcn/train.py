@@ -338,6 +338,10 @@ def fit(
         for name in ("last.pt", "best.pt", "history.json", "metrics.json"):
             (run_dir / name).unlink(missing_ok=True)
     device = resolve_device(config.device)
+    bf16 = config.precision == "bf16"
+    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bf16 arithmetic (sm_80 or "
+                         "newer has); use precision fp32")  # fmt: skip
     seed_everything(config.seed)
     model.to(device)
 
@@ -459,7 +463,9 @@ def fit(
                 else:
                     batch = last_batch
                 last_batch = batch
-                loss, new_state = step_fn(batch, lane_state)
+                # bf16: the forward and loss under autocast; backward outside it, as torch.autocast asks.
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss, new_state = step_fn(batch, lane_state)
                 # DDP averages over every rank: weight the ranks still in the epoch so that they share it.
                 n_active = sum(n > run["batch"] for n in rank_batches)
                 optimizer.zero_grad(set_to_none=True)

@@ -45,6 +45,8 @@ def test_bad_values_and_files():
         Config(split="random")
     with pytest.raises(ValueError, match="epochs"):
         Config(epochs=0)
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        Config(precision="fp16")
     for bad in ({"lr_decay": 0.0}, {"lr_decay": 1.5}, {"weight_decay": -1.0}, {"clip_norm": -1.0}, {"seed": -1},
                 {"session_gap": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):

@@ -1,6 +1,7 @@
 """The training loop with small stand-in models, losses and evaluators (no dependency on hiertcn.models)."""
 
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -283,6 +284,25 @@ def test_reading_the_step_reports_a_step_late_changes_no_result(tmp_path, monkey
         [runs[0][k] for k in ("step", "tokens", "curve", "epoch_loss", "epoch_targets")]
     ]
 
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_bf16_trains_under_autocast_and_evaluates_without(tmp_path, precision):
+    seen = {"train": set(), "evaluate": set()}
+
+    class Spy(TinyLaneGRU):
+        def forward(self, batch, state):
+            enabled = torch.is_autocast_enabled("cpu")
+            seen["train" if self.training else "evaluate"].add(enabled and torch.get_autocast_dtype("cpu"))
+            return super().forward(batch, state)
+
+    torch.manual_seed(0)
+    result = fit(Spy(), planted_dataset(), small_config(epochs=2, precision=precision), run_dir=tmp_path,
+                 progress=False, loss_fn=ce_loss, evaluate_fn=lane_evaluate)  # fmt: skip
+    assert seen == {"train": {torch.bfloat16 if precision == "bf16" else False}, "evaluate": {False}}
+    losses = [row["train_loss"] for row in result.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert load_checkpoint(tmp_path / "best.pt")["config"]["precision"] == precision
 
 def test_resume_refuses_a_log_that_changed_since_the_run_started(tmp_path):
     config = small_config(epochs=1)

@@ -115,6 +115,18 @@ def test_bad_input_exits_2_with_a_clear_message(tiny, tmp_path, capsys, argv, me
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_every_model_trains_in_bf16_and_scores_like_in_fp32(tiny, tmp_path, capsys, device):
+    results = {}
+    for precision in ("fp32", "bf16"):
+        assert cli.main(["compare", "--config", str(tiny), "--out", str(tmp_path / precision), "--epochs", "2",
+                         "--device", device, "--precision", precision, "--quiet", "--json"]) == 0  # fmt: skip
+        results[precision] = last_json(capsys)
+    assert set(results["bf16"]) == set(results["fp32"]) and len(results["bf16"]) == 5
+    for name, metrics in results["bf16"].items():  # 20 users: the two precisions rank alike, not to the digit
+        assert abs(metrics["mrr"] - results["fp32"][name]["mrr"]) < 0.05, name
+
+
 def test_resume_continues_only_the_same_run(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--config", str(tiny), "--out", str(out), "--quiet", "--json"]
@@ -278,9 +290,12 @@ def test_version_names_the_stack(capsys):
 
 
 def test_optimiser_flags_reach_the_config():
-    args = cli.build_parser().parse_args(["train", "--lr-decay", "0.5", "--weight-decay", "1e-4"])
+    args = cli.build_parser().parse_args(["train", "--lr-decay", "0.5", "--weight-decay", "1e-4", "--precision", "bf16"])
     config = cli.config_from_args(args)
-    assert (config.lr_decay, config.weight_decay) == (0.5, 1e-4)
+    assert (config.lr_decay, config.weight_decay, config.precision) == (0.5, 1e-4, "bf16")
+    assert cli.config_from_args(cli.build_parser().parse_args(["train"])).precision == "fp32"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--precision", "fp16"])
     with pytest.raises(ValueError, match="lr_decay"):
         cli.config_from_args(cli.build_parser().parse_args(["train", "--lr-decay", "2"]))
 
