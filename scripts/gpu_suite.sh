@@ -18,8 +18,9 @@
 #                syncs by source line, kernel launches and GPU-busy time per step.
 #   bench-32     hiertcn bench at the default 32 lanes / users per batch.
 #   bench-256    hiertcn bench with 256 lanes / users per batch.
-#   train-32     hiertcn compare, HierTCN and GRU4Rec, 2 epochs each at the defaults (32 lanes / users):
-#                the training pipeline's interactions/s (loader thread, a new batch moved every step).
+#   train-32     hiertcn compare, HierTCN and GRU4Rec, 2 epochs each at the defaults (32 lanes / users),
+#                then HierTCN with --precision bf16: the training pipeline's interactions/s (loader thread,
+#                a new batch moved every step) and test mrr.
 #   graph-probe  scripts/graph_step_probe.py: HierTCN's 32-lane step captured in a CUDA graph and replayed,
 #                against the same step eager and GRU4Rec's (what removing the host overhead would buy).
 #   tune         scripts/tune_gpu_kernels.py: the kernels' launch-choice sweep, split conv backward
@@ -38,7 +39,7 @@
 # Budgets (seconds), each can be set: SUITE_BUDGET (the whole suite, default 540: no step starts or
 # runs past it), BUDGET_INFO (30), BUDGET_GATE (60), BUDGET_TESTS (170), BUDGET_BENCH_SEGMENT (90),
 # BUDGET_BENCH_CONV (60), BUDGET_BENCH_CSRC (40), BUDGET_BENCH_MODELS (60), BUDGET_PROFILE (60),
-# BUDGET_BENCH_32 (60), BUDGET_BENCH_256 (90), BUDGET_TRAIN_32 (60), BUDGET_GRAPH_PROBE (45), BUDGET_TUNE (240); more than the suite's 540 in all: the
+# BUDGET_BENCH_32 (60), BUDGET_BENCH_256 (90), BUDGET_TRAIN_32 (90), BUDGET_GRAPH_PROBE (45), BUDGET_TUNE (240); more than the suite's 540 in all: the
 # second H200 run took 290 s in all, and the tune step, last, takes what is left (it prints as it goes).
 # Reruns of a part: GPU_SUITE_TEST_FILES="tests/kernels/test_conv.py" (space-separated paths),
 # GPU_SUITE_BENCH_FILES="conv models" (names; "" runs no benchmark), BUDGET_TESTS=0 (no tests),
@@ -354,9 +355,11 @@ optional_step bench-256 GPU_SUITE_BENCH_256 "${BUDGET_BENCH_256:-90}" python3 -m
   --tokens 65536 --steps 10 --n-queues 256 --batch-users 256 --quiet --out /tmp/hiertcn-bench-256
 # Real training at the defaults: a new batch every step, moved from the loader thread's host batch. The
 # metrics' interactions_per_s (training time only) of the two models are printed at the end.
-optional_step train-32 GPU_SUITE_TRAIN_32 "${BUDGET_TRAIN_32:-60}" bash -c 'python3 -m hiertcn compare \
+optional_step train-32 GPU_SUITE_TRAIN_32 "${BUDGET_TRAIN_32:-90}" bash -c 'python3 -m hiertcn compare \
   --models hiertcn,gru4rec --epochs 2 --device cuda --quiet --overwrite --out /tmp/hiertcn-train-32 \
-  && grep -H interactions_per_s /tmp/hiertcn-train-32/*/metrics.json'
+  && python3 -m hiertcn compare --models hiertcn --precision bf16 --epochs 2 --device cuda --quiet --overwrite \
+  --out /tmp/hiertcn-train-32-bf16 \
+  && grep -H "interactions_per_s\|\"mrr\"" /tmp/hiertcn-train-32*/*/metrics.json'
 # What a CUDA graph of the whole step would buy at 32 lanes (a diagnostic: the training path stays eager).
 optional_step graph-probe GPU_SUITE_GRAPH_PROBE "${BUDGET_GRAPH_PROBE:-45}" python3 scripts/graph_step_probe.py
 # The kernels' launch-choice sweep and the split conv backward candidate (last: it takes what is left).
