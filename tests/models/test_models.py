@@ -624,3 +624,51 @@ def test_embed_project_shifted_under_cpu_autocast_projects_in_bf16():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as F.linear: autocast leaves float64 alone
         _, out64 = embed_project_shifted(table.double(), items, weight.double(), offsets)
     assert out64.dtype == torch.float64
+
+
+def test_gru_in_time_chunks_is_the_packed_gru_and_never_steps_past_a_sequence_end():
+    """GRU4Rec's CPU path: the packed GRU's values and gradients, in chunks of at most ``chunk`` steps
+    over only the sequences still running (torch's packed GRU backward is quadratic on the CPU)."""
+    from hiertcn.models.baselines import gru_in_time_chunks
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(6, 5, 2, batch_first=True).double()
+    lengths = torch.tensor([1, 4, 5, 9, 13, 3, 9, 8])  # ends on, before and after chunk boundaries (4)
+    x = torch.randn(len(lengths), 13, 6, dtype=torch.float64, requires_grad=True)
+    valid = torch.arange(13)[None] < lengths[:, None]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected = torch.nn.utils.rnn.pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=13)[0][valid]
+    calls = []
+    gru.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape[:2])))
+    got = gru_in_time_chunks(gru, x, lengths, chunk=4)[valid]
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn_like(expected)
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), [x, *gru.parameters()]),
+                    torch.autograd.grad((expected * weights).sum(), [x, *gru.parameters()]), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b)
+    assert max(steps for _, steps in calls) <= 4
+    assert sum(n * steps for n, steps in calls) == int(lengths.sum())  # no step past a sequence's end
+
+
+
+def test_gru4rec_on_cpu_runs_its_gru_in_time_chunks_as_the_packed_gru(monkeypatch, small_csr):
+    from hiertcn.models import baselines
+
+    chunked, calls = baselines.gru_in_time_chunks, []
+
+    def spy(gru, padded, lengths, chunk=256):
+        calls.append(chunk)
+        return chunked(gru, padded, lengths, chunk=2)  # several chunks even on the tiny log
+
+    def packed(gru, padded, lengths, chunk=256):
+        out = gru(torch.nn.utils.rnn.pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False))[0]
+        return torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])[0]
+
+    (b,) = list(user_batches(small_csr, max_session_len=10))
+    model = build_model("gru4rec", n_items=9, **TINY["gru4rec"]).double()
+    outs = []
+    for how in (spy, packed):
+        monkeypatch.setattr(baselines, "gru_in_time_chunks", how)
+        outs.append(model(b)[0])
+    assert calls == [256]
+    torch.testing.assert_close(outs[0], outs[1])
