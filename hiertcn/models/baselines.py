@@ -110,6 +110,7 @@ def gru_in_time_chunks(gru: nn.GRU, padded: torch.Tensor, lengths: torch.Tensor,
         return padded.new_zeros(*padded.shape[:2], gru.hidden_size)
     return torch.cat(pieces, 1)[torch.argsort(order)]
 
+
 class FlatTCN(Recommender):
     """One TCN over each user's whole history, padded to the longest in the batch (as in the release).
 
