@@ -294,9 +294,13 @@ def _bwd_kernel(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, win_ptr, h_pt
         # The program's private window of da: rows [r0, halo_end), addressed by global row.
         da_ptr = win_ptr + (chunk.to(tl.int64) * win_rows - r0) * C_out
         # The halo: the rows of [r1, r1 + (K-1)*dilation) still in the sequence straddling r1.
-        ahead = r1 + tl.arange(0, HALO_BLOCK)
-        ahead_start = tl.load(start_ptr + ahead, mask=(ahead < T) & (ahead < r1 + (K - 1) * dilation), other=r1)
-        halo_end = r1 + tl.sum((ahead_start < r1).to(tl.int32), axis=0)
+        # Those rows are a prefix of it (seq_start is sorted): count them, HALO_BLOCK rows at a time.
+        halo_stop = tl.minimum(r1 + (K - 1) * dilation, T)
+        halo_end = r1
+        for h0 in range(r1, halo_stop, HALO_BLOCK):
+            ahead = h0 + tl.arange(0, HALO_BLOCK)
+            ahead_start = tl.load(start_ptr + ahead, mask=ahead < halo_stop, other=r1)
+            halo_end += tl.sum((ahead_start < r1).to(tl.int32), axis=0)
         for t0 in range(r0, halo_end, ACT_BLOCK_T):
             rows = t0 + tl.arange(0, ACT_BLOCK_T)
             _act_rows(x_ptr, start_ptr, wt_ptr, b_ptr, wout_ptr, dy_ptr, da_ptr, dx_ptr, h_ptr,
@@ -447,6 +451,9 @@ def _bwd_programs_per_sm(gated: bool, x: torch.Tensor) -> int:
 # the backward's transient memory at T = 12k from 81 to 34 MiB, and at T = 1.5k from 11 to 5 MiB,
 # for the same time (within noise from T = 0.9k to 65k; HierTCN's step at 256 lanes 10% faster).
 _MIN_CHUNK_ROWS = 256
+# Halo rows read per vector load in the backward: every halo up to (K-1)*dilation = 1024 in one load, longer
+# ones in a loop (a tl.arange holds at most 2^20 elements).
+_MAX_HALO_BLOCK = 1024
 
 
 def _chunk_rows(t: int, halo: int, device: torch.device, per_sm: int = 1) -> int:
@@ -503,7 +510,7 @@ def _backward(dy, x, start, wt, bias, out_weight, dilation, mode, needs):
             x, start, wt, buf(bias), buf(out_weight), dy, buf(win), buf(h), dx,
             buf(dw_part), buf(db_part), buf(dwo_part), buf(dbo_part), t, c_in, c_out, dilation, rows, win_rows,
             K=k, ACT=act, GATED=gated, HAS_BIAS=bias is not None, WANT_W=want_w, WANT_OUT=want_out,
-            HALO_BLOCK=triton.next_power_of_2(max(halo, 1)), DOT_PREC=dot_prec,
+            HALO_BLOCK=min(triton.next_power_of_2(max(halo, 1)), _MAX_HALO_BLOCK), DOT_PREC=dot_prec,
             **_bwd_opts(gated, c_in, c_out, dot_prec),
         )
     # Deterministic reductions over the chunk axis (no atomics anywhere).
@@ -523,6 +530,9 @@ class _TCNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, out_weight, out_bias, cu_seqlens, dilation, mode):
         rows, start = _as_rows(x, cu_seqlens)
+        # A tap shifted by T rows or more reads before every sequence, so any dilation >= T gives what T
+        # gives; clamping keeps the kernels' int32 row offsets (t - (K-1-k)*dilation) from overflowing.
+        dilation = min(dilation, max(rows.shape[0], 1))
         wt = weight.permute(2, 1, 0).contiguous()  # (K, C_in, C_out): contiguous out-channel tiles
         ow = None if out_weight is None else out_weight.contiguous()
         ob = None if out_bias is None else out_bias.contiguous()

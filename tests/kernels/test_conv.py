@@ -230,8 +230,11 @@ def launches(monkeypatch, triton_backend):
 @pytest.fixture
 def chunk_rows(monkeypatch, poisoned):
     """Force the backward's rows per program (normally about T / number of SMs), so chunk
-    boundaries fall inside sequences and inside halos; returns a setter."""
+    boundaries fall inside sequences and inside halos; returns a setter. Halos are read 8 rows
+    a load (normally up to 1024), so the halos of these tests take several loads."""
     from hiertcn_kernels.triton import conv as tconv
+
+    monkeypatch.setattr(tconv, "_MAX_HALO_BLOCK", 8)
 
     def force(rows):
         monkeypatch.setattr(tconv, "_chunk_rows", lambda t, halo, device, per_sm=1: rows)
@@ -249,6 +252,18 @@ def test_backward_is_one_launch(launches, mode):
     y.backward(torch.randn_like(y))
     assert [name for name, _ in launches[1:]] == ["_bwd_kernel"]
     assert all(p.grad is not None for p in args if p is not None)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dilation", [2**18 + 1, 2**30, 2**33])
+def test_dilation_beyond_every_sequence(poisoned, mode, dilation):
+    """Only the unshifted tap reaches inside a sequence. (K-1)*dilation past 2^20 rows made the
+    backward's halo one tl.arange too long for Triton; 4 * 2^30 wrapped the kernels' int32 row
+    offsets (a segfault in the interpreter, reads outside x on a GPU)."""
+    off = offsets_of([3, 0, 17, 1])
+    args = make_args(mode, (int(off[-1]),), 4, 5, hidden=3)
+    assert_matches_reference(mode, args, dilation, off, 1e-5)
 
 
 @pytest.mark.interpreter
