@@ -33,7 +33,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._io import atomic_directory
+from ._io import atomic_directory, saved_with_header
 
 PARALLEL_MIN = 1 << 17
 DENSE_USERS_SPAN = 2  # counting sort by user when raw user ids span at most 2N values
@@ -128,11 +128,13 @@ class SessionCSR:
         """Write a directory of raw ``.npy`` arrays plus ``header.json`` (shapes, dtypes, CRC32).
 
         Written into a temporary sibling and renamed into place: ``path`` is
-        either absent/old or complete, never half-written. Returns ``path``.
+        either absent/old or complete, never half-written. An existing ``path`` is replaced only
+        if it is an earlier save or an empty directory; anything else raises ``FileExistsError``.
+        Returns ``path``.
         """
         path = Path(path)
         arrays = {}
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, replaces=saved_with_header(HEADER, FORMAT), kind="a saved SessionCSR") as tmp:
             for f in fields(self):
                 a = np.ascontiguousarray(getattr(self, f.name), dtype=np.int64)
                 np.save(tmp / f"{f.name}.npy", a, allow_pickle=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hiertcn import __version__
-from hiertcn_kernels._io import atomic_directory
+from hiertcn_kernels._io import always, atomic_directory
 
 # Files up to this size are hashed whole; larger ones by (size, mtime, first and last MiB).
 FULL_HASH_LIMIT = 256 << 20
@@ -71,7 +71,7 @@ def build_cached(cache_root, key: str, build_fn: Callable[[Path], object]) -> Pa
         if stale is None:
             return entry
         log.warning("cache entry %s %s; rebuilding it", entry, stale)
-    with atomic_directory(entry) as tmp:
+    with atomic_directory(entry, replaces=always) as tmp:
         build_fn(tmp)
         (tmp / MARKER).write_text(json.dumps({"key": key, "hiertcn_version": __version__}))
     return entry

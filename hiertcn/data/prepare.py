@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hiertcn_kernels._io import atomic_directory
+from hiertcn_kernels._io import always, atomic_directory
 from hiertcn_kernels.packing import pack_sessions
 
 from .cache import build_cached, cache_key, fingerprint
@@ -41,7 +41,7 @@ def synthetic_default(cache_dir: str | Path | None = None) -> Path:
     """Path of the embedded default log (``generate_xing`` defaults, seed 0), generated into the cache once."""
     target = Path(cache_dir or DEFAULT_CACHE_DIR) / SYNTHETIC_DIR
     if not (target / "interactions.csv").is_file():
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, replaces=always) as tmp:  # inside the cache
             generate_xing(tmp, seed=0)
     return target / "interactions.csv"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hiertcn_kernels._io import atomic_directory
+from hiertcn_kernels._io import atomic_directory, saved_with_header
 from hiertcn_kernels.packing import SessionCSR
 
 from .._ragged import offsets
@@ -89,10 +89,11 @@ class Dataset:
 
     def save(self, path) -> Path:
         """``path/csr`` (SessionCSR.save), ``path/role.npy``, ``path/dataset.json``, and with impressions
-        ``path/imp_ptr.npy`` and ``path/imp_item.npy``; written atomically."""
+        ``path/imp_ptr.npy`` and ``path/imp_item.npy``; written atomically. An existing ``path`` is replaced
+        only if it is an earlier save or an empty directory; anything else raises ``FileExistsError``."""
         path = Path(path)
         self.validate()
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, replaces=saved_with_header("dataset.json", FORMAT), kind="a saved Dataset") as tmp:
             self.csr.save(tmp / "csr")
             checksums = {}
             for name in ARRAYS:

@@ -168,6 +168,27 @@ def test_save_replaces_an_existing_directory(csr, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["log"]
 
 
+def test_save_refuses_to_replace_what_it_did_not_save(csr, tmp_path):
+    """Only a saved SessionCSR or an empty directory is replaced: a mistyped path deletes nothing."""
+    other = tmp_path / "results"
+    (other / "sub").mkdir(parents=True)
+    (other / "important.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a saved SessionCSR"):
+        csr.save(other)
+    assert (other / "important.txt").read_text() == "keep me" and (other / "sub").is_dir()
+    saved = csr.save(tmp_path / "log")
+    with pytest.raises(FileExistsError, match="header.json exists"):  # a file of a save is not a save
+        csr.save(saved / "header.json")
+    (saved / "header.json").write_text('{"format": "something.else"}')
+    with pytest.raises(FileExistsError):
+        csr.save(saved)
+    with pytest.raises(FileExistsError):
+        csr.save(other / "important.txt")
+    (tmp_path / "empty").mkdir()
+    assert_same_csr(SessionCSR.load(csr.save(tmp_path / "empty")), csr)
+    assert not list(tmp_path.glob(".*"))  # refusals leave no temporary behind
+
+
 def test_load_rejects_a_truncated_file(csr, tmp_path):
     path = csr.save(tmp_path / "log")
     data = (path / "item.npy").read_bytes()

@@ -146,6 +146,18 @@ def test_dataset_save_load_roundtrip(csr, tmp_path):
         Dataset.load(tmp_path / "ds")
 
 
+def test_dataset_save_replaces_only_a_saved_dataset(csr, tmp_path):
+    ds = split_last_session(csr)
+    ds.save(tmp_path / "ds")
+    ds.save(tmp_path / "ds")  # a previous save is replaced
+    assert Dataset.load(tmp_path / "ds").info == ds.info
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a saved Dataset"):
+        ds.save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "a.txt").read_text() == "keep me"
+
+
 def test_dataset_load_names_what_is_wrong(csr, tmp_path):
     path = split_last_session(csr).save(tmp_path / "ds")
     header_file = path / "dataset.json"
