@@ -195,10 +195,8 @@ def segment_reduce(values, offsets, reduce="mean"):
     lengths = offsets.long().diff()
     if lengths.numel() == 0:  # torch.segment_reduce rejects zero segments
         return values[:0].clone()
-    if reduce == "sum":
-        return _SegmentSum.apply(values, lengths)
-    if reduce == "mean":
-        return _SegmentSum.apply(values, lengths) / lengths.clamp(min=1).to(values.dtype)[:, None]
+    if reduce in ("sum", "mean"):
+        return _SegmentSum.apply(values, lengths, reduce == "mean")
     # max: the gradient goes to the first maximal row, so pick that row explicitly and gather it.
     with torch.no_grad():
         peak = torch.segment_reduce(values, "max", lengths=lengths, axis=0)
@@ -216,21 +214,30 @@ def segment_reduce(values, offsets, reduce="mean"):
 
 
 class _SegmentSum(torch.autograd.Function):
-    """``torch.segment_reduce(values, "sum")`` whose backward, an expand, keeps only the lengths.
+    """Segment sum (or mean) whose backward, an expand, keeps only the lengths.
 
     (``torch.segment_reduce``'s own backward keeps ``values`` and the output for every reduce.)
+    16-bit values are summed and divided in fp32, as the kernels do: a bf16 running sum stops
+    growing at 256 times its addend, and an fp16 length past 65,504 is inf.
     """
 
     @staticmethod
-    def forward(ctx, values, lengths):
+    def forward(ctx, values, lengths, mean):
         ctx.save_for_backward(lengths)
-        ctx.total = values.shape[0]
-        return torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
+        ctx.total, ctx.mean = values.shape[0], mean
+        wide = values.float() if values.element_size() < 4 else values
+        out = torch.segment_reduce(wide, "sum", lengths=lengths, axis=0)
+        if mean:
+            out = out / lengths.clamp(min=1).to(out.dtype)[:, None]
+        return out.to(values.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (lengths,) = ctx.saved_tensors
-        return grad.repeat_interleave(lengths, dim=0, output_size=ctx.total), None
+        if ctx.mean:
+            wide = grad.float() if grad.element_size() < 4 else grad
+            grad = (wide / lengths.clamp(min=1).to(wide.dtype)[:, None]).to(grad.dtype)
+        return grad.repeat_interleave(lengths, dim=0, output_size=ctx.total), None, None
 
 
 def segment_expand(rows, offsets):

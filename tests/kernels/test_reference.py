@@ -109,6 +109,25 @@ def test_segment_reduce_gradcheck(reduce):
     assert torch.autograd.gradcheck(lambda v: R.segment_reduce(v, off, reduce), (values,))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_segment_reduce_16_bit_adds_up_in_fp32(dtype, reduce):
+    """A bf16 running sum of values in [1, 2) stops growing near 512; an fp16 length past 65,504 is inf.
+    The 16-bit result must be the fp32 one rounded once, value and gradient."""
+    lengths = [1000, 3, 70_000] if dtype == torch.float16 else [1000, 3, 300]
+    off = offsets_of(lengths)
+    gen = torch.Generator().manual_seed(0)
+    exact = (1 + torch.rand(sum(lengths), 2, generator=gen, dtype=torch.float64)) / (16 if reduce == "sum" else 1)
+    values = exact.to(dtype).requires_grad_()
+    out = R.segment_reduce(values, off, reduce)
+    want = R.segment_reduce(values.detach().double(), off, reduce)
+    torch.testing.assert_close(out.double(), want, rtol=1e-2, atol=0)
+    grad = torch.ones_like(out)
+    (got,) = torch.autograd.grad(out, values, grad)
+    scale = 1 / off.diff().double()[:, None] if reduce == "mean" else torch.ones(len(lengths), 1, dtype=torch.float64)
+    torch.testing.assert_close(got.double(), scale.repeat_interleave(off.diff(), dim=0).expand(-1, 2), rtol=1e-2, atol=0)
+
+
 def test_segment_max_ties_go_to_first_and_empty_is_zero():
     values = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 6.0], [5.0, 6.0]], requires_grad=True)
     out = R.segment_reduce(values, torch.tensor([0, 2, 2, 4]), "max")
