@@ -109,6 +109,8 @@ class TCNBlock(nn.Module):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         channels, kernel_size = check_count("channels", channels), check_count("kernel_size", kernel_size)
+        if hidden is not None and activation == "relu":  # the relu block's conv is (channels, channels, K)
+            raise ValueError(f"hidden={hidden!r} sizes the gated block's gate; a relu block has none (leave it None)")
         hidden = channels if hidden is None else check_count("hidden", hidden)
         self.dilation = check_count("dilation", dilation)
         self.dropout = float(dropout)

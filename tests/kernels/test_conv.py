@@ -47,6 +47,11 @@ def make_args(mode, t_shape, c, k, *, hidden=None, bias=True, out_bias=True, dty
     return x, w, b, ow, ob
 
 
+def gate(activation, hidden):
+    """A gated block's gate size; relu blocks take none."""
+    return hidden if activation == "gated" else None
+
+
 def run(mode, args, dilation, cu_seqlens, fn_module=hk):
     x, w, b, ow, ob = args
     if mode == "conv":
@@ -343,7 +348,7 @@ def test_random_varlen_batches(triton_backend, seed, lengths, padded, c, k, dila
 @pytest.mark.interpreter
 @pytest.mark.parametrize("activation", ["relu", "gated"])
 def test_temporal_conv_net_layer(monkeypatch, activation):
-    net = hk.TemporalConvNet(8, levels=3, kernel_size=3, activation=activation, hidden=4)
+    net = hk.TemporalConvNet(8, levels=3, kernel_size=3, activation=activation, hidden=gate(activation, 4))
     off = offsets_of([7, 1, 0, 20])
     x = torch.randn(int(off[-1]), 8, requires_grad=True)
     monkeypatch.setenv("HIERTCN_BACKEND", "reference")
@@ -471,8 +476,8 @@ def test_triton_double_backward_raises(triton_backend, mode):
 def test_recomputed_block_double_backward(monkeypatch, activation):
     """A recomputed block keeps the graph of its gradients under ``create_graph=True``, as a plain one."""
     monkeypatch.setenv("HIERTCN_BACKEND", "reference")
-    plain = hk.TCNBlock(3, 3, dilation=2, activation=activation, hidden=2).double()
-    recomputed = hk.TCNBlock(3, 3, dilation=2, activation=activation, hidden=2, recompute=True).double()
+    plain = hk.TCNBlock(3, 3, dilation=2, activation=activation, hidden=gate(activation, 2)).double()
+    recomputed = hk.TCNBlock(3, 3, dilation=2, activation=activation, hidden=gate(activation, 2), recompute=True).double()
     recomputed.load_state_dict(plain.state_dict())
     off = offsets_of([3, 0, 6, 1])
     x = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
@@ -495,7 +500,7 @@ def test_temporal_conv_net_packed_equals_each_sequence_alone(monkeypatch, activa
     what the padded layer gives on each sequence alone (``[]`` and ``[0, 0]`` have no rows)."""
     monkeypatch.setenv("HIERTCN_BACKEND", "reference")
     torch.manual_seed(0)
-    net = hk.TemporalConvNet(6, levels=3, kernel_size=3, activation=activation, hidden=4).double()
+    net = hk.TemporalConvNet(6, levels=3, kernel_size=3, activation=activation, hidden=gate(activation, 4)).double()
     off = offsets_of(lengths)
     x = torch.randn(int(off[-1]), 6, dtype=torch.float64, requires_grad=True)
     y = net(x, cu_seqlens=off)
@@ -517,8 +522,8 @@ def test_temporal_conv_net_packed_equals_each_sequence_alone(monkeypatch, activa
 def test_recomputed_block_matches_and_saves_only_its_input(monkeypatch, activation, packed):
     monkeypatch.setenv("HIERTCN_BACKEND", "reference")
     torch.manual_seed(0)
-    plain = hk.TCNBlock(6, 3, dilation=2, activation=activation, hidden=4).double()
-    recomputed = hk.TCNBlock(6, 3, dilation=2, activation=activation, hidden=4, recompute=True).double()
+    plain = hk.TCNBlock(6, 3, dilation=2, activation=activation, hidden=gate(activation, 4)).double()
+    recomputed = hk.TCNBlock(6, 3, dilation=2, activation=activation, hidden=gate(activation, 4), recompute=True).double()
     recomputed.load_state_dict(plain.state_dict())
     off = offsets_of([7, 1, 0, 12]) if packed else None
     x = torch.randn(*((20,) if packed else (3, 9)), 6, dtype=torch.float64, requires_grad=True)

@@ -88,6 +88,14 @@ def test_layers_reject_bad_sizes_when_built(build, name):
         build()
 
 
+def test_relu_blocks_refuse_a_gate_size():
+    """``hidden`` sizes the gated block's gate: a relu block would silently ignore it."""
+    for build in (lambda: hk.TCNBlock(4, hidden=6), lambda: hk.TemporalConvNet(4, 2, hidden=6)):
+        with pytest.raises(ValueError, match="relu block has none"):
+            build()
+    assert hk.TemporalConvNet(4, 2, activation="gated", hidden=6).blocks[1].out_weight.shape == (4, 6)
+
+
 def test_layers_take_integer_likes_as_sizes():
     import numpy as np
 
