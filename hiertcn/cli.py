@@ -586,12 +586,17 @@ def cmd_recommend(args) -> int:
     if args.at is not None and not model.carries_state:
         _say(args)(f"note: {saved['model_name']} reads each history as one sequence, without sessions, so --at "
                    "does not change its recommendations")  # fmt: skip
+    # Seen items fill a list only when fewer than k are unseen (at -inf): they are not recommendations.
+    keep = scores > -np.inf if args.exclude_seen else np.ones(scores.shape, dtype=bool)
+    short = int((~keep.all(axis=1)).sum())
+    if short:
+        _say(args)(f"note: {short} user(s) have fewer than {args.k} unseen items; their lists are shorter")
     if args.output:
         raw_items = items if item_names is None else np.asarray(item_names, dtype=object)[items]
-        path = write_recommendations(args.output, [user_keys[r] for r in rows], raw_items, scores)
+        path = write_recommendations(args.output, [user_keys[r] for r in rows], raw_items, scores, keep)
         _say(args)(f"top {args.k} items for {len(rows)} users in {path}")
         return _finish(args, {"output": str(path), "users": len(rows), "k": args.k})
-    result = {str(user_keys[r]): _raw_ids(items[i], item_names) for i, r in enumerate(rows)}
+    result = {str(user_keys[r]): _raw_ids(items[i][keep[i]], item_names) for i, r in enumerate(rows)}
     for user, recs in result.items():
         _say(args)(f"user {user}: {' '.join(map(str, recs))}")
     return _finish(args, result)

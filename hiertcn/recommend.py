@@ -97,7 +97,8 @@ def recommend(model, csr, user_rows, k: int = 10, *, max_session_len: int = 20, 
     is ``session_gap`` or more after a user's last interaction the next item
     starts a new session, with that gap; None: it continues the last session.
     ``exclude_seen``: leave out the items in each user's history (they score ``-inf`` and are
-    listed only when fewer than ``k`` items are left). ``progress``: a progress bar over the batches of users.
+    listed only when fewer than ``k`` items are left, to keep the arrays ``(U, k)``; ``hiertcn recommend``
+    drops them, so its lists may be shorter). ``progress``: a progress bar over the batches of users.
     """
     check_catalogue(model, csr, exact=True)
     if not 1 <= k <= csr.n_items:
@@ -152,30 +153,34 @@ def recommendations_path(path) -> Path:
     return path
 
 
-def write_recommendations(path, users, items, scores) -> Path:
+def write_recommendations(path, users, items, scores, keep=None) -> Path:
     """Write ``items``/``scores`` ``(U, k)`` of ``users`` ``(U,)`` (raw ids) to ``path``, by its suffix.
 
     ``.csv`` and ``.parquet``: one row per recommendation, ``user, rank, item, score`` (rank 1 is the best);
     ``.jsonl``: one line per user, ``{"user", "items", "scores"}`` (a non-finite score is ``null``).
+    ``keep`` ``(U, k)`` bool: write only these recommendations (a user's list may then be shorter than ``k``).
     """
     path = recommendations_path(path)
     users, items, scores = list(users), np.asarray(items), np.asarray(scores, dtype=np.float32)
+    keep = np.ones(items.shape, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".jsonl":
         with path.open("w") as f:
-            for user, row, row_scores in zip(users, items.tolist(), scores):
+            for user, row, row_scores, row_keep in zip(users, items, scores, keep):
                 # float32 scores as their shortest decimal (0.2, not 0.2000000029); NaN/inf as null (valid JSON).
-                row_scores = [float(str(x)) if np.isfinite(x) else None for x in row_scores]
-                f.write(json.dumps({"user": user, "items": row, "scores": row_scores}, allow_nan=False) + "\n")
+                row_scores = [float(str(x)) if np.isfinite(x) else None for x in row_scores[row_keep]]
+                line = {"user": user, "items": row[row_keep].tolist(), "scores": row_scores}
+                f.write(json.dumps(line, allow_nan=False) + "\n")
         return path
     import pyarrow as pa
 
     k = items.shape[1] if items.ndim == 2 else 0
+    flat = keep.reshape(-1)
     table = pa.table({
-        "user": pa.array([u for u in users for _ in range(k)]),
-        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))),
-        "item": pa.array(items.reshape(-1).tolist()),
-        "score": pa.array(scores.reshape(-1)),
+        "user": pa.array([u for u, row_keep in zip(users, keep) for kept in row_keep if kept]),
+        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))[flat]),
+        "item": pa.array(items.reshape(-1)[flat].tolist()),
+        "score": pa.array(scores.reshape(-1)[flat]),
     })  # fmt: skip
     if path.suffix.lower() == ".csv":
         import pyarrow.csv as pacsv

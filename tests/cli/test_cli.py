@@ -1,5 +1,6 @@
 """The CLI on a tiny planted dataset (the data pipeline itself is tested in tests/data)."""
 
+import csv
 import dataclasses
 import json
 import math
@@ -322,6 +323,24 @@ def test_recommend_speaks_the_raw_string_ids_of_the_log(tmp_path, capsys):
     assert cli.main(["recommend", *data, *weights, "--users", "bo,ann", "-k", "3", "--exclude-seen", "--json"]) == 0
     unseen = last_json(capsys)  # ann saw every shoe, bo every hat
     assert set(unseen["bo"]) == {f"shoe_{i}" for i in range(3)} and set(unseen["ann"]) < {f"hat_{i}" for i in range(4)}
+    # k past the unseen items: the lists stop there (seen items are not recommendations), everywhere
+    assert cli.main(["recommend", *data, *weights, "--users", "bo,ann", "-k", "7", "--exclude-seen", "--json"]) == 0
+    captured = capsys.readouterr()
+    unseen = json.loads(captured.out.strip().splitlines()[-1])
+    assert sorted(unseen["bo"]) == [f"shoe_{i}" for i in range(3)] and sorted(unseen["ann"]) == [f"hat_{i}" for i in range(4)]
+    assert "2 user(s) have fewer than 7 unseen items" in captured.err
+    for suffix in ("csv", "jsonl"):
+        out = tmp_path / f"unseen.{suffix}"
+        assert cli.main(["recommend", *data, *weights, "-k", "7", "--exclude-seen", "--output", str(out), "--quiet"]) == 0
+        if suffix == "csv":
+            table = list(csv.DictReader(out.open()))
+            ranks = {u: [int(r["rank"]) for r in table if r["user"] == u] for u in ("ann", "bo")}
+            assert ranks == {"ann": [1, 2, 3, 4], "bo": [1, 2, 3]}
+            assert all(math.isfinite(float(r["score"])) for r in table)
+        else:
+            lines = {line["user"]: line for line in map(json.loads, out.read_text().splitlines())}
+            assert {u: sorted(line["items"]) for u, line in lines.items()} == {u: sorted(v) for u, v in unseen.items()}
+            assert all(None not in line["scores"] for line in lines.values())
 
     assert cli.main(["recommend", *data, *weights, "--users", "bo,cy"]) == 2
     assert "unknown user id(s) cy" in capsys.readouterr().err
