@@ -72,12 +72,20 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():  # a run folder: name the checkpoints in it
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        hint = f"one of its checkpoints: {', '.join(str(path / name) for name in inside)}" if inside else \
+            "a checkpoint file (a run folder holds best.pt and last.pt)"  # fmt: skip
+        raise IsADirectoryError(f"checkpoint {path} is a folder; pass {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         # weights_only=False: the payload holds numpy RNG state and plain Python containers we wrote ourselves.
         payload = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except PermissionError:
+        raise
+    # OSError: torch's zip reader answers a truncated file with EINVAL
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file: {err}") from err
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise CheckpointError(f"{path} is not a hiertcn checkpoint (no format_version)")
