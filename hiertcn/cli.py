@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import shlex
 import sys
@@ -78,8 +79,10 @@ def _data_args(parser):
           "removes anything (the published code, and the default, filter once)")
     _flag(g, "--split", choices=SPLITS, help="default: last-session (each user's last session is the test); user: users "
           "shuffled by --seed, so another seed tests other users")
-    for col in ("user", "item", "time", "session"):
+    for col in ("user", "item", "time"):
         _flag(g, f"--{col}-col", dest=f"{col}_col", help=f"{col} column of a generic CSV/Parquet log")
+    _flag(g, "--session-col", dest="session_col", help="session id column of a generic CSV/Parquet log; its sessions "
+          "are kept as they are (split only where the user changes); --session-gap, if given, also cuts them at gaps")
     _flag(g, "--column-names", help="a CSV/TSV log without a header line: its columns' names in order, "
           "comma-separated (e.g. user_id,item_id,rating,timestamp)")
     _flag(g, "--sep", help="field separator of a CSV log (one character; 'tab' or '\\t' for a tab)")
@@ -87,7 +90,8 @@ def _data_args(parser):
           "(seconds below 1e11, ms from 1e11, us from 1e14, ns from 1e17), text as ISO 8601")
     _flag(g, "--skip-bad-rows", action="store_true", help="drop (and count) rows that cannot be parsed instead of "
           "stopping at the first ones")
-    _flag(g, "--session-gap", type=int, help="seconds of inactivity that start a new session (default 1800)")
+    _flag(g, "--session-gap", type=int, help="seconds of inactivity that start a new session (default 1800, "
+          "or none with --session-col; given with --session-col, it also cuts the log's sessions at such gaps)")
     _flag(g, "--cache-dir", help="where prepared datasets are cached")
     _flag(g, "--impressions", help="XING impressions.csv; 'auto' (default): impressions.csv next to a XING "
           "--data file, if present; 'none': ignore impressions")
@@ -328,6 +332,8 @@ def _say(args):
 def _model_names(config: Config) -> list[str]:
     from .models import MODEL_NAMES
 
+    if config.models is not None and not config.models:  # [] or "": a blank --models must not mean all of them
+        raise ValueError(f"--models names no model; list some of {', '.join(MODEL_NAMES)}, or leave it out for all")
     names = config.models or list(MODEL_NAMES)
     unknown = [n for n in names if n not in MODEL_NAMES]
     if unknown:
@@ -373,15 +379,18 @@ def cmd_prepare(args) -> int:
         from .data.presets import PresetReport
 
         _say(args)(str(PresetReport.from_dict(summary["preset_report"])))
-    if summary.get("dropped_sessions"):
+    if summary.get("dropped_interactions"):  # also when no whole session went
         _say(args)(
-            f"split {dataset.info['split']}: dropped {summary['dropped_sessions']} held-out sessions "
-            f"({summary['dropped_interactions']} interactions) left with < {dataset.info['min_test_len']} "
-            "interactions once items unseen in training were removed"
+            f"split {dataset.info['split']}: removed {summary['dropped_interactions']} held-out interactions: items "
+            f"unseen in training, and {summary['dropped_sessions']} held-out sessions left with fewer than "
+            f"{dataset.info['min_test_len']} interactions"
         )
+    summary["session_gap"] = dataset.info.get("session_gap")
+    rule = "the log's sessions, no session gap" if summary["session_gap"] is None else \
+        f"session gap {summary['session_gap']} s"  # fmt: skip
     _say(args)(
         f"sessions: {summary['train_sessions']} train, {summary['valid_sessions']} valid, "
-        f"{summary['test_sessions']} test (split {dataset.info.get('split')}); prepared in {cache_path}"
+        f"{summary['test_sessions']} test (split {dataset.info.get('split')}, {rule}); prepared in {cache_path}"
     )
     for role in ("train", "test"):
         if not summary[f"{role}_sessions"]:
@@ -536,6 +545,7 @@ def write_plots(results, out) -> list[Path]:
 
 
 def cmd_recommend(args) -> int:
+    from .data.prepare import resolve_session_gap
     from .recommend import RequestTimeError, recommend, recommendations_path, write_recommendations
 
     if args.output:
@@ -574,10 +584,11 @@ def cmd_recommend(args) -> int:
     if not listed:
         every = args.users == "all" or args.output
         rows = rows[has_history] if every else rows[has_history][:5]
+    gap = resolve_session_gap(config.session_gap, config.session_col)  # as the log was prepared
     try:
         items, scores = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
                                   impressions=getattr(dataset, "impressions", None), at=args.at,
-                                  session_gap=config.session_gap, exclude_seen=args.exclude_seen,
+                                  session_gap=math.inf if gap is None else gap, exclude_seen=args.exclude_seen,
                                   progress=bool(args.output) and not args.quiet)
     except RequestTimeError as late:  # named here by raw id and UTC time (recommend knows rows and seconds)
         raise ValueError(f"--at {_utc(late.at)} is before the last interaction of {len(late.user_rows)} user(s) "
@@ -586,6 +597,9 @@ def cmd_recommend(args) -> int:
     if args.at is not None and not model.carries_state:
         _say(args)(f"note: {saved['model_name']} reads each history as one sequence, without sessions, so --at "
                    "does not change its recommendations")  # fmt: skip
+    elif args.at is not None and gap is None:
+        _say(args)("note: the log's sessions (--session-col) are not cut at a --session-gap, so --at continues each "
+                   "user's last session")  # fmt: skip
     # Seen items fill a list only when fewer than k are unseen (at -inf): they are not recommendations.
     keep = scores > -np.inf if args.exclude_seen else np.ones(scores.shape, dtype=bool)
     short = int((~keep.all(axis=1)).sum())
@@ -664,7 +678,8 @@ def cmd_bench(args) -> int:
     config = config_from_args(args, out="runs/bench", threads=1)
     say, out = _say(args), writable_out(config.out)
     run = {"command": _explicit_command(args), "commit": bench.git_commit(Path(__file__).parent)}
-    models = _model_names(config) if config.models else ["hiertcn", "gru4rec"] if args.scaling else ["hiertcn"]
+    models = _model_names(config) if config.models is not None else ["hiertcn", "gru4rec"] if args.scaling \
+        else ["hiertcn"]  # fmt: skip
     if args.scaling:
         if config.data is not None or config.loss != "softmax" or config.model_config:
             say("note: --scaling trains the default models with full softmax on its own synthetic logs; "

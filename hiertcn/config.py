@@ -44,7 +44,7 @@ class Config:
     sep: str | None = None
     time_unit: str = "auto"  # auto (each number by its size, text ISO 8601) | s | ms | us | ns | iso
     skip_bad_rows: bool = False  # drop (and count) unparsable rows instead of raising
-    session_gap: int = 1800
+    session_gap: int | None = None  # seconds that start a session; None: 1800, or no gap cuts with session_col
     cache_dir: str | None = None
     impressions: str = "auto"  # XING impressions.csv path | auto (next to a XING log, if present) | none
     # models
@@ -83,10 +83,11 @@ class Config:
             raise ValueError(f"time_unit must be one of {TIME_UNITS}, got {self.time_unit!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "batch_users", "prefetch",
-                     "session_gap"):
+        for name in ("epochs", "n_queues", "sessions_per_lane", "max_session_len", "batch_users", "prefetch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.session_gap is not None and self.session_gap < 1:
+            raise ValueError(f"session_gap must be >= 1 (or unset), got {self.session_gap!r}")
         for name in ("patience", "checkpoint_every", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")

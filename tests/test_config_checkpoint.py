@@ -58,6 +58,17 @@ def test_bad_values_and_files():
     assert Config(models="hiertcn, gru4rec").models == ["hiertcn", "gru4rec"]
 
 
+def test_an_unset_session_gap_is_1800_s_or_none_with_a_session_column(tmp_path):
+    from hiertcn.data.prepare import resolve_session_gap
+
+    assert Config().session_gap is None and resolve_session_gap(None, None) == 1800
+    assert resolve_session_gap(None, "sid") is None and resolve_session_gap(600, "sid") == 600
+    # A checkpoint's or file's session_gap = 1800 (older runs store it) stays explicit: cut at gaps too.
+    assert Config.from_dict(Config(session_col="sid", session_gap=1800).to_dict()).session_gap == 1800
+    (tmp_path / "gap.yaml").write_text("session_gap: null\n")
+    assert load_config(tmp_path / "gap.yaml").session_gap is None
+
+
 def test_values_of_the_wrong_type_are_named(tmp_path):
     # PyYAML (YAML 1.1) reads 1e-3 as a string: a float given as text is taken; other mismatches are named.
     yaml = tmp_path / "run.yaml"

@@ -30,6 +30,7 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("HIERTCN_CACHE_DIR", Path.home() / ".cac
 SYNTHETIC_DIR = "synthetic-xing"  # the embedded default log, inside the cache dir
 TIME_SPLIT_QUANTILES = (0.8, 0.9)  # split="time": sessions starting after these quantiles of start times
 SHOWN_SKIPPED_LINES = 100  # info keeps the count of skipped bad rows and the first line numbers
+DEFAULT_SESSION_GAP = 1800  # seconds: the HierTCN release's XING rule (dt // 1800 > 0)
 
 
 def default_preset(format: str) -> str:
@@ -44,6 +45,14 @@ def synthetic_default(cache_dir: str | Path | None = None) -> Path:
         with atomic_directory(target, replaces=always) as tmp:  # inside the cache
             generate_xing(tmp, seed=0)
     return target / "interactions.csv"
+
+
+def resolve_session_gap(session_gap: int | None, session_col: str | None) -> int | None:
+    """The gap (seconds) at which sessions are cut, None for none: ``session_gap`` when given, else
+    ``DEFAULT_SESSION_GAP``, or None when ``session_col`` names the log's own sessions (kept as they are)."""
+    if session_gap is not None:
+        return session_gap
+    return None if session_col is not None else DEFAULT_SESSION_GAP
 
 
 def resolve_impressions(impressions, path: Path, fmt: str) -> Path | None:
@@ -76,7 +85,7 @@ def prepare_dataset(
     sep: str | None = None,
     time_unit: str = "auto",
     skip_bad_rows: bool = False,
-    session_gap: int = 1800,
+    session_gap: int | None = None,
     seed: int = 0,
     impressions: str | Path | None = "auto",
     max_impressions: int = MAX_IMPRESSIONS,
@@ -92,8 +101,9 @@ def prepare_dataset(
     (users 80/10/10, shuffled by ``seed``) or ``time`` (sessions starting after the 80% / 90% quantiles
     of session start times are VALID / TEST). Reader options (``user_col`` ... ``skip_bad_rows``) are
     those of :func:`hiertcn.data.read_log` (``column_names``: a CSV/TSV without a header line); ``session_gap`` (seconds) is the session rule of
-    ``pack_sessions`` and the presets. ``cache_dir`` defaults to ``$HIERTCN_CACHE_DIR`` or
-    ``~/.cache/hiertcn``.
+    ``pack_sessions`` and the presets: None (the default) means 1800 s, or no gap cuts when ``session_col``
+    gives the sessions (:func:`resolve_session_gap`; ``info["session_gap"]`` records the result). ``cache_dir``
+    defaults to ``$HIERTCN_CACHE_DIR`` or ``~/.cache/hiertcn``.
 
     ``impressions``: a XING ``impressions.csv`` (``user_id year week items``), ``"auto"`` (the
     default: ``impressions.csv`` next to a XING log, if there is one) or ``"none"``. With one, the
@@ -111,8 +121,11 @@ def prepare_dataset(
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if time_unit not in TIME_UNITS:
         raise ValueError(f"time_unit must be one of {TIME_UNITS}, got {time_unit!r}")
-    if isinstance(session_gap, bool) or not isinstance(session_gap, (int, np.integer)) or session_gap <= 0:
-        raise ValueError(f"session_gap must be a positive int (seconds), got {session_gap!r}")
+    if session_gap is not None and (
+        isinstance(session_gap, bool) or not isinstance(session_gap, (int, np.integer)) or session_gap <= 0
+    ):
+        raise ValueError(f"session_gap must be a positive int (seconds) or None, got {session_gap!r}")
+    session_gap = resolve_session_gap(session_gap, session_col)
     cache_root = Path(cache_dir or DEFAULT_CACHE_DIR)
     if path is None:
         path, format = synthetic_default(cache_root), format or "xing"
@@ -142,7 +155,7 @@ def prepare_dataset(
         "preset": preset,
         "preset_until_stable": bool(preset_until_stable),
         "split": split,
-        "session_gap": int(session_gap),
+        "session_gap": None if session_gap is None else int(session_gap),  # unset: 1800, the key cached before
         "seed": int(seed),
     }
     imp_params = {"impressions": None}
@@ -152,9 +165,10 @@ def prepare_dataset(
 
     def build(out: Path) -> None:
         log = read_log(path, fmt, **reader_options)
-        log, report = apply_preset(log, preset, session_gap=session_gap, until_stable=preset_until_stable)
+        gap = math.inf if session_gap is None else session_gap
+        log, report = apply_preset(log, preset, session_gap=gap, until_stable=preset_until_stable)
         # hrnn-xing fixed its sessions (log.session) before filtering; a removed row must not split one.
-        pack_gap = math.inf if preset == "hrnn-xing" else session_gap
+        pack_gap = math.inf if preset == "hrnn-xing" else gap
         csr = pack_sessions(log.user, log.item, log.timestamp, session_gap=pack_gap, session=log.session)
         dataset = _split(csr, split, seed)
         if imp_path is not None:

@@ -350,6 +350,20 @@ def test_recommend_speaks_the_raw_string_ids_of_the_log(tmp_path, capsys):
     assert {line["user"]: line["items"] for line in lines} == recs
 
 
+def test_prepare_says_when_held_out_interactions_are_removed(tmp_path, capsys):
+    """An item seen only in a test session is removed from it; the summary says so even when no session goes."""
+    rows = ["user,item,ts"] + [f"{u},{(u + t) % 5},{100 * t + 4000 * (t // 3)}" for u in range(4) for t in range(9)]
+    rows[-1] = "3,99,8800"  # user 3's test session: 2 known items and item 99, unseen in training
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    argv = ["prepare", "--data", str(tmp_path / "log.csv"), "--user-col", "user", "--item-col", "item", "--time-col",
+            "ts", "--cache-dir", str(tmp_path / "cache"), "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert (summary["dropped_interactions"], summary["dropped_sessions"]) == (1, 0)
+    assert "removed 1 held-out interactions: items unseen in training, and 0 held-out sessions" in captured.err
+
+
 def test_prepare_skips_bad_rows_when_asked(tmp_path, capsys):
     rows = ["user,item,ts"] + [f"{u},{(u + t) % 5},{100 * t + 4000 * (t // 3)}" for u in range(4) for t in range(9)]
     rows.insert(7, "3,oops,not-a-time")
@@ -426,6 +440,9 @@ def test_recommend_at_a_request_time(tiny, tmp_path, monkeypatch, capsys):
     assert cli.main(["recommend", *weights, "--at", "now", "--session-gap", "60"]) == 0
     assert asked[-1][0] > 1_700_000_000 and asked[-1][1] == 60
     capsys.readouterr()
+    # The log's own sessions, prepared without a gap: the request continues the last one, whatever the time.
+    assert cli.main(["recommend", *weights, "--at", "86400", "--session-col", "sid"]) == 0
+    assert asked[-1] == (86400, math.inf) and "--at continues each user's last session" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["recommend", *weights, "--at", "yesterday"])
     assert "expected unix seconds or ISO 8601, got 'yesterday', or 'now'" in capsys.readouterr().err
@@ -433,6 +450,15 @@ def test_recommend_at_a_request_time(tiny, tmp_path, monkeypatch, capsys):
     # Named by raw user id and UTC time, not the internal row and raw seconds.
     assert "--at 1970-01-01T00:00:01Z is before the last interaction of 1 user(s) (user 0: 1970-01-01T02:13:34Z)" \
         in capsys.readouterr().err  # fmt: skip
+
+
+def test_an_empty_model_list_is_an_error_not_every_model(tiny, tmp_path, capsys):
+    (tmp_path / "none.toml").write_text("models = []\n" + tiny.read_text())
+    for argv in (["compare", "--models", ""], ["compare", "--models", " , "], ["compare", "--config", "{none}"],
+                 ["bench", "--models", ""]):  # fmt: skip
+        argv = [a.format(none=tmp_path / "none.toml") for a in argv]
+        assert cli.main([*argv, "--out", str(tmp_path / "o"), "--epochs", "1", "--quiet"]) == 2
+        assert "--models names no model" in capsys.readouterr().err
 
 
 def test_recommend_names_users_with_nothing_to_recommend_after(tiny, tmp_path, monkeypatch, capsys):

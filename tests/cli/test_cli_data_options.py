@@ -7,7 +7,8 @@ import pytest
 
 from hiertcn import cli
 from hiertcn.config import TIME_UNITS, Config, load_config
-from hiertcn.data import readers
+from hiertcn.data import pack_sessions, read_log, readers
+from tests.data.test_prepare import COLUMNS, session_numbered_log
 
 
 def _log_rows(scale: int) -> list[str]:
@@ -84,3 +85,31 @@ def test_a_prepared_log_keeps_its_cache_key_when_column_names_is_unset(tmp_path,
     prepare.prepare_dataset(tmp_path / "log.csv", cache_dir=tmp_path)
     prepare.prepare_dataset(tmp_path / "log.csv", cache_dir=tmp_path, column_names=["user", "item", "ts"])
     assert "column_names" not in keys[0] and keys[1]["column_names"] == ["user", "item", "ts"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "gap", "by_sid"),
+    [
+        (["--session-col", "sid"], None, True),  # the log's sessions as they are, across gaps of up to 25 h
+        (["--session-col", "sid", "--session-gap", "1800"], 1800, True),  # asked for: also cut at gaps
+        (["--session-col", "sid", "--config", "{gap_toml}"], 1800, True),  # ... from a config file too
+        ([], 1800, False),  # no session column: the 1800 s rule
+    ],
+)
+def test_prepare_keeps_the_sessions_of_a_session_column(tmp_path, capsys, extra, gap, by_sid):
+    path = tmp_path / "sessnum.csv"
+    pairs = session_numbered_log(path)
+    (tmp_path / "gap.toml").write_text("session_gap = 1800\n")
+    extra = [a.format(gap_toml=tmp_path / "gap.toml") for a in extra]
+    summary = _prepare(tmp_path, capsys, path, *extra)
+    log = read_log(path, session_col="sid", **COLUMNS)
+    packed = pack_sessions(log.user, log.item, log.timestamp, session_gap=gap or float("inf"),
+                           session=log.session if by_sid else None)  # fmt: skip
+    assert summary["preset_report"]["before"]["sessions"] == packed.n_sessions  # sessions before the split's drops
+    assert (packed.n_sessions == pairs) == (gap is None)
+    assert summary["session_gap"] == gap
+    argv = ["prepare", "--data", str(path), "--user-col", "user", "--item-col", "item", "--time-col", "ts",
+            "--cache-dir", str(tmp_path / "cache"), *extra]  # fmt: skip
+    assert cli.main(argv) == 0  # the summary line names the session rule
+    rule = "the log's sessions, no session gap" if gap is None else "session gap 1800 s"
+    assert rule in capsys.readouterr().out

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -59,6 +61,49 @@ def test_hrnn_preset_keeps_its_sessions(tmp_path):
     )
     first = ds.csr.user_ptr[0]
     assert ds.csr.session_ptr[first + 1] - ds.csr.session_ptr[first] == 3
+
+
+COLUMNS = {"user_col": "user", "item_col": "item", "time_col": "ts"}
+
+
+def session_numbered_log(path) -> int:
+    """A CSV log (user, item, ts, sid) whose sid numbers each user's sessions of three events, with gaps of 10 s to
+    25 h inside and between them; returns its number of (user, sid) sessions."""
+    gaps = (10, 600, 3600, 90_000, 120)
+    rows, sessions = ["user,item,ts,sid"], 0
+    for user in range(40):
+        n, ts = 3 * (2 + user % 3), 1_000_000
+        for t in range(n):
+            ts += gaps[(user + t) % len(gaps)]
+            rows.append(f"{user},{(user * 7 + t) % 13},{ts},{t // 3}")
+        sessions += n // 3
+    path.write_text("\n".join(rows) + "\n")
+    return sessions
+
+
+@pytest.mark.parametrize(
+    ("options", "gap", "by_sid"),
+    [
+        ({"session_col": "sid"}, None, True),  # the log's sessions as they are, whatever the gaps inside
+        ({"session_col": "sid", "session_gap": 1800}, 1800, True),  # asked for: also cut at gaps
+        ({}, 1800, False),  # no session column: the 1800 s rule
+    ],
+)
+def test_a_session_column_gives_the_sessions_unless_a_gap_is_asked_for(tmp_path, options, gap, by_sid):
+    path = tmp_path / "sessnum.csv"
+    pairs = session_numbered_log(path)
+    ds, entry = prepare_dataset(path, cache_dir=tmp_path / "cache", **COLUMNS, **options)
+    log = read_log(path, session_col="sid", **COLUMNS)
+    packed = pack_sessions(log.user, log.item, log.timestamp, session_gap=gap or math.inf,
+                           session=log.session if by_sid else None)  # fmt: skip
+    expected = split_last_session(packed)
+    for name in ("session_ptr", "item", "timestamp"):
+        np.testing.assert_array_equal(getattr(ds.csr, name), getattr(expected.csr, name))
+    np.testing.assert_array_equal(ds.role, expected.role)
+    assert ds.info["session_gap"] == gap
+    assert (packed.n_sessions == pairs) == (gap is None)  # the gap rule cuts some of the log's sessions
+    if not options:  # an unset gap is the 1800 s of the datasets cached before it could be unset
+        assert prepare_dataset(path, cache_dir=tmp_path / "cache", session_gap=1800, **COLUMNS)[1] == entry
 
 
 def test_user_split_uses_the_seed(xing, tmp_path):
