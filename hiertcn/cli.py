@@ -25,6 +25,7 @@ import torch
 from .checkpoint import (
     CheckpointError,
     catalogue_fingerprint,
+    data_fingerprint,
     load_checkpoint,
     load_model,
     saved_model_config,
@@ -488,6 +489,10 @@ def cmd_evaluate(args) -> int:
     model, _ = load_model(args.checkpoint, map_location=resolve_device(config.device))
     dataset, _ = load_dataset(config, echo=_say(args))
     _check_catalogue(dataset, saved, args.checkpoint)
+    if saved.get("data", data_fingerprint(dataset)) != data_fingerprint(dataset):  # older checkpoints: no record
+        _say(args)(f"note: the log as prepared now differs from the one {args.checkpoint} was trained on (other "
+                   "interactions, times or split: it changed since, or other options): its held-out sessions "
+                   "may have been in training, and the metrics differ from the run's")  # fmt: skip
     metrics = evaluate(model, dataset, roles=(TEST,) if args.role == "test" else (VALID,),
                        max_session_len=config.max_session_len)
     write_metrics(config.out, metrics)

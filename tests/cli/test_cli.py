@@ -507,6 +507,18 @@ def test_evaluate_refuses_another_catalogue_of_the_same_size(tiny, tmp_path, mon
     assert "another catalogue of 12 items" in capsys.readouterr().err
 
 
+def test_evaluate_notes_a_log_that_changed_since_training(tiny, tmp_path, monkeypatch, capsys):
+    assert cli.main(["train", "--config", str(tiny), "--out", str(tmp_path / "w"), "--epochs", "1", "--quiet"]) == 0
+    best = str(tmp_path / "w/best.pt")
+    assert cli.main(["evaluate", "--checkpoint", best, "--out", str(tmp_path / "ev")]) == 0
+    assert "differs from the one" not in "".join(capsys.readouterr())  # the same log: no note
+    data = planted_dataset(n_users=20)
+    later = dataclasses.replace(data, csr=dataclasses.replace(data.csr, timestamp=data.csr.timestamp + 60))
+    monkeypatch.setattr(cli, "load_dataset", lambda config, echo=print: (later, tmp_path / "cache"))
+    assert cli.main(["evaluate", "--checkpoint", best, "--out", str(tmp_path / "ev2")]) == 0
+    assert "note: the log as prepared now differs from the one" in "".join(capsys.readouterr())
+
+
 def test_loss_curve_smoothing_skips_non_finite_values():
     from hiertcn.plots import _smooth
 
