@@ -714,5 +714,5 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
 
 
 def _weights_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    keep = ("config", "model_name", "model_class", "model_config", "n_items", "catalogue", "model")
+    keep = ("config", "model_name", "model_class", "model_config", "n_items", "catalogue", "data", "model")
     return {k: payload[k] for k in keep}
