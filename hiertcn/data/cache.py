@@ -29,8 +29,9 @@ MARKER = "cache.json"
 # entries built by older code are not served (2: ISO offsets and integral-decimal ids on the text pass,
 # session counts of the preset report; 3: the user split's rounding, so a zero fraction gets no users;
 # 4: presets filter once, as published, and hrnn-xing splits sessions at gaps > 1800 s; 5: auto time
-# units per value, null tokens as missing ids, exact ids above 2**53).
-DATA_REVISION = 5
+# units per value, null tokens as missing ids, exact ids above 2**53; 6: sub-second order within a second,
+# zero-padded ids kept as strings).
+DATA_REVISION = 6
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """The in-memory interaction log every reader returns and every preset filters.
 
-Plain numpy arrays, one entry per interaction, in file order. Raw ids that were
+Plain numpy arrays, one entry per interaction, in file order (but for rows that
+share a second, which ``read_log`` puts in sub-second order). Raw ids that were
 strings are factorised to int64 codes (code ``k`` is ``user_names[k]``; codes
 follow the sorted order of the names, so code order is name order).
 """
@@ -91,10 +92,19 @@ class InteractionLog:
         """Rows where the boolean mask ``keep`` is true (names and impressions are kept as they are)."""
         if keep.dtype != np.bool_ or keep.shape != self.user.shape:
             raise ValueError("keep must be a boolean mask with one entry per interaction")
+        return self._rows(keep)
+
+    def take(self, rows: np.ndarray) -> InteractionLog:
+        """The rows at the integer indices ``rows``, in that order (names and impressions are kept as they are)."""
+        if not np.issubdtype(rows.dtype, np.integer) or rows.ndim != 1:
+            raise ValueError("rows must be a 1-D array of integer row indices")
+        return self._rows(rows)
+
+    def _rows(self, index: np.ndarray) -> InteractionLog:
         optional = {
-            name: None if getattr(self, name) is None else getattr(self, name)[keep]
+            name: None if getattr(self, name) is None else getattr(self, name)[index]
             for name in ("session", "interaction_type")
         }
         return replace(
-            self, user=self.user[keep], item=self.item[keep], timestamp=self.timestamp[keep], **optional
+            self, user=self.user[index], item=self.item[index], timestamp=self.timestamp[index], **optional
         )

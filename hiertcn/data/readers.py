@@ -49,7 +49,13 @@ _UNIT_DIVISORS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 # time_unit="auto" reads each number by its size: seconds below 1e11, ms from 1e11, us from 1e14, ns from 1e17.
 # Each bound is past the year 5138 in the smaller unit and in 1973 in the larger, so no plausible time is ambiguous.
 _AUTO_BOUNDS = ((1e17, 10**9), (1e14, 10**6), (1e11, 10**3))
-_COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # Arrow decompresses these by the file name
+# Arrow decompresses these by the file name; each codec's name and the magic bytes its files start with
+_COMPRESSED = {
+    ".gz": ("gzip", b"\x1f\x8b"),
+    ".bz2": ("bz2", b"BZh"),
+    ".zst": ("zstd", b"\x28\xb5\x2f\xfd"),
+    ".lz4": ("lz4", b"\x04\x22\x4d\x18"),
+}
 _SEP_NAMES = {"tab": "\t", "\\t": "\t"}  # "\t" typed in a shell arrives as two characters
 _INT_RE = r"^\s*-?\d+(\.0*)?\s*$"  # "7.0" too: pandas writes int columns with gaps so
 _NUM_RE = r"^\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
@@ -84,6 +90,18 @@ def _plain(path: Path) -> Path:
     return path.with_suffix("") if path.suffix in _COMPRESSED else path
 
 
+def _stream(path: Path) -> pa.NativeFile:
+    """``path`` opened as decompressed bytes; a file named as compressed but not (plain text named ``.gz``)
+    is a ValueError naming it, not Arrow's bare inflate error."""
+    if path.suffix in _COMPRESSED:
+        codec, magic = _COMPRESSED[path.suffix]
+        with open(path, "rb") as f:
+            if f.read(len(magic)) != magic:
+                raise ValueError(f"{path} is not a valid {codec} file (it does not start with {codec}'s magic "
+                                 f"bytes); if it is not compressed, drop {path.suffix!r} from its name")  # fmt: skip
+    return pa.input_stream(path, compression="detect")
+
+
 def detect_format(path: str | Path) -> str:
     """Guess the format from the file name (a ``.gz``/``.bz2``/``.zst``/``.lz4`` suffix aside), then from
     the first line."""
@@ -109,7 +127,7 @@ def detect_format(path: str | Path) -> str:
 
 def _first_line(path: Path) -> str:
     # decompressed (.gz, ...) as the reader will see it
-    with io.BufferedReader(pa.input_stream(path, compression="detect")) as f:
+    with io.BufferedReader(_stream(path)) as f:
         line = f.readline()
     return line.decode("utf-8-sig", errors="replace").rstrip("\r\n")
 
@@ -175,7 +193,7 @@ def _headerless(path: Path, fmt: str, layout: _Layout, column_names, fields: lis
 
 
 def _is_parquet(path: Path) -> bool:
-    with pa.input_stream(path, compression="detect") as f:
+    with _stream(path) as f:
         return f.read(4) == b"PAR1"  # every Parquet file starts (and ends) with these magic bytes
 
 
@@ -227,48 +245,66 @@ def _read_table(
     lines (and in ``first_bad`` the first such row, as Arrow's ``InvalidRow``, to explain it)."""
     progress = tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, disable=None, leave=False)
     batches = []
-    if fmt == "parquet":
-        parquet = pq.ParquetFile(path)
-        schema = pa.schema([parquet.schema_arrow.field(name) for name in names])
-        reader = parquet.iter_batches(batch_size=1 << 20, columns=names)
-    else:
+    try:
+        if fmt == "parquet":
+            parquet = pq.ParquetFile(path)
+            schema = pa.schema([parquet.schema_arrow.field(name) for name in names])
+            reader = parquet.iter_batches(batch_size=1 << 20, columns=names)
+        else:
 
-        def on_invalid(row):
-            if not as_text:
-                return "error"  # the threaded pass has no line numbers: the careful pass locates it
-            if first_bad is not None and not bad_lines:
-                first_bad.append(row)
-            bad_lines.append(row.number)
-            return "skip"
+            def on_invalid(row):
+                if not as_text:
+                    return "error"  # the threaded pass has no line numbers: the careful pass locates it
+                if first_bad is not None and not bad_lines:
+                    first_bad.append(row)
+                bad_lines.append(row.number)
+                return "skip"
 
-        types = (
-            {c: pa.string() for c in names}
-            if as_text
-            else {c: t for c, t in layout.types.items() if c in names}
-        )
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(
-                use_threads=not as_text,
-                block_size=_BLOCK_SIZE,
-                column_names=layout.column_names,
-                skip_rows=layout.skip_rows,
-            ),
-            # The careful pass keeps blank lines as all-empty rows so that row index -> line number is exact.
-            parse_options=pacsv.ParseOptions(
-                delimiter=layout.sep, invalid_row_handler=on_invalid, ignore_empty_lines=not as_text
-            ),
-            # Both passes read "", NA, NaN, null, ... as null, so a missing id is a bad row on either.
-            convert_options=pacsv.ConvertOptions(
-                include_columns=names, column_types=types, strings_can_be_null=True
-            ),
-        )
-        schema = reader.schema
-    for batch in reader:
-        batches.append(batch)
-        progress.update(batch.num_rows)
+            types = (
+                {c: pa.string() for c in names}
+                if as_text
+                else {c: t for c, t in layout.types.items() if c in names}
+            )
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(
+                    use_threads=not as_text,
+                    block_size=_BLOCK_SIZE,
+                    column_names=layout.column_names,
+                    skip_rows=layout.skip_rows,
+                ),
+                # The careful pass keeps blank lines as all-empty rows so that row index -> line number is exact.
+                parse_options=pacsv.ParseOptions(
+                    delimiter=layout.sep, invalid_row_handler=on_invalid, ignore_empty_lines=not as_text
+                ),
+                # Both passes read "", NA, NaN, null, ... as null, so a missing id is a bad row on either.
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=names, column_types=types, strings_can_be_null=True
+                ),
+            )
+            schema = reader.schema
+        for batch in reader:
+            batches.append(batch)
+            progress.update(batch.num_rows)
+    except OSError as exc:  # past its magic bytes, a compressed file can still be cut short or damaged
+        if path.suffix not in _COMPRESSED:
+            raise
+        codec = _COMPRESSED[path.suffix][0]
+        raise ValueError(f"{path} is not a valid {codec} file: it is cut short or damaged ({exc})") from None
     progress.close()
     return pa.Table.from_batches(batches, schema=schema)
+
+
+def _decoded(table: pa.Table) -> tuple[pa.Table, list[str]]:
+    """``table`` with its binary columns as strings, and the names of those that are not UTF-8 (kept binary)."""
+    binary = []
+    for i, name in enumerate(table.column_names):
+        if pa.types.is_binary(table.schema.field(i).type):
+            try:
+                table = table.set_column(i, name, table.column(i).cast(pa.string()))
+            except pa.ArrowInvalid:
+                binary.append(name)
+    return table, binary
 
 
 class _Retry(Exception):
@@ -286,7 +322,8 @@ def _ids(
     col: pa.ChunkedArray, what: str, integer: bool, text_pass: bool = False, strays_bad: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
     """(int64 values or codes, names or None, invalid mask, strays). ``integer``: the format declares integer
-    ids, so text that is not an integer is a bad row (otherwise a column with any non-integer is string ids).
+    ids, so text that is not an integer is a bad row (otherwise a column with any non-integer, or any integer
+    not written as the number is, such as ``000005``, is string ids).
     ``strays``: where a column of ids is integers but for at most ``_STRAY_SHARE`` of them, the mask of those
     that are not (likely typos), else None; ``strays_bad`` makes them bad rows and keeps integer ids.
     ``text_pass``: the file can be read again as text, so float ids too big to be exact raise ``_Retry``."""
@@ -302,13 +339,22 @@ def _ids(
         invalid = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= 2.0**63)
         return np.where(invalid, 0, values).astype(np.int64), None, invalid, None
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        try:  # the usual column, plain integers: one cast (it refuses spaces, "+", "7.0" and int64 overflow)
+            values = pc.cast(col, pa.int64())
+        except pa.ArrowInvalid:
+            values = None
+        if values is not None and (integer or not _padded(col)):
+            values, invalid = _int_values(values)
+            return values, None, invalid, None
         text = pc.utf8_trim_whitespace(col)
         empty = pc.fill_null(pc.equal(text, ""), True)
         digits = pc.replace_substring_regex(text, r"\.0*$", "")  # "7.0" -> "7"
         is_int = pc.and_(pc.fill_null(pc.match_substring_regex(text, _INT_RE), False), _fits_int64(digits))
         invalid = empty.to_numpy(zero_copy_only=False)
         strays = None
-        if not integer:
+        # As 5, "000005" would merge with "5" and print as 5, no longer the source's id: the column is names
+        padded = not integer and _padded(digits.filter(is_int))
+        if not integer and not padded:
             other = pc.invert(pc.or_(is_int, empty))  # present, not an integer
             n_other = pc.sum(other).as_py() or 0
             if 0 < n_other <= _STRAY_SHARE * (len(col) - (pc.sum(empty).as_py() or 0)):
@@ -325,6 +371,12 @@ def _ids(
         names = np.asarray(sorted_names.to_pylist(), dtype=object)
         return codes.cast(pa.int64()).to_numpy(), names, invalid, strays
     raise TypeError(f"{what} column has unsupported type {col.type}")
+
+
+def _padded(text: pa.ChunkedArray) -> bool:
+    """Whether any integer text is not in the number's own form ("000005", "-05", "-0"); prefix tests, no regex."""
+    zero = pc.and_(pc.starts_with(text, "0"), pc.greater(pc.binary_length(text), 1))
+    return bool(pc.any(pc.or_(zero, pc.starts_with(text, "-0"))).as_py())
 
 
 def _fits_int64(digits: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -370,9 +422,11 @@ def _divisors(values: np.ndarray, unit: str) -> np.ndarray | int:
     return np.select([values >= bound for bound, _ in _AUTO_BOUNDS], [d for _, d in _AUTO_BOUNDS], 1)
 
 
-def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 unix seconds, invalid mask): nulls, NaN, unparsable text and negative times are invalid.
+def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(int64 unix seconds, invalid mask, fraction of the second): nulls, NaN, unparsable text and negative times
+    are invalid. The fraction (float64, in [0, 1)) orders times within a second; it is None when no time has one.
     ``auto`` decides per value (a number by its size, text as ISO 8601), so one odd row never changes the rest."""
+    fraction = None
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         if unit in _UNIT_DIVISORS:
             raise ValueError(
@@ -380,23 +434,28 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
             )
         # safe=False floors sub-second precision instead of refusing to lose it
         secs = col.cast(pa.timestamp("s", tz=getattr(col.type, "tz", None)), safe=False).cast(pa.int64())
+        per_second = _UNIT_DIVISORS.get(getattr(col.type, "unit", "s"), 1)
+        if per_second > 1:
+            fraction = _fraction(np.mod(_int_values(col.cast(pa.int64()))[0], per_second), per_second)
     elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         text = pc.utf8_trim_whitespace(col)
         numeric = pc.fill_null(pc.match_substring_regex(text, _NUM_RE), False)
         if unit == "iso" or (unit == "auto" and not pc.any(numeric).as_py()):
-            secs = _iso_seconds(text)
+            secs, fraction = _iso_seconds(text), _iso_fraction(text)
         else:
-            values, invalid = _times(pc.cast(pc.if_else(numeric, text, None), pa.float64()), unit)
+            values, invalid, fraction = _times(pc.cast(pc.if_else(numeric, text, None), pa.float64()), unit)
             whole = pc.fill_null(pc.match_substring_regex(text, r"^\d{1,19}$"), False)
             whole = pc.and_(whole, _fits_int64(text))
             if pc.any(whole).as_py():  # exactly: float64 rounds nanosecond times across a second
-                exact, _ = _times(pc.cast(pc.if_else(whole, text, "0"), pa.int64()), unit)
-                values = np.where(whole.to_numpy(zero_copy_only=False), exact, values)
+                exact, _, exact_fraction = _times(pc.cast(pc.if_else(whole, text, "0"), pa.int64()), unit)
+                whole = whole.to_numpy(zero_copy_only=False)
+                values, fraction = np.where(whole, exact, values), _either(whole, exact_fraction, fraction)
             if unit != "auto" or pc.all(numeric).as_py():
-                return values, invalid  # a declared unit: text that is not a number is a bad row
-            iso, iso_invalid = _times(text, "iso")
+                return values, invalid, fraction  # a declared unit: text that is not a number is a bad row
+            iso, iso_invalid, iso_fraction = _times(text, "iso")
             numeric = numeric.to_numpy(zero_copy_only=False)
-            return np.where(numeric, values, iso), np.where(numeric, invalid, iso_invalid)
+            return (np.where(numeric, values, iso), np.where(numeric, invalid, iso_invalid),
+                    _either(numeric, fraction, iso_fraction))  # fmt: skip
     elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
         if unit == "iso":
             raise ValueError("time_unit='iso' but the time column is numeric")
@@ -404,18 +463,44 @@ def _times(col: pa.ChunkedArray, unit: str) -> tuple[np.ndarray, np.ndarray]:
             values, invalid = _int_values(col)
             invalid |= values < 0
             divisor = _divisors(values, unit)
-            return (values if np.isscalar(divisor) and divisor == 1 else values // divisor), invalid
+            if np.isscalar(divisor) and divisor == 1:
+                return values, invalid, None
+            secs, remainder = np.divmod(values, divisor)
+            return secs, invalid, _fraction(remainder, divisor)
         values = col.to_numpy(zero_copy_only=False).astype(np.float64)
         invalid = ~np.isfinite(values) | (values < 0)
         values = np.where(invalid, 0, values)
-        secs = np.floor(values / _divisors(values, unit))
+        seconds = values / _divisors(values, unit)
+        secs = np.floor(seconds)
         invalid |= secs >= 2.0**63  # beyond int64 even in nanoseconds
-        return np.where(invalid, 0, secs).astype(np.int64), invalid
+        fraction = seconds - secs  # 0 where invalid: those are 0, or too big to have a fraction
+        return np.where(invalid, 0, secs).astype(np.int64), invalid, fraction if fraction.any() else None
     else:
         raise TypeError(f"time column has unsupported type {col.type}")
     values, invalid = _int_values(secs)
     invalid |= values < 0
-    return values, invalid
+    return values, invalid, fraction
+
+
+def _fraction(remainder: np.ndarray, divisor: np.ndarray | int) -> np.ndarray | None:
+    """``remainder / divisor``, the fraction of a second, or None when every remainder is 0 (whole seconds)."""
+    return remainder / divisor if remainder.any() else None
+
+
+def _iso_fraction(text: pa.ChunkedArray) -> np.ndarray | None:
+    """The fraction of a second of each ISO 8601 text (``.45`` of ``...:05.450Z``), None when none has one."""
+    if not pc.any(pc.match_substring_regex(text, r"\.\d*[1-9]")).as_py():
+        return None
+    digits = pc.struct_field(pc.extract_regex(text, r"\.(?P<digits>\d+)"), "digits")  # null without a fraction
+    fraction = pc.cast(pc.binary_join_element_wise("0.", digits, ""), pa.float64())
+    return pc.fill_null(fraction, 0.0).to_numpy(zero_copy_only=False)
+
+
+def _either(choose: np.ndarray, a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """``np.where(choose, a, b)`` for fractions of a second, None standing for all zeros."""
+    if a is None and b is None:
+        return None
+    return np.where(choose, 0.0 if a is None else a, 0.0 if b is None else b)
 
 
 def _blank_rows(path: Path, table: pa.Table, first_data_line: int, skipped: list[int]) -> np.ndarray:
@@ -438,7 +523,7 @@ def _empty_lines(path: Path, lines: np.ndarray) -> np.ndarray:
     empty = np.zeros(len(lines), dtype=bool)
     wanted = iter(enumerate(lines.tolist()))
     k, target = next(wanted)
-    with io.BufferedReader(pa.input_stream(path, compression="detect"), 1 << 20) as f:
+    with io.BufferedReader(_stream(path), 1 << 20) as f:
         for number, line in enumerate(f, 1):
             if number == target:
                 empty[k] = not line.rstrip(b"\r\n")
@@ -567,19 +652,24 @@ def read_log(
     1e11, milliseconds from 1e11, microseconds from 1e14 and nanoseconds from
     1e17 (each bound is past the year 5138 in the smaller unit), and text is ISO
     8601; ``s``, ``ms``, ``us``, ``ns`` or ``iso`` declare one unit for every row.
-    Times become int64 unix seconds.
+    Times become int64 unix seconds, floored. When some time has a fraction of a
+    second, the rows that share a second are put in the order of their fractions,
+    in the places those rows held (every other row keeps its place in the file),
+    so that the packer, which orders by seconds stably, packs them in time order.
     ``skip_bad_rows``: drop unparsable rows instead of raising (their line
     numbers land in ``skipped_lines``). A missing id, session or time (an empty
     field, or one of Arrow's null tokens ``NA``, ``NaN``, ``null``, ...) makes a
-    row bad; blank lines are ignored. Ids are integers when every one is, else
-    strings (except in XING, whose ids are integers). A column whose non-integer
-    ids are at most 1% of its ids (``_STRAY_SHARE``) is read as strings with a
-    warning naming the first; with ``skip_bad_rows`` those rows are bad instead
+    row bad; blank lines are ignored. Ids are integers when every one is, written
+    as the number is (``-5``, ``7.0``; a ``000005`` or ``-0`` would merge with
+    ``5`` or ``0``), else strings, as written (except in XING, whose ids are
+    integers). A column whose non-integer ids are at most 1% of its ids
+    (``_STRAY_SHARE``) is read as strings with a warning naming the first; with ``skip_bad_rows`` those rows are bad instead
     (likely typos) and the ids stay integers. ``impressions``: a XING impressions
     file to attach. ``column_names``: a CSV/TSV file without a header line, its columns' names in order
     (e.g. ``["user_id", "item_id", "rating", "timestamp"]``; the roles are then found by those names as for a
     header). Files ending in ``.gz``, ``.bz2``, ``.zst`` or ``.lz4`` are
-    decompressed as they are read, and named as without that suffix.
+    decompressed as they are read, and named as without that suffix; one that is
+    not a valid such file (or is cut short) is a ValueError naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -622,6 +712,11 @@ def read_log(
     roles = columns
     unit = layout.time_unit if time_unit == "auto" else time_unit
     names = list(dict.fromkeys(roles.values()))
+    if fmt != "parquet":
+        # Arrow would infer int64 from "000005", merging it with "5": _ids decides from the text. As bytes, so
+        # that text that is not UTF-8 is still named by its column (Arrow types it binary when it infers).
+        ids = {roles[role]: pa.binary() for role in ("user", "item", "session") if role in roles}
+        layout = replace(layout, types={**ids, **layout.types})
     first_data_line = 1 + (layout.column_names is None) + layout.skip_rows
 
     bad_lines: list[int] = []
@@ -630,11 +725,11 @@ def read_log(
         table = _read_table(path, fmt, layout, names, as_text=False, bad_lines=bad_lines)
         if table.num_rows == 0:
             raise ValueError(f"{path} has no data rows")
-        binary = [name for name in names if pa.types.is_binary(table.schema.field(name).type)]
-        if binary and fmt != "parquet":  # Arrow's CSV reader types text that is not UTF-8 as binary
+        table, binary = _decoded(table) if fmt != "parquet" else (table, [])
+        if binary:  # Arrow's CSV reader types text that is not UTF-8 as binary
             raise ValueError(f"{path}: column(s) {binary} are not UTF-8 text; re-encode the file as UTF-8 "
                              "(e.g. iconv -f latin1 -t utf-8)")  # fmt: skip
-        log, invalid, causes, strays = _convert(
+        log, invalid, causes, strays, fraction = _convert(
             table, roles, layout, unit, text_pass=fmt != "parquet", strays_bad=skip_bad_rows
         )
         if invalid.any() or (strays and fmt != "parquet"):  # the text pass locates them by line
@@ -651,10 +746,10 @@ def read_log(
             except pa.ArrowInvalid as unreadable:  # e.g. an unterminated quote: no row structure left
                 hint = "; the file is not UTF-8 text: re-encode it" if "UTF8" in str(unreadable) else ""
                 raise ValueError(f"{path}: cannot parse as {fmt} ({unreadable}){hint}") from unreadable
-        log, invalid, causes, strays = (
+        log, invalid, causes, strays, fraction = (
             _convert(table, roles, layout, unit, strays_bad=skip_bad_rows)
             if table.num_rows
-            else (None, np.zeros(0, bool), {}, {})
+            else (None, np.zeros(0, bool), {}, {}, None)
         )
     blank = (
         _blank_rows(path, table, first_data_line, bad_lines)
@@ -686,6 +781,9 @@ def read_log(
         raise ValueError(f"{path} has no data rows")
     if invalid.any():
         log = log.select(~invalid)
+        fraction = None if fraction is None else fraction[~invalid]
+    if fraction is not None:
+        log = _sub_second_order(log, fraction)
     log = replace(log, skipped_lines=bad)
     for role, stray in strays.items():
         row = int(np.argmax(stray))
@@ -703,6 +801,24 @@ def read_log(
     return log
 
 
+def _sub_second_order(log: InteractionLog, fraction: np.ndarray) -> InteractionLog:
+    """``log`` with the rows that share a second put in the order of their ``fraction`` of it, in the places
+    those rows held; every other row stays where it was. The stable packer sees only seconds, so it then
+    orders a user's events within a second by their true time, not by where the file wrote them."""
+    by_second = np.argsort(log.timestamp, kind="stable")  # timsort: near linear on a file sorted by time
+    seconds, fraction = log.timestamp[by_second], fraction[by_second]
+    same = seconds[1:] == seconds[:-1]
+    shared = np.zeros(len(seconds), dtype=bool)  # only rows of a second that holds others can move
+    shared[1:] = same
+    shared[:-1] |= same
+    places = np.flatnonzero(shared)
+    rows = by_second.copy()  # rows[k]: the row for the k-th place in second order
+    rows[places] = by_second[places[np.lexsort((fraction[places], seconds[places]))]]
+    order = np.empty_like(by_second)
+    order[by_second] = rows
+    return log.take(order)
+
+
 def _convert(
     table: pa.Table,
     roles: dict[str, str],
@@ -710,9 +826,9 @@ def _convert(
     unit: str,
     text_pass: bool = False,
     strays_bad: bool = False,
-) -> tuple[InteractionLog | None, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Columns to numpy: (log, invalid, invalid mask per role, strays per role; see ``_ids``). Invalid rows
-    get placeholder values; the caller drops or reports them.
+) -> tuple[InteractionLog | None, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]:
+    """Columns to numpy: (log, invalid, invalid mask per role, strays per role; see ``_ids``, fractions of the
+    second; see ``_times``). Invalid rows get placeholder values; the caller drops or reports them.
     ``text_pass``: raise ``_Retry`` where only the text pass reads the ids exactly."""
     causes, strays = {}, {}
 
@@ -726,7 +842,7 @@ def _convert(
 
     user, user_names = ids("user")
     item, item_names = ids("item")
-    timestamp, causes["time"] = _times(table[roles["time"]], unit)
+    timestamp, causes["time"], fraction = _times(table[roles["time"]], unit)
     session = itype = None
     if "session" in roles:
         session, _ = ids("session")
@@ -734,7 +850,7 @@ def _convert(
         itype = ids("type")[0].astype(np.int8)
     invalid = np.logical_or.reduce(list(causes.values()))
     if invalid.all():  # keep the log constructible; read_log reports the rows
-        return None, invalid, causes, strays
+        return None, invalid, causes, strays, None
     log = InteractionLog(
         user=user,
         item=item,
@@ -744,7 +860,7 @@ def _convert(
         user_names=user_names,
         item_names=item_names,
     )
-    return log, invalid, causes, strays
+    return log, invalid, causes, strays, fraction
 
 
 def read_impressions(path: str | Path) -> Impressions:

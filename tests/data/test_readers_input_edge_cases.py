@@ -1,11 +1,16 @@
 """read_log on the input edge cases a review found: null tokens, per-value time units, huge ids, compressed files."""
 
 import bz2
+import datetime as dt
 import gzip
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from hiertcn.data.readers import BadRowsError, detect_format, read_log
+from hiertcn_kernels import pack_sessions
 
 HEAD = "user_id,item_id,timestamp\n"
 
@@ -116,3 +121,94 @@ def test_a_file_that_is_not_utf8_says_so(tmp_path):
 def test_a_tab_separator_by_name(tmp_path, sep):
     path = write(tmp_path / "log.txt", "user_id\titem_id\ttimestamp\n1\t2\t10\n4\t5\t20\n")
     assert read_log(path, sep=sep).user.tolist() == [1, 4]
+
+
+def packed_items(log):
+    """The raw items of the first user's first session, in the order the packer puts them."""
+    csr = pack_sessions(log.user, log.item, log.timestamp, session=log.session)
+    items = csr.item_ids[csr.item[csr.session_ptr[0] : csr.session_ptr[1]]]
+    return items.tolist() if log.item_names is None else log.item_names[items].tolist()
+
+
+BASE_MS = 1_600_000_000_000
+# 30 users, each a session of items 0..9 at 0, 50, ..., 450 ms into one second, written newest first
+EVENTS = [(u, i, BASE_MS + u * 3_600_000 + 50 * i) for u in range(30) for i in range(10)][::-1]
+TIME_TEXT = {
+    "ms": str,
+    "float seconds": lambda ms: f"{ms / 1000:.3f}",
+    "iso": lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+}
+
+
+@pytest.mark.parametrize("bad_row", [False, True])  # with a bad row the text pass reads the times
+@pytest.mark.parametrize("form", ["ms", "declared ms", "float seconds", "iso", "parquet"])
+def test_events_within_a_second_are_packed_in_time_order_not_file_order(tmp_path, form, bad_row):
+    if form == "parquet":
+        user, item, ms = map(np.array, zip(*EVENTS))
+        table = pa.table({"user_id": user, "item_id": item, "sid": user + 100, "timestamp": pa.array(ms, pa.timestamp("ms"))})
+        pq.write_table(table, path := tmp_path / "log.parquet")
+    else:
+        text = TIME_TEXT["ms" if form == "declared ms" else form]
+        lines = [f"{u},{i},{u + 100},{text(ms)}\n" for u, i, ms in EVENTS]
+        if bad_row:
+            lines.insert(5, "3,4,103,garbage\n")  # line 7
+        path = write(tmp_path / "log.csv", "user_id,item_id,sid,timestamp\n" + "".join(lines))
+    log = read_log(path, time_unit="ms" if form == "declared ms" else "auto", session_col="sid", skip_bad_rows=True)
+    assert packed_items(log) == list(range(10))
+    assert log.timestamp.dtype == np.int64 and log.timestamp.max() == (BASE_MS + 29 * 3_600_000) // 1000
+    assert (log.session == log.user + 100).all()  # the session column moved with its rows
+    assert log.skipped_lines.tolist() == ([7] if bad_row and form != "parquet" else [])
+
+
+def test_whole_second_ties_keep_file_order(tmp_path):
+    path = write(tmp_path / "log.csv", HEAD + "1,12,100\n2,5,100\n1,10,100\n1,11,100\n1,9,99\n")
+    log = read_log(path)
+    assert log.item.tolist() == [12, 5, 10, 11, 9]
+    assert packed_items(log) == [9, 12, 10, 11]
+
+
+def test_sub_second_order_moves_only_rows_that_share_a_second(tmp_path):
+    path = write(tmp_path / "log.csv", HEAD + "1,10,5900\n2,20,7000\n1,11,5100\n2,21,6000\n1,12,5500\n")
+    log = read_log(path, time_unit="ms")
+    assert log.timestamp.tolist() == [5, 7, 5, 6, 5]
+    assert log.item.tolist() == [11, 20, 12, 21, 10] and log.user.tolist() == [1, 2, 1, 2, 1]
+
+
+PADDED = [f"{k:06d}" for k in range(1, 40)] + ["5", "000005"]  # 40 ids: "000005" twice
+
+
+@pytest.mark.parametrize("source", ["csv", "parquet"])
+def test_ids_written_with_leading_zeros_are_names_as_written(tmp_path, source):
+    times = list(range(1_000, 1_000 + len(PADDED)))
+    if source == "parquet":
+        pq.write_table(pa.table({"user_id": ["7"] * len(PADDED), "item_id": PADDED, "timestamp": times}),
+                       path := tmp_path / "log.parquet")  # fmt: skip
+    else:
+        path = write(tmp_path / "log.csv", HEAD + "".join(f"7,{i},{t}\n" for i, t in zip(PADDED, times)))
+    log = read_log(path)
+    assert log.n_items == 40
+    assert log.item_names[log.item].tolist() == PADDED
+    assert log.user_names is None and log.user.tolist() == [7] * 41  # a plain integer column stays integers
+
+
+@pytest.mark.parametrize("ids", [["-5", "0", "7", "120"], ["-5.0", "0.0", "7.0", "120.0"]])
+def test_integer_ids_in_their_own_form_are_integers(tmp_path, ids):
+    path = write(tmp_path / "log.csv", HEAD + "".join(f"1,{i},{t}\n" for t, i in enumerate(ids)))
+    log = read_log(path)
+    assert log.item_names is None and log.item.tolist() == [-5, 0, 7, 120]
+
+
+@pytest.mark.parametrize(("suffix", "codec"), [(".gz", "gzip"), (".bz2", "bz2"), (".zst", "zstd"), (".lz4", "lz4")])
+def test_a_file_named_as_compressed_that_is_not_names_itself(tmp_path, suffix, codec):
+    path = write(tmp_path / f"fake.csv{suffix}", HEAD + "1,2,3\n")
+    with pytest.raises(ValueError, match=rf"fake\.csv\{suffix} is not a valid {codec} file"):
+        read_log(path)
+    with pytest.raises(ValueError, match=rf"fake\.csv\{suffix} is not a valid {codec} file"):
+        read_log(path, format="csv")
+
+
+def test_a_truncated_gzip_file_names_itself(tmp_path):
+    data = gzip.compress((HEAD + "".join(f"{k},{k},{k}\n" for k in range(50_000))).encode())
+    (path := tmp_path / "log.csv.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"log\.csv\.gz is not a valid gzip file: it is cut short or damaged"):
+        read_log(path)
