@@ -589,7 +589,9 @@ def cmd_recommend(args) -> int:
     if not listed:
         every = args.users == "all" or args.output
         rows = rows[has_history] if every else rows[has_history][:5]
-    gap = resolve_session_gap(config.session_gap, config.session_col)  # as the log was prepared
+    # The log's own session rule (a RecBole session_id column has no gap either); older datasets: the config's
+    info_gap = dataset.info.get("session_gap", "unrecorded")
+    gap = resolve_session_gap(config.session_gap, config.session_col) if info_gap == "unrecorded" else info_gap
     try:
         items, scores = recommend(model, csr, rows, args.k, max_session_len=config.max_session_len,
                                   impressions=getattr(dataset, "impressions", None), at=args.at,

@@ -21,7 +21,7 @@ from hiertcn_kernels.packing import pack_sessions
 from .cache import build_cached, cache_key, fingerprint
 from .impressions import MAX_IMPRESSIONS, map_impressions
 from .presets import PRESETS, apply_preset
-from .readers import TIME_UNITS, detect_format, read_impressions, read_log
+from .readers import TIME_UNITS, detect_format, format_session_column, read_impressions, read_log
 from .splits import Dataset, split_by_time, split_by_user, split_last_session
 from .synthetic import generate_xing
 
@@ -102,7 +102,8 @@ def prepare_dataset(
     of session start times are VALID / TEST). Reader options (``user_col`` ... ``skip_bad_rows``) are
     those of :func:`hiertcn.data.read_log` (``column_names``: a CSV/TSV without a header line); ``session_gap`` (seconds) is the session rule of
     ``pack_sessions`` and the presets: None (the default) means 1800 s, or no gap cuts when ``session_col``
-    gives the sessions (:func:`resolve_session_gap`; ``info["session_gap"]`` records the result). ``cache_dir``
+    gives the sessions, as does a RecBole ``session_id`` column (:func:`resolve_session_gap`;
+    ``info["session_gap"]`` records the result). ``cache_dir``
     defaults to ``$HIERTCN_CACHE_DIR`` or ``~/.cache/hiertcn``.
 
     ``impressions``: a XING ``impressions.csv`` (``user_id year week items``), ``"auto"`` (the
@@ -125,7 +126,6 @@ def prepare_dataset(
         isinstance(session_gap, bool) or not isinstance(session_gap, (int, np.integer)) or session_gap <= 0
     ):
         raise ValueError(f"session_gap must be a positive int (seconds) or None, got {session_gap!r}")
-    session_gap = resolve_session_gap(session_gap, session_col)
     cache_root = Path(cache_dir or DEFAULT_CACHE_DIR)
     if path is None:
         path, format = synthetic_default(cache_root), format or "xing"
@@ -133,6 +133,7 @@ def prepare_dataset(
     if not path.is_file():
         raise FileNotFoundError(f"path {path} does not exist or is not a file")
     fmt = format or detect_format(path)
+    session_gap = resolve_session_gap(session_gap, session_col or format_session_column(path, fmt))
     preset = preset or default_preset(fmt)
     imp_path = resolve_impressions(impressions, path, fmt)
     if isinstance(max_impressions, bool) or not isinstance(max_impressions, (int, np.integer)) or (

@@ -102,6 +102,12 @@ def _stream(path: Path) -> pa.NativeFile:
     return pa.input_stream(path, compression="detect")
 
 
+def format_session_column(path: str | Path, fmt: str) -> str | None:
+    """The session id column ``read_log`` reads from a ``fmt`` log with no ``session_col`` (RecBole's
+    ``session_id``), or None."""
+    return _layout(Path(path), fmt, None).columns.get("session") if fmt == "recbole" else None
+
+
 def detect_format(path: str | Path) -> str:
     """Guess the format from the file name (a ``.gz``/``.bz2``/``.zst``/``.lz4`` suffix aside), then from
     the first line."""

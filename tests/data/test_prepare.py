@@ -106,6 +106,23 @@ def test_a_session_column_gives_the_sessions_unless_a_gap_is_asked_for(tmp_path,
         assert prepare_dataset(path, cache_dir=tmp_path / "cache", session_gap=1800, **COLUMNS)[1] == entry
 
 
+def test_a_recbole_session_id_column_gives_the_sessions_too(tmp_path):
+    """RecBole's session_id is read without --session-col: its sessions are the log's, as with one."""
+    csv = tmp_path / "sessnum.csv"
+    pairs = session_numbered_log(csv)
+    rows = [line.split(",") for line in csv.read_text().split()[1:]]
+    inter = tmp_path / "log.inter"
+    inter.write_text("user_id:token\titem_id:token\ttimestamp:float\tsession_id:token\n"
+                     + "".join("\t".join(row) + "\n" for row in rows))  # fmt: skip
+    ds, _ = prepare_dataset(inter, cache_dir=tmp_path / "cache")
+    assert ds.info["session_gap"] is None
+    gapped, _ = prepare_dataset(inter, cache_dir=tmp_path / "cache", session_gap=1800)
+    assert gapped.info["session_gap"] == 1800 and gapped.csr.n_sessions > ds.csr.n_sessions
+    log = read_log(inter)
+    assert pack_sessions(log.user, log.item, log.timestamp, session_gap=math.inf, session=log.session).n_sessions \
+        == pairs  # fmt: skip
+
+
 def test_user_split_uses_the_seed(xing, tmp_path):
     a, _ = prepare_dataset(xing, cache_dir=tmp_path, split="user", seed=3, preset="none")
     log = read_log(xing)
