@@ -50,6 +50,7 @@ _UNIT_DIVISORS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 # Each bound is past the year 5138 in the smaller unit and in 1973 in the larger, so no plausible time is ambiguous.
 _AUTO_BOUNDS = ((1e17, 10**9), (1e14, 10**6), (1e11, 10**3))
 # Arrow decompresses these by the file name; each codec's name and the magic bytes its files start with
+_YEAR_2100 = 4_102_444_800  # unix seconds: a later time is more likely a wrong unit than a real event
 _COMPRESSED = {
     ".gz": ("gzip", b"\x1f\x8b"),
     ".bz2": ("bz2", b"BZh"),
@@ -613,6 +614,12 @@ def _time_problem(value, unit: str) -> str:
     return "is before 1970"  # a Parquet date or timestamp
 
 
+def _first_line_names(path: Path, layout: _Layout, roles: dict[str, str]) -> bool:
+    """Whether the file's first line holds the names of the columns read (a header read as data)."""
+    fields = {f.strip().strip('"') for f in _first_line(path).split(layout.sep)}
+    return set(roles.values()) <= fields
+
+
 def _format_hint(path: Path, kind: str, roles: dict[str, str], fmt: str) -> str:
     """What to change when nearly every row is bad as the first one is: the format or column, not the rows."""
     looks = _content_format(path)
@@ -714,6 +721,8 @@ def read_log(
         ):
             hint = ("; its first line looks like data, not a header: name the columns with column_names "
                     "(--column-names user_id,item_id,...)")  # fmt: skip
+        elif len(present) == 1 and fmt == "csv" and (other := next((c for c in ";|," if c in present[0]), None)):
+            hint = f"; it looks {other!r}-separated: pass sep={other!r} (--sep {other!r})"
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the file has columns {present}{hint}")
     roles = columns
     unit = layout.time_unit if time_unit == "auto" else time_unit
@@ -780,6 +789,8 @@ def read_log(
         head = f"{len(bad)} bad row(s) at {where}(s) {shown}; {where} {bad[0]}: {why}"
         if not mostly_bad:
             skip = "pass skip_bad_rows=True (--skip-bad-rows) to drop and count them"
+            if column_names is not None and bad[0] == 1 and _first_line_names(path, layout, roles):
+                skip = "line 1 holds the column names: the file has a header, so drop column_names (--column-names)"
             raise BadRowsError(f"{path}: {head}; {skip}")
         every = "every row is bad" if log is None or invalid.all() else "nearly every row is bad"
         raise BadRowsError(f"{path}: {every}: {head}; {_format_hint(path, kind, roles, fmt)}")
@@ -800,6 +811,13 @@ def read_log(
             f"{path}: {role} column {roles[role]!r}: {n:,} of {n_ids:,} ids {are} not an integer "
             f"({where} {line_of(np.array([row]))[0]}: {_shown(value)}); all ids are read as strings. Fix the "
             "row(s), or drop them with skip_bad_rows=True (--skip-bad-rows) if you treat them as bad",
+            stacklevel=2,
+        )
+    late = int((log.timestamp >= _YEAR_2100).sum())
+    if late:  # e.g. milliseconds declared as seconds: every event lands in its own session, centuries apart
+        warnings.warn(
+            f"{path}: {late:,} of {len(log):,} times fall after the year 2100 (the latest: "
+            f"{int(log.timestamp.max())} s); check the time unit (time_unit / --time-unit: {time_unit})",
             stacklevel=2,
         )
     if impressions is not None:

@@ -141,3 +141,34 @@ def test_header_names_with_spaces_after_the_commas(tmp_path):
     assert log.user.tolist() == [0, 1] and log.item.tolist() == [19, 9]
     assert log.timestamp.tolist() == [1600000020, 1600000040]
     assert read_log(path, item_col="item_id", time_col=" timestamp").item.tolist() == [19, 9]
+
+
+def test_a_semicolon_separated_file_names_its_separator(tmp_path):
+    path = write(tmp_path / "log.csv", int_log(5).replace(",", ";"))
+    with pytest.raises(ValueError, match=re.escape("it looks ';'-separated: pass sep=';' (--sep ';')")):
+        read_log(path)
+    assert len(read_log(path, sep=";")) == 5
+
+
+def test_a_header_read_as_data_under_column_names_says_so(tmp_path):
+    path = write(tmp_path / "log.csv", int_log(5))
+    with pytest.raises(BadRowsError, match=re.escape("line 1 holds the column names: the file has a header, so drop")):
+        read_log(path, column_names=["user_id", "item_id", "timestamp"])
+    bad_first = write(tmp_path / "bad.csv", int_log(5).replace(HEAD, ""))  # no header; line 1 has a bad time
+    bad_first.write_text("1,2,soon\n" + bad_first.read_text())
+    with pytest.raises(BadRowsError, match="skip_bad_rows") as err:
+        read_log(bad_first, column_names=["user_id", "item_id", "timestamp"])
+    assert "column names" not in str(err.value)
+
+
+@pytest.mark.parametrize("unit, expect_warning", [("s", True), ("ms", False), ("auto", False)])
+def test_times_after_2100_warn_of_a_wrong_unit(tmp_path, unit, expect_warning):
+    ms = "".join(f"{i % 7},{i % 13},{1600000000000 + 60000 * i}\n" for i in range(20))
+    path = write(tmp_path / "log.csv", HEAD + ms)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log = read_log(path, time_unit=unit)
+    said = [str(w.message) for w in caught if "after the year 2100" in str(w.message)]
+    assert bool(said) == expect_warning
+    assert not said or "20 of 20 times" in said[0] and "--time-unit: s" in said[0]
+    assert log.timestamp.min() == (1600000000000 if unit == "s" else 1600000000)
